@@ -1,0 +1,41 @@
+from typing import Final
+
+from typing_extensions import Buffer
+
+__all__ = (
+    "FLAG_CONTROL",
+    "FLAG_REQUEST",
+    "FLAG_RESPONSE",
+    "FLAG_USER",
+    "HEADER_SIZE",
+    "MAX_DATA_LEN",
+    "VERSION",
+    "FrameDecoder",
+    "decode_header",
+    "encode_frame",
+    "encode_header",
+)
+
+VERSION: Final[int]
+HEADER_SIZE: Final[int]
+MAX_DATA_LEN: Final[int]
+FLAG_USER: Final[int]
+FLAG_CONTROL: Final[int]
+FLAG_REQUEST: Final[int]
+FLAG_RESPONSE: Final[int]
+
+def encode_header(flag: int, data_len: int) -> bytes: ...
+def encode_frame(flag: int, body: Buffer) -> bytes: ...
+def decode_header(data: Buffer, max_size: int) -> tuple[int, int]: ...
+
+class FrameDecoder:
+    def __init__(self, max_size: int) -> None: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+    def feed(self, data: Buffer) -> None: ...
+    def next_frame(self) -> tuple[int, bytes] | None: ...
+    def __iter__(self) -> FrameDecoder: ...
+    def __next__(self) -> tuple[int, bytes]: ...
+    def finish(self) -> None: ...

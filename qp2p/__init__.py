@@ -1,0 +1,60 @@
+"""qp2p: peer-to-peer messaging over QUIC for asyncio.
+
+``USING_EXTENSIONS`` tells whether the compiled hot path (``_qp2p_fast``) is loaded or the
+pure-Python twin (forced with ``QP2P_NO_EXTENSIONS=1``).
+"""
+
+from qp2p._speedups import BACKEND
+from qp2p._version import __version__
+from qp2p.errors import (
+    ConfigError,
+    DecodeError,
+    EmptyMessage,
+    Error,
+    FrameTooLarge,
+    MalformedMessage,
+    MalformedPacket,
+    MessageTooLarge,
+    RecvError,
+    SendError,
+    TokenAddressMismatch,
+    TokenError,
+    TokenExpired,
+    TokenForged,
+    TokenLengthError,
+    TokenUnknownKey,
+    TruncatedFrame,
+    TruncatedMessage,
+    UnknownFlag,
+    UnknownTag,
+    UnsupportedVersion,
+)
+
+USING_EXTENSIONS: bool = BACKEND == "fast"
+
+__all__ = (
+    "BACKEND",
+    "USING_EXTENSIONS",
+    "ConfigError",
+    "DecodeError",
+    "EmptyMessage",
+    "Error",
+    "FrameTooLarge",
+    "MalformedMessage",
+    "MalformedPacket",
+    "MessageTooLarge",
+    "RecvError",
+    "SendError",
+    "TokenAddressMismatch",
+    "TokenError",
+    "TokenExpired",
+    "TokenForged",
+    "TokenLengthError",
+    "TokenUnknownKey",
+    "TruncatedFrame",
+    "TruncatedMessage",
+    "UnknownFlag",
+    "UnknownTag",
+    "UnsupportedVersion",
+    "__version__",
+)

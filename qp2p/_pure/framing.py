@@ -1,0 +1,178 @@
+"""The 9-byte version-1 frame header and an incremental frame decoder.
+
+Header, big-endian: ``version u16 (=1) | data_len u32 | flag u8 | 2 reserved bytes``, then
+``data_len`` bytes of body. Reserved bytes are written as zero and ignored on read.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from qp2p.errors import (
+    EmptyMessage,
+    FrameTooLarge,
+    MessageTooLarge,
+    SendError,
+    TruncatedFrame,
+    UnknownFlag,
+    UnsupportedVersion,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = (
+    "FLAG_CONTROL",
+    "FLAG_REQUEST",
+    "FLAG_RESPONSE",
+    "FLAG_USER",
+    "HEADER_SIZE",
+    "MAX_DATA_LEN",
+    "VERSION",
+    "FrameDecoder",
+    "decode_header",
+    "encode_frame",
+    "encode_header",
+)
+
+VERSION = 1
+HEADER_SIZE = 9
+MAX_DATA_LEN = 0xFFFFFFFF
+FLAG_USER = 0
+FLAG_CONTROL = 1
+FLAG_REQUEST = 2
+FLAG_RESPONSE = 3
+
+_HEADER = struct.Struct(">HIB2x")
+# Consumed bytes are dropped from the front of the buffer once they pass this mark.
+_COMPACT_AT = 1 << 16
+
+
+def encode_header(flag: int, data_len: int) -> bytes:
+    """The header announcing a body of ``data_len`` bytes; refuses what a reader would reject."""
+    if flag < FLAG_USER or flag > FLAG_RESPONSE:
+        raise SendError(f"unknown frame flag {flag}")
+    if data_len < 0:
+        raise SendError(f"negative frame length {data_len}")
+    if data_len > MAX_DATA_LEN:
+        raise MessageTooLarge(MAX_DATA_LEN, data_len)
+    if data_len == 0 and flag == FLAG_USER:
+        raise SendError("a user message cannot be empty")
+    return _HEADER.pack(VERSION, data_len, flag)
+
+
+def encode_frame(flag: int, body: Buffer) -> bytes:
+    """Header and body in one ``bytes`` (a copy: meant for small frames)."""
+    view = memoryview(body)
+    return encode_header(flag, view.nbytes) + view
+
+
+def _check_header(version: int, data_len: int, flag: int, max_size: int) -> None:
+    if version != VERSION:
+        raise UnsupportedVersion(f"frame version {version}, expected {VERSION}")
+    if flag > FLAG_RESPONSE:
+        raise UnknownFlag(f"unknown frame flag {flag}")
+    if data_len > max_size:
+        raise FrameTooLarge(max_size, data_len)
+    if data_len == 0 and flag == FLAG_USER:
+        raise EmptyMessage("empty user message")
+
+
+def _check_max_size(max_size: int) -> int:
+    if max_size < 0 or max_size > MAX_DATA_LEN:
+        raise ValueError(f"max_size must be between 0 and {MAX_DATA_LEN}, got {max_size}")
+    return max_size
+
+
+def decode_header(data: Buffer, max_size: int) -> tuple[int, int]:
+    """``(flag, data_len)`` of the header at the start of ``data``, checked against ``max_size``."""
+    _check_max_size(max_size)
+    view = memoryview(data)
+    if view.nbytes < HEADER_SIZE:
+        raise TruncatedFrame(f"frame header needs {HEADER_SIZE} bytes, got {view.nbytes}")
+    version, data_len, flag = _HEADER.unpack_from(view)
+    _check_header(version, data_len, flag, max_size)
+    return flag, data_len
+
+
+class FrameDecoder:
+    """Cuts a byte stream, fed in pieces of any size, into ``(flag, body)`` frames.
+
+    ``feed()`` only buffers; ``next_frame()`` (or iteration) returns frames as they complete
+    and raises on the first bad header, before buffering its body. After an error the decoder
+    stays broken: every later call raises the same error again.
+    """
+
+    __slots__ = ("_buf", "_error", "_max_size", "_pos")
+
+    def __init__(self, max_size: int) -> None:
+        self._max_size = _check_max_size(max_size)
+        self._buf = bytearray()
+        self._pos = 0
+        self._error: Exception | None = None
+
+    @property
+    def max_size(self) -> int:
+        """The largest body this decoder accepts."""
+        return self._max_size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet returned in a frame."""
+        return len(self._buf) - self._pos
+
+    def _fail(self, exc: Exception) -> Exception:
+        self._error = exc
+        return exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+
+    def feed(self, data: Buffer) -> None:
+        """Append stream bytes; never parses, so it raises only if the decoder already failed."""
+        self._raise_if_failed()
+        buf = self._buf
+        if self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
+        elif self._pos >= _COMPACT_AT:
+            del buf[: self._pos]
+            self._pos = 0
+        buf += data
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """The next complete frame, or None until more bytes arrive."""
+        self._raise_if_failed()
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        version, data_len, flag = _HEADER.unpack_from(buf, pos)
+        try:
+            _check_header(version, data_len, flag, self._max_size)
+        except Exception as exc:
+            raise self._fail(exc) from None
+        start = pos + HEADER_SIZE
+        end = start + data_len
+        if end > len(buf):
+            return None
+        self._pos = end
+        return flag, bytes(buf[start:end])
+
+    def __iter__(self) -> FrameDecoder:
+        return self
+
+    def __next__(self) -> tuple[int, bytes]:
+        frame = self.next_frame()
+        if frame is None:
+            raise StopIteration
+        return frame
+
+    def finish(self) -> None:
+        """Declare the end of the stream; raises ``TruncatedFrame`` if it ended inside a frame."""
+        self._raise_if_failed()
+        left = len(self._buf) - self._pos
+        if left:
+            raise self._fail(TruncatedFrame(f"stream ended inside a frame, {left} bytes unused"))

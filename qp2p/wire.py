@@ -1,0 +1,221 @@
+"""The messages of wire format version 1 (``docs/protocol.md`` is normative), on top of framing.
+
+A frame's flag says what its body is: a user message (raw bytes), a control message (a
+little-endian tagged value), or a request or response (a big-endian u32 request id, then
+raw bytes). Sans-IO: bytes in, message objects out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import ClassVar, TypeAlias
+
+from qp2p._speedups import framing
+from qp2p.errors import (
+    EmptyMessage,
+    MalformedMessage,
+    TruncatedFrame,
+    TruncatedMessage,
+    UnknownFlag,
+    UnknownTag,
+)
+
+__all__ = (
+    "Address",
+    "ControlMessage",
+    "EchoRequest",
+    "EchoResponse",
+    "Request",
+    "Response",
+    "UserMessage",
+    "VerificationRequest",
+    "VerificationResponse",
+    "WireMessage",
+    "decode",
+    "decode_frame",
+    "encode",
+)
+
+Address: TypeAlias = tuple[str, int]
+
+_U32_LE = struct.Struct("<I")
+_U16_LE = struct.Struct("<H")
+_REQUEST_ID = struct.Struct(">I")
+_FAMILY_IPV4 = 0
+_FAMILY_IPV6 = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UserMessage:
+    """Application bytes; never empty."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Application bytes that expect a ``Response`` carrying the same ``request_id``."""
+
+    request_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The answer to the ``Request`` with the same ``request_id``; ``data`` may be empty."""
+
+    request_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EchoRequest:
+    """Asks a peer which address our packets come from."""
+
+    TAG: ClassVar[int] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EchoResponse:
+    """The address the peer sees our packets come from."""
+
+    TAG: ClassVar[int] = 1
+    addr: Address
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationRequest:
+    """Asks a peer to connect back to ``addr``, to prove it is reachable."""
+
+    TAG: ClassVar[int] = 2
+    addr: Address
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationResponse:
+    """Whether the connection back succeeded."""
+
+    TAG: ClassVar[int] = 3
+    reachable: bool
+
+
+ControlMessage: TypeAlias = EchoRequest | EchoResponse | VerificationRequest | VerificationResponse
+WireMessage: TypeAlias = UserMessage | Request | Response | ControlMessage
+
+
+def _encode_address(addr: Address) -> bytes:
+    host, port = addr[0], addr[1]
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port out of range: {port}")
+    family = _FAMILY_IPV4 if ip.version == 4 else _FAMILY_IPV6
+    return _U32_LE.pack(family) + ip.packed + _U16_LE.pack(port)
+
+
+def _encode_control(msg: ControlMessage) -> bytes:
+    tag = _U32_LE.pack(msg.TAG)
+    if isinstance(msg, EchoRequest):
+        return tag
+    if isinstance(msg, EchoResponse | VerificationRequest):
+        return tag + _encode_address(msg.addr)
+    return tag + bytes((1 if msg.reachable else 0,))
+
+
+def encode(msg: WireMessage) -> bytes:
+    """The whole frame, header included, for ``msg``."""
+    if isinstance(msg, UserMessage):
+        return framing.encode_frame(framing.FLAG_USER, msg.data)
+    if isinstance(msg, Request | Response):
+        flag = framing.FLAG_REQUEST if isinstance(msg, Request) else framing.FLAG_RESPONSE
+        return framing.encode_frame(flag, _REQUEST_ID.pack(msg.request_id) + msg.data)
+    return framing.encode_frame(framing.FLAG_CONTROL, _encode_control(msg))
+
+
+class _Reader:
+    """Reads the fields of one control body in order; every short read is ``TruncatedMessage``."""
+
+    __slots__ = ("_body", "_pos")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._pos = 0
+
+    def take(self, size: int, what: str) -> bytes:
+        end = self._pos + size
+        if end > len(self._body):
+            raise TruncatedMessage(f"control message ends inside its {what}")
+        chunk = self._body[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def u32(self, what: str) -> int:
+        value: int = _U32_LE.unpack(self.take(4, what))[0]
+        return value
+
+    def address(self) -> Address:
+        family = self.u32("address family")
+        if family == _FAMILY_IPV4:
+            host = str(ipaddress.IPv4Address(self.take(4, "IPv4 address")))
+        elif family == _FAMILY_IPV6:
+            host = str(ipaddress.IPv6Address(self.take(16, "IPv6 address")))
+        else:
+            raise MalformedMessage(f"unknown address family {family}")
+        port: int = _U16_LE.unpack(self.take(2, "port"))[0]
+        return host, port
+
+    def end(self) -> None:
+        left = len(self._body) - self._pos
+        if left:
+            raise MalformedMessage(f"{left} bytes after the end of the control message")
+
+
+def _decode_control(body: bytes) -> ControlMessage:
+    reader = _Reader(body)
+    tag = reader.u32("tag")
+    msg: ControlMessage
+    if tag == EchoRequest.TAG:
+        msg = EchoRequest()
+    elif tag == EchoResponse.TAG:
+        msg = EchoResponse(reader.address())
+    elif tag == VerificationRequest.TAG:
+        msg = VerificationRequest(reader.address())
+    elif tag == VerificationResponse.TAG:
+        value = reader.take(1, "verdict")[0]
+        if value > 1:
+            raise MalformedMessage(f"boolean byte is {value}, not 0 or 1")
+        msg = VerificationResponse(value == 1)
+    else:
+        raise UnknownTag(f"unknown control tag {tag}")
+    reader.end()
+    return msg
+
+
+def decode(flag: int, body: bytes) -> WireMessage:
+    """The message in a frame body, given the frame's flag (as ``FrameDecoder`` returns them)."""
+    if flag == framing.FLAG_USER:
+        if not body:
+            raise EmptyMessage("empty user message")
+        return UserMessage(body)
+    if flag == framing.FLAG_REQUEST or flag == framing.FLAG_RESPONSE:
+        if len(body) < _REQUEST_ID.size:
+            raise TruncatedMessage("request or response body shorter than its request id")
+        (request_id,) = _REQUEST_ID.unpack_from(body)
+        cls = Request if flag == framing.FLAG_REQUEST else Response
+        return cls(request_id, body[_REQUEST_ID.size :])
+    if flag == framing.FLAG_CONTROL:
+        return _decode_control(body)
+    raise UnknownFlag(f"unknown frame flag {flag}")
+
+
+def decode_frame(frame: bytes, max_size: int = framing.MAX_DATA_LEN) -> WireMessage:
+    """The message in one complete frame; anything short of or beyond one frame is an error."""
+    decoder = framing.FrameDecoder(max_size)
+    decoder.feed(frame)
+    got = decoder.next_frame()
+    if got is None:
+        raise TruncatedFrame(f"{len(frame)} bytes hold no complete frame")
+    if decoder.buffered:
+        raise MalformedMessage(f"{decoder.buffered} bytes after the end of the frame")
+    return decode(*got)
