@@ -77,12 +77,6 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture(scope="session")
-def both_backends(pytestconfig: pytest.Config) -> tuple[Backend, ...]:
-    """Both backends at once, for differential tests (fast first); fails if fast is missing."""
-    return (FAST, PURE) if pytestconfig.getoption("fast") else (PURE,)
-
-
-@pytest.fixture(scope="session")
 def framing(backend: Backend) -> ModuleType:
     return backend.module("framing")
 

@@ -76,7 +76,7 @@ def _extensions() -> list[Extension]:
         )
         for name in MODULES
     ]
-    directives = {"language_level": "3", "embedsignature": True, "linetrace": TRACING}
+    directives = {"language_level": "3", "embedsignature": True, "auto_pickle": False, "linetrace": TRACING}
     return cythonize(extensions, compiler_directives=directives, quiet=True)
 
 

@@ -1,7 +1,8 @@
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
 
 __all__ = ("Chunker", "Reassembler")
 
+@disjoint_base
 class Chunker:
     def __init__(self, flag: int, payload: Buffer, chunk_size: int) -> None: ...
     @property
@@ -11,6 +12,7 @@ class Chunker:
     def __iter__(self) -> Chunker: ...
     def __next__(self) -> bytes | memoryview: ...
 
+@disjoint_base
 class Reassembler:
     def __init__(self, max_size: int) -> None: ...
     @property

@@ -2,7 +2,7 @@
 """Compiled twin of ``qp2p._pure.chunking``; see there for the documentation."""
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from libc.string cimport memcpy
 
 from _qp2p_fast.framing import HEADER_SIZE, MAX_DATA_LEN, decode_header, encode_header
@@ -117,7 +117,8 @@ cdef class Reassembler:
                     self._error = exc
                     raise
                 self._flag = flag
-                self._body = bytearray(data_len)
+                # Uninitialised: every byte is written before finish() hands the buffer out.
+                self._body = PyByteArray_FromStringAndSize(NULL, data_len)
             room = len(self._body) - self._filled
             if size > room:
                 self._error = MalformedMessage(f"{size - room} bytes after the end of the message")

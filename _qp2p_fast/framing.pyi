@@ -1,6 +1,6 @@
 from typing import Final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
 
 __all__ = (
     "FLAG_CONTROL",
@@ -28,6 +28,7 @@ def encode_header(flag: int, data_len: int) -> bytes: ...
 def encode_frame(flag: int, body: Buffer) -> bytes: ...
 def decode_header(data: Buffer, max_size: int) -> tuple[int, int]: ...
 
+@disjoint_base
 class FrameDecoder:
     def __init__(self, max_size: int) -> None: ...
     @property

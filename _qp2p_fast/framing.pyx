@@ -45,6 +45,7 @@ cdef enum:
     C_FLAG_USER = 0
     C_FLAG_RESPONSE = 3
     C_COMPACT_AT = 1 << 16
+    C_KEEP_CAPACITY = 1 << 18
 
 
 cdef inline void _write_header(uint8_t* p, uint32_t data_len, uint8_t flag) noexcept:
@@ -138,13 +139,9 @@ cdef class FrameDecoder:
     cdef uint64_t _max_size
     cdef object _error
 
-    def __cinit__(self, max_size):
+    # C fields start zeroed (Cython allocates them so), object fields as None.
+    def __init__(self, max_size):
         self._max_size = _check_max_size(max_size)
-        self._buf = NULL
-        self._cap = 0
-        self._start = 0
-        self._end = 0
-        self._error = None
 
     def __dealloc__(self):
         free(self._buf)
@@ -167,6 +164,11 @@ cdef class FrameDecoder:
         cdef uint8_t* grown
         if self._start == self._end:
             self._start = self._end = 0
+            if self._cap > C_KEEP_CAPACITY and extra <= C_KEEP_CAPACITY:
+                # A burst is over: give its memory back instead of keeping it for the stream's life.
+                free(self._buf)
+                self._buf = NULL
+                self._cap = 0
         elif self._start >= C_COMPACT_AT:
             memmove(self._buf, self._buf + self._start, self._end - self._start)
             self._end -= self._start

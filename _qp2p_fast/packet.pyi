@@ -1,6 +1,6 @@
 from typing import Final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
 
 __all__ = (
     "HANDSHAKE",
@@ -26,6 +26,7 @@ QUIC_V1: Final[int]
 QUIC_V2: Final[int]
 MAX_CID_LENGTH: Final[int]
 
+@disjoint_base
 class PacketHeader:
     @property
     def is_long_header(self) -> bool: ...

@@ -1,5 +1,7 @@
 from typing import Final
 
+from typing_extensions import disjoint_base
+
 __all__ = ("MAC_SIZE", "MAX_CID_LENGTH", "MIN_KEY_SIZE", "TOKEN_FORMAT", "RetryTokens", "key_id")
 
 TOKEN_FORMAT: Final[int]
@@ -9,6 +11,7 @@ MIN_KEY_SIZE: Final[int]
 
 def key_id(key: bytes) -> int: ...
 
+@disjoint_base
 class RetryTokens:
     def __init__(self, key: bytes, previous_key: bytes | None = None, lifetime: float = 10.0) -> None: ...
     @property

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Literal
 __all__ = ("BACKEND", "IMPORT_ERROR", "NO_EXTENSIONS", "chunking", "framing", "packet", "retry")
 
 NO_EXTENSIONS: bool = (
-    os.environ.get("QP2P_NO_EXTENSIONS", "") not in ("", "0")
-    or platform.python_implementation() != "CPython"
+    os.environ.get("QP2P_NO_EXTENSIONS", "") not in ("", "0") or platform.python_implementation() != "CPython"
 )
 IMPORT_ERROR: ImportError | None = None
 BACKEND: Literal["fast", "pure"]

@@ -138,8 +138,6 @@ class Reassembler:
             )
             raise self._error
         if self._filled != len(body):
-            self._error = TruncatedFrame(
-                f"stream ended after {self._filled} of {len(body)} message bytes"
-            )
+            self._error = TruncatedFrame(f"stream ended after {self._filled} of {len(body)} message bytes")
             raise self._error
         return self._flag, body

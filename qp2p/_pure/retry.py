@@ -98,9 +98,7 @@ class RetryTokens:
         self._previous, self._previous_id = self._current, self._current_id
         self._current, self._current_id = new_key, key_id(new_key)
 
-    def mint(
-        self, addr: tuple[str, int], original_dcid: bytes, now: float, retry_scid: bytes = b""
-    ) -> bytes:
+    def mint(self, addr: tuple[str, int], original_dcid: bytes, now: float, retry_scid: bytes = b"") -> bytes:
         """A token binding the client address, its original destination CID and the time."""
         packed = _pack_address(addr)
         if len(original_dcid) > MAX_CID_LENGTH:

@@ -1,0 +1,299 @@
+"""The compiled and pure backends are twins: same names, signatures, results and errors.
+
+The differential tests feed both the same input, valid or not, and demand the same result or
+the same exception class with the same message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qp2p import errors
+
+pytestmark = pytest.mark.fast_ext
+
+MODULES = ("framing", "chunking", "retry", "packet")
+
+
+def twins(name: str) -> tuple[ModuleType, ModuleType]:
+    import importlib
+
+    return importlib.import_module(f"_qp2p_fast.{name}"), importlib.import_module(f"qp2p._pure.{name}")
+
+
+def bare(signature: inspect.Signature) -> str:
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def constructor_signature(cls: type) -> str:
+    try:
+        return bare(inspect.signature(cls))
+    except ValueError:  # a compiled class: Cython embeds "Name(params)" as the docstring's first line
+        first_line = (cls.__doc__ or "").splitlines()[0]
+        return first_line[len(cls.__name__) :]
+
+
+def public_names(cls: type) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_")} | {
+        n
+        for n in ("__iter__", "__next__", "__eq__", "__hash__")
+        if getattr(cls, n, None) not in (None, object.__dict__.get(n))
+    }
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_same_names_constants_and_signatures(name: str) -> None:
+    fast, pure = twins(name)
+    assert tuple(fast.__all__) == tuple(pure.__all__)
+    for attr in pure.__all__:
+        f, p = getattr(fast, attr), getattr(pure, attr)
+        if isinstance(p, int):
+            assert f == p, attr
+        elif isinstance(p, type):
+            assert constructor_signature(f) == constructor_signature(p), attr
+            assert public_names(f) == public_names(p), attr
+            for method in public_names(p) - {"__iter__", "__next__", "__eq__", "__hash__"}:
+                if callable(getattr(p, method)) and not isinstance(getattr(p, method), type):
+                    assert bare(inspect.signature(getattr(f, method))) == bare(
+                        inspect.signature(getattr(p, method))
+                    ), f"{attr}.{method}"
+        else:
+            assert bare(inspect.signature(f)) == bare(inspect.signature(p)), attr
+
+
+def normalise(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return type(value)(normalise(v) for v in value)
+    if isinstance(value, memoryview | bytearray):
+        return ("buffer", bytes(value))
+    if hasattr(value, "destination_cid"):
+        return (
+            "header",
+            value.is_long_header,
+            value.version,
+            value.packet_type,
+            value.destination_cid,
+            value.source_cid,
+            value.token,
+        )
+    return value
+
+
+def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
+    try:
+        return ("ok", normalise(call()))
+    except Exception as exc:  # the class and message are what is compared
+        return ("error", type(exc), str(exc))
+
+
+def assert_same(make: Callable[[ModuleType], Any], name: str) -> Any:
+    fast, pure = twins(name)
+    got_fast, got_pure = outcome(lambda: make(fast)), outcome(lambda: make(pure))
+    assert got_fast == got_pure
+    if got_fast[0] == "error":
+        assert got_fast[1].__module__ in ("qp2p.errors", "builtins")
+    return got_fast
+
+
+def test_error_classes_are_shared_objects() -> None:
+    fast, _ = twins("framing")
+    got = outcome(lambda: fast.decode_header(b"\x00\x02" + bytes(7), 10))
+    assert got[1] is errors.UnsupportedVersion
+
+
+# ---- framing -------------------------------------------------------------------------------
+
+
+def decode_all(framing: ModuleType, stream: bytes, cuts: list[int], max_size: int) -> list[Any]:
+    decoder = framing.FrameDecoder(max_size)
+    events: list[Any] = []
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    for start, end in zip(points, points[1:], strict=False):
+        decoder.feed(stream[start:end])
+        events.append(outcome(lambda: list(decoder)))
+        if events[-1][0] == "error":
+            break
+    events.append(outcome(decoder.finish))
+    events.append(decoder.buffered)
+    return events
+
+
+def valid_stream(seed: int, count: int) -> bytes:
+    from qp2p._pure.framing import encode_frame
+
+    rng = random.Random(seed)
+    return b"".join(encode_frame(rng.randrange(4), rng.randbytes(rng.randrange(1, 40))) for _ in range(count))
+
+
+@given(
+    seed=st.integers(0, 2**32),
+    count=st.integers(0, 12),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=3),
+    cuts=st.lists(st.integers(0, 10**6), max_size=8),
+    max_size=st.integers(0, 64),
+)
+def test_framing_decoder_agrees(
+    seed: int, count: int, flips: list[tuple[int, int]], cuts: list[int], max_size: int
+) -> None:
+    stream = bytearray(valid_stream(seed, count))
+    for at, value in flips:
+        if stream:
+            stream[at % len(stream)] = value
+    assert_same(lambda m: decode_all(m, bytes(stream), cuts, max_size), "framing")
+
+
+@given(st.binary(max_size=20), st.integers(-5, 2**33))
+def test_decode_header_agrees(data: bytes, max_size: int) -> None:
+    assert_same(lambda m: m.decode_header(data, max_size), "framing")
+
+
+@given(
+    st.integers(-(2**70), 2**70) | st.integers(-3, 6),
+    st.integers(-(2**70), 2**70) | st.integers(-3, 2**32 + 3),
+)
+def test_encode_header_agrees(flag: int, data_len: int) -> None:
+    assert_same(lambda m: m.encode_header(flag, data_len), "framing")
+
+
+@given(st.integers(-2, 6), st.binary(max_size=50))
+def test_encode_frame_agrees(flag: int, body: bytes) -> None:
+    assert_same(lambda m: m.encode_frame(flag, body), "framing")
+
+
+# ---- chunking ------------------------------------------------------------------------------
+
+
+@given(st.integers(-1, 5), st.binary(max_size=300), st.integers(-1, 70))
+def test_chunker_agrees(flag: int, payload: bytes, chunk_size: int) -> None:
+    assert_same(
+        lambda m: (lambda c: (c.total, list(c), c.remaining))(m.Chunker(flag, payload, chunk_size)),
+        "chunking",
+    )
+
+
+def reassemble(chunking: ModuleType, data: bytes, cuts: list[int], max_size: int) -> list[Any]:
+    reassembler = chunking.Reassembler(max_size)
+    events: list[Any] = []
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for start, end in zip(points, points[1:], strict=False):
+        events.append(outcome(lambda s=start, e=end: reassembler.feed(data[s:e])))
+        events.append((reassembler.expected, reassembler.received, reassembler.done))
+    events.append(outcome(reassembler.finish))
+    return events
+
+
+@given(
+    st.binary(max_size=12).map(lambda h: (b"\x00\x01" + h)[:9]) | st.binary(max_size=12),
+    st.binary(max_size=60),
+    st.lists(st.integers(0, 100), max_size=6),
+    st.integers(-1, 80),
+)
+def test_reassembler_agrees(header: bytes, body: bytes, cuts: list[int], max_size: int) -> None:
+    assert_same(lambda m: reassemble(m, header + body, cuts, max_size), "chunking")
+
+
+# ---- packet --------------------------------------------------------------------------------
+
+
+def mutations(seed: int, datagram: bytes) -> list[bytes]:
+    rng = random.Random(seed)
+    out = [datagram, datagram[: rng.randrange(len(datagram) + 1)]]
+    for _ in range(4):
+        mutated = bytearray(datagram)
+        mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        out.append(bytes(mutated))
+    return out
+
+
+def test_packet_peek_agrees_on_real_traffic(quic_traffic: list[bytes]) -> None:
+    for i, datagram in enumerate(quic_traffic):
+        for variant in mutations(i, datagram[:80]):
+            for cid_length in (0, 8, 20):
+                assert_same(lambda m, v=variant, n=cid_length: m.peek(v, n), "packet")
+
+
+@given(st.binary(max_size=100), st.integers(-1, 21))
+def test_packet_peek_agrees_on_garbage(data: bytes, cid_length: int) -> None:
+    assert_same(lambda m: m.peek(data, cid_length), "packet")
+
+
+@given(
+    st.sampled_from([0x80, 0xC0, 0xD0, 0xE0, 0xF0, 0x40, 0x00]),
+    st.sampled_from([0, 1, 0x6B3343CF, 0xFF00001D]),
+    st.binary(max_size=22),
+    st.binary(max_size=22),
+    st.binary(max_size=40),
+)
+def test_packet_peek_agrees_on_long_headers(
+    first: int, version: int, dcid: bytes, scid: bytes, rest: bytes
+) -> None:
+    data = (
+        bytes([first])
+        + version.to_bytes(4, "big")
+        + bytes([len(dcid)])
+        + dcid
+        + bytes([len(scid)])
+        + scid
+        + rest
+    )
+    assert_same(lambda m: m.peek(data, 8), "packet")
+
+
+# ---- retry ---------------------------------------------------------------------------------
+
+KEY = bytes(range(32))
+ADDRS = [("192.0.2.1", 443), ("2001:db8::1", 1), ("::ffff:192.0.2.1", 443), ("bad", 1), ("1.2.3.4", -1)]
+
+
+@given(
+    st.sampled_from(ADDRS),
+    st.binary(max_size=22),
+    st.floats(allow_nan=True, allow_infinity=True) | st.floats(0, 2e10),
+    st.binary(max_size=20),
+)
+def test_mint_agrees(addr: tuple[str, int], odcid: bytes, now: float, rscid: bytes) -> None:
+    assert_same(lambda m: m.RetryTokens(KEY).mint(addr, odcid, now, rscid), "retry")
+
+
+@given(
+    st.integers(0, 2**32),
+    st.sampled_from(ADDRS),
+    st.lists(st.tuples(st.integers(0, 100), st.integers(0, 255)), max_size=2),
+    st.integers(0, 60),
+    st.floats(-20, 20),
+)
+def test_validate_agrees(
+    seed: int, addr: tuple[str, int], flips: list[tuple[int, int]], cut: int, age: float
+) -> None:
+    from qp2p._pure.retry import RetryTokens
+
+    rng = random.Random(seed)
+    token = bytearray(RetryTokens(KEY).mint(("192.0.2.1", 443), rng.randbytes(rng.randrange(21)), 1e9))
+    for at, value in flips:
+        token[at % len(token)] = value
+    data = bytes(token[: len(token) - cut % 3]) if cut < 50 else bytes(token) + b"\0"
+    assert_same(lambda m: m.RetryTokens(KEY).validate(data, addr, 1e9 + age), "retry")
+
+
+@given(st.binary(max_size=80))
+def test_validate_agrees_on_garbage(data: bytes) -> None:
+    assert_same(lambda m: m.RetryTokens(KEY).validate(data, ADDRS[0], 1e9), "retry")
+
+
+def test_tokens_cross_backends() -> None:
+    fast, pure = twins("retry")
+    a, b = fast.RetryTokens(KEY), pure.RetryTokens(KEY)
+    for i in range(50):
+        odcid = bytes([i]) * (i % 21)
+        token = a.mint(ADDRS[i % 3], odcid, 1e9 + i, b"r")
+        assert token == b.mint(ADDRS[i % 3], odcid, 1e9 + i, b"r")
+        assert b.validate(token, ADDRS[i % 3], 1e9 + i, b"r") == odcid
