@@ -21,27 +21,29 @@ cdef memoryview _byte_view(object data):
 
 cdef class Chunker:
     cdef memoryview _view
-    cdef object _header
+    cdef object _head
+    cdef Py_ssize_t _head_size
     cdef Py_ssize_t _chunk_size
     cdef Py_ssize_t _offset
     cdef Py_ssize_t _size
 
-    def __init__(self, flag, payload, chunk_size):
+    def __init__(self, flag, payload, chunk_size, prefix=b""):
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self._view = _byte_view(payload)
         self._size = self._view.nbytes
-        self._header = encode_header(flag, self._size)
+        self._head = encode_header(flag, len(prefix) + self._size) + prefix
+        self._head_size = len(self._head)
         self._chunk_size = chunk_size
         self._offset = 0
 
     @property
     def total(self):
-        return C_HEADER_SIZE + self._size
+        return self._head_size + self._size
 
     @property
     def remaining(self):
-        return (C_HEADER_SIZE if self._header is not None else 0) + self._size - self._offset
+        return (self._head_size if self._head is not None else 0) + self._size - self._offset
 
     def __iter__(self):
         return self
@@ -49,10 +51,10 @@ cdef class Chunker:
     def __next__(self):
         cdef Py_ssize_t offset = self._offset
         cdef Py_ssize_t stop
-        header = self._header
-        if header is not None:
-            self._header = None
-            return header
+        head = self._head
+        if head is not None:
+            self._head = None
+            return head
         if offset >= self._size:
             raise StopIteration
         stop = min(offset + self._chunk_size, self._size)

@@ -6,8 +6,15 @@ pure-Python twin (forced with ``QP2P_NO_EXTENSIONS=1``).
 
 from qp2p._speedups import BACKEND
 from qp2p._version import __version__
+from qp2p.config import Config, Trust
+from qp2p.connection import Connection, Message
+from qp2p.endpoint import Endpoint, EndpointStats
 from qp2p.errors import (
+    CertificateError,
+    ClosedError,
     ConfigError,
+    ConnectionError,
+    ConnectionLost,
     DecodeError,
     EmptyMessage,
     Error,
@@ -16,6 +23,7 @@ from qp2p.errors import (
     MalformedPacket,
     MessageTooLarge,
     RecvError,
+    RequestTimeout,
     SendError,
     TokenAddressMismatch,
     TokenError,
@@ -35,15 +43,25 @@ USING_EXTENSIONS: bool = BACKEND == "fast"
 __all__ = (
     "BACKEND",
     "USING_EXTENSIONS",
+    "CertificateError",
+    "ClosedError",
+    "Config",
     "ConfigError",
+    "Connection",
+    "ConnectionError",
+    "ConnectionLost",
     "DecodeError",
     "EmptyMessage",
+    "Endpoint",
+    "EndpointStats",
     "Error",
     "FrameTooLarge",
     "MalformedMessage",
     "MalformedPacket",
+    "Message",
     "MessageTooLarge",
     "RecvError",
+    "RequestTimeout",
     "SendError",
     "TokenAddressMismatch",
     "TokenError",
@@ -53,6 +71,7 @@ __all__ = (
     "TokenUnknownKey",
     "TruncatedFrame",
     "TruncatedMessage",
+    "Trust",
     "UnknownFlag",
     "UnknownTag",
     "UnsupportedVersion",

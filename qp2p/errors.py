@@ -10,7 +10,11 @@ from __future__ import annotations
 import builtins
 
 __all__ = (
+    "CertificateError",
+    "ClosedError",
     "ConfigError",
+    "ConnectionError",
+    "ConnectionLost",
     "DecodeError",
     "EmptyMessage",
     "Error",
@@ -19,6 +23,7 @@ __all__ = (
     "MalformedPacket",
     "MessageTooLarge",
     "RecvError",
+    "RequestTimeout",
     "SendError",
     "TokenAddressMismatch",
     "TokenError",
@@ -40,6 +45,29 @@ class Error(Exception):
 
 class ConfigError(Error, builtins.ValueError):
     """A configuration value is missing, out of range or inconsistent."""
+
+
+class ClosedError(Error):
+    """The endpoint or connection was closed by us; the operation cannot run on it any more."""
+
+
+class ConnectionError(Error):
+    """A connection could not be made, or broke; the cause, if any, is in ``__cause__``.
+
+    Inside qp2p write ``errors.ConnectionError``: the name shadows the builtin.
+    """
+
+
+class ConnectionLost(ConnectionError):
+    """An established connection ended by the peer's doing or the network's (closed, reset, timed out)."""
+
+
+class CertificateError(Error):
+    """A certificate could not be loaded, or a peer's certificate was refused."""
+
+
+class RequestTimeout(Error, builtins.TimeoutError):
+    """No response to a request arrived in time."""
 
 
 class SendError(Error):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from qp2p._speedups import framing
 from qp2p.errors import (
@@ -27,6 +27,9 @@ __all__ = (
     "ControlMessage",
     "EchoRequest",
     "EchoResponse",
+    "Hello",
+    "Credit",
+    "StreamCancelled",
     "Request",
     "Response",
     "UserMessage",
@@ -40,9 +43,12 @@ __all__ = (
 
 Address: TypeAlias = tuple[str, int]
 
+_U64_LE = struct.Struct("<Q")
 _U32_LE = struct.Struct("<I")
 _U16_LE = struct.Struct("<H")
 _REQUEST_ID = struct.Struct(">I")
+_HELLO = struct.Struct("<QIIQH")
+_STREAM_CANCELLED = struct.Struct("<QQ")
 _FAMILY_IPV4 = 0
 _FAMILY_IPV6 = 1
 
@@ -101,7 +107,38 @@ class VerificationResponse:
     reachable: bool
 
 
-ControlMessage: TypeAlias = EchoRequest | EchoResponse | VerificationRequest | VerificationResponse
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame each side sends on a new connection: who it is and what it accepts."""
+
+    TAG: ClassVar[int] = 16
+    endpoint_id: int
+    max_message_size: int
+    lane_threshold: int
+    receive_window: int
+    large_message_slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """The sender may send until its count of charged units reaches ``limit``."""
+
+    TAG: ClassVar[int] = 17
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCancelled:
+    """The sender reset ``stream_id`` after charging ``units`` for it; settles the credit."""
+
+    TAG: ClassVar[int] = 18
+    stream_id: int
+    units: int
+
+
+ControlMessage: TypeAlias = (
+    EchoRequest | EchoResponse | VerificationRequest | VerificationResponse | Hello | Credit | StreamCancelled
+)
 WireMessage: TypeAlias = UserMessage | Request | Response | ControlMessage
 
 
@@ -120,7 +157,19 @@ def _encode_control(msg: ControlMessage) -> bytes:
         return tag
     if isinstance(msg, EchoResponse | VerificationRequest):
         return tag + _encode_address(msg.addr)
-    return tag + bytes((1 if msg.reachable else 0,))
+    if isinstance(msg, VerificationResponse):
+        return tag + bytes((1 if msg.reachable else 0,))
+    if isinstance(msg, Hello):
+        return tag + _HELLO.pack(
+            msg.endpoint_id,
+            msg.max_message_size,
+            msg.lane_threshold,
+            msg.receive_window,
+            msg.large_message_slots,
+        )
+    if isinstance(msg, Credit):
+        return tag + _U64_LE.pack(msg.limit)
+    return tag + _STREAM_CANCELLED.pack(msg.stream_id, msg.units)
 
 
 def encode(msg: WireMessage) -> bytes:
@@ -150,8 +199,11 @@ class _Reader:
         self._pos = end
         return chunk
 
+    def unpack(self, layout: struct.Struct, what: str) -> tuple[Any, ...]:
+        return layout.unpack(self.take(layout.size, what))
+
     def u32(self, what: str) -> int:
-        value: int = _U32_LE.unpack(self.take(4, what))[0]
+        value: int = self.unpack(_U32_LE, what)[0]
         return value
 
     def address(self) -> Address:
@@ -186,6 +238,12 @@ def _decode_control(body: bytes) -> ControlMessage:
         if value > 1:
             raise MalformedMessage(f"boolean byte is {value}, not 0 or 1")
         msg = VerificationResponse(value == 1)
+    elif tag == Hello.TAG:
+        msg = Hello(*reader.unpack(_HELLO, "hello"))
+    elif tag == Credit.TAG:
+        msg = Credit(reader.unpack(_U64_LE, "credit limit")[0])
+    elif tag == StreamCancelled.TAG:
+        msg = StreamCancelled(*reader.unpack(_STREAM_CANCELLED, "stream cancellation"))
     else:
         raise UnknownTag(f"unknown control tag {tag}")
     reader.end()

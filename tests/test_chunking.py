@@ -50,6 +50,16 @@ def test_remaining_counts_down(chunking: ModuleType) -> None:
     assert seen == [19, 10, 6, 2, 0]
 
 
+def test_prefix_goes_after_the_header(chunking: ModuleType, framing: ModuleType) -> None:
+    payload = bytearray(b"p" * 10)
+    chunker = chunking.Chunker(framing.FLAG_REQUEST, payload, 4, prefix=b"\x00\x00\x00\x07")
+    assert chunker.total == 9 + 4 + 10
+    pieces = list(chunker)
+    assert pieces[0] == framing.encode_header(framing.FLAG_REQUEST, 14) + b"\x00\x00\x00\x07"
+    assert all(piece.obj is payload for piece in pieces[1:])
+    assert chunker.remaining == 0
+
+
 def test_chunker_refuses_bad_input(chunking: ModuleType) -> None:
     with pytest.raises(errors.SendError):
         chunking.Chunker(0, b"", 10)

@@ -172,10 +172,10 @@ def test_encode_frame_agrees(flag: int, body: bytes) -> None:
 # ---- chunking ------------------------------------------------------------------------------
 
 
-@given(st.integers(-1, 5), st.binary(max_size=300), st.integers(-1, 70))
-def test_chunker_agrees(flag: int, payload: bytes, chunk_size: int) -> None:
+@given(st.integers(-1, 5), st.binary(max_size=300), st.integers(-1, 70), st.binary(max_size=6))
+def test_chunker_agrees(flag: int, payload: bytes, chunk_size: int, prefix: bytes) -> None:
     assert_same(
-        lambda m: (lambda c: (c.total, list(c), c.remaining))(m.Chunker(flag, payload, chunk_size)),
+        lambda m: (lambda c: (c.total, list(c), c.remaining))(m.Chunker(flag, payload, chunk_size, prefix)),
         "chunking",
     )
 

@@ -24,37 +24,40 @@ def _byte_view(data: Buffer) -> memoryview:
 
 
 class Chunker:
-    """Iterates over one frame: the 9-byte header, then payload slices of at most ``chunk_size``."""
+    """Iterates over one frame: the 9-byte header (with ``prefix`` after it), then payload slices
+    of at most ``chunk_size``. The body is ``prefix`` then ``payload``; a short prefix such as a
+    request id is copied, the payload never."""
 
-    __slots__ = ("_chunk_size", "_header", "_offset", "_view")
+    __slots__ = ("_chunk_size", "_head", "_head_size", "_offset", "_view")
 
-    def __init__(self, flag: int, payload: Buffer, chunk_size: int) -> None:
+    def __init__(self, flag: int, payload: Buffer, chunk_size: int, prefix: bytes = b"") -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self._view = _byte_view(payload)
-        self._header: bytes | None = encode_header(flag, self._view.nbytes)
+        self._head: bytes | None = encode_header(flag, len(prefix) + self._view.nbytes) + prefix
+        self._head_size = len(self._head)
         self._chunk_size = chunk_size
         self._offset = 0
 
     @property
     def total(self) -> int:
-        """Header plus payload, in bytes."""
-        return HEADER_SIZE + self._view.nbytes
+        """Header, prefix and payload, in bytes."""
+        return self._head_size + self._view.nbytes
 
     @property
     def remaining(self) -> int:
         """Bytes not yet handed out, header included."""
-        pending_header = HEADER_SIZE if self._header is not None else 0
-        return pending_header + self._view.nbytes - self._offset
+        pending_head = self._head_size if self._head is not None else 0
+        return pending_head + self._view.nbytes - self._offset
 
     def __iter__(self) -> Chunker:
         return self
 
     def __next__(self) -> bytes | memoryview:
-        header = self._header
-        if header is not None:
-            self._header = None
-            return header
+        head = self._head
+        if head is not None:
+            self._head = None
+            return head
         offset = self._offset
         if offset >= self._view.nbytes:
             raise StopIteration

@@ -1,0 +1,225 @@
+"""One QUIC connection on the event loop: a ``Session`` with its timer, transmits and waiters.
+
+aioquic's four steps, as in its ``QuicConnectionProtocol``: feed the session, handle its events,
+send what it wants sent, re-arm one timer. Transmits after local writes are coalesced into one
+``call_soon``. What the events mean for the application is the owner's business (a
+``Connection``); this module only turns them into futures and callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from qp2p import errors
+from qp2p import session as s
+from qp2p.transport import Address, Transport
+
+if TYPE_CHECKING:
+    from qp2p.connection import Connection
+
+__all__ = ("Link",)
+
+log = logging.getLogger(__name__)
+
+_ping_ids = itertools.count(1)
+
+
+class Link:
+    """Drives one session; reports to its owning ``Connection``."""
+
+    def __init__(
+        self,
+        session: s.Session,
+        transport: Transport,
+        remote_addr: Address,
+        owner: Connection,
+        keep_alive_interval: float | None,
+    ) -> None:
+        self.session = session
+        self.remote_addr = remote_addr
+        self.owner = owner
+        self.retired = False
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._cids: set[bytes] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+        self._keep_alive: asyncio.TimerHandle | None = None
+        self._keep_alive_interval = keep_alive_interval
+        self._credit_waiters: list[asyncio.Future[None]] = []
+        self._large_waiters: dict[int, asyncio.Future[None]] = {}
+        self._large_gate: asyncio.Semaphore | None = None
+        self.established: asyncio.Future[None] = self._loop.create_future()
+        self.terminated: asyncio.Future[None] = self._loop.create_future()
+        self.end: s.Terminated | None = None
+        self.add_cid(session.quic.host_cid)
+
+    # ---- routing and the four steps --------------------------------------------------------
+
+    def add_cid(self, cid: bytes) -> None:
+        self._cids.add(cid)
+        self._transport.add_route(cid, self)
+
+    def _remove_cid(self, cid: bytes) -> None:
+        self._cids.discard(cid)
+        self._transport.remove_route(cid)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.session.receive_datagram(data, addr, self._loop.time())
+        self._handle_events()
+        self.transmit()
+
+    def transmit(self) -> None:
+        """Send what the session has queued, handle what that raised, re-arm the timer."""
+        self._transmit_handle = None
+        session = self.session
+        for data, addr in session.datagrams_to_send(self._loop.time()):
+            self._transport.sendto(data, addr)
+        self._handle_events()
+        timer_at = session.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None and not self.terminated.done():
+            self._timer = self._loop.call_at(timer_at, self._on_timer)
+        self._timer_at = timer_at
+
+    def transmit_soon(self) -> None:
+        if self._transmit_handle is None and not self.terminated.done():
+            self._transmit_handle = self._loop.call_soon(self.transmit)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.session.handle_timer(self._loop.time())
+        self._handle_events()
+        self.transmit()
+
+    def _on_keep_alive(self) -> None:
+        self._keep_alive = None
+        if self.terminated.done() or self.retired:
+            return
+        self.session.send_ping(next(_ping_ids))
+        self.transmit()
+        self._schedule_keep_alive()
+
+    def _schedule_keep_alive(self) -> None:
+        if self._keep_alive_interval is not None and not self.terminated.done():
+            self._keep_alive = self._loop.call_later(self._keep_alive_interval, self._on_keep_alive)
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def _handle_events(self) -> None:
+        session = self.session
+        owner = self.owner
+        while (event := session.next_event()) is not None:
+            kind = type(event)
+            if kind is s.FrameReceived:
+                owner._frame_received(self, event)  # type: ignore[arg-type]
+            elif kind is s.CreditGranted:
+                self._wake_credit_waiters()
+            elif kind is s.LargeSendDone:
+                self._settle_large(event.stream_id, None)  # type: ignore[union-attr]
+            elif kind is s.LargeSendFailed:
+                self._settle_large(event.stream_id, errors.SendError(event.reason))  # type: ignore[union-attr]
+            elif kind is s.CidIssued:
+                self.add_cid(event.cid)  # type: ignore[union-attr]
+            elif kind is s.CidRetired:
+                self._remove_cid(event.cid)  # type: ignore[union-attr]
+            elif kind is s.Established:
+                self._large_gate = asyncio.Semaphore(event.peer.large_message_slots)  # type: ignore[union-attr]
+                self._schedule_keep_alive()
+                if not self.established.done():
+                    self.established.set_result(None)
+                owner._link_established(self)
+            elif kind is s.ControlReceived:
+                owner._control_received(self, event.message)  # type: ignore[union-attr]
+            elif kind is s.StreamRefused:
+                log.info("refused stream %d from %s: %s", event.stream_id, self.remote_addr, event.error)  # type: ignore[union-attr]
+            elif kind is s.Terminated:
+                self._terminated(event)  # type: ignore[arg-type]
+
+    def _terminated(self, event: s.Terminated) -> None:
+        self.end = event
+        for cid in list(self._cids):
+            self._remove_cid(cid)
+        for handle in (self._timer, self._keep_alive, self._transmit_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._keep_alive = self._transmit_handle = None
+        self._wake_credit_waiters()
+        for stream_id in list(self._large_waiters):
+            self._settle_large(stream_id, self.closed_error())
+        if not self.established.done():
+            self.established.set_exception(self.closed_error())
+            self.established.exception()  # retrieved: a failed handshake may have no waiter
+        self.terminated.set_result(None)
+        self.owner._link_terminated(self, event)
+
+    # ---- waiting on the session ------------------------------------------------------------
+
+    def _wake_credit_waiters(self) -> None:
+        waiters, self._credit_waiters = self._credit_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_credit(self) -> None:
+        """Until the peer grants more credit or the link ends."""
+        waiter = self._loop.create_future()
+        self._credit_waiters.append(waiter)
+        await waiter
+
+    def _settle_large(self, stream_id: int, error: Exception | None) -> None:
+        waiter = self._large_waiters.pop(stream_id, None)
+        if waiter is None or waiter.done():
+            return
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+    async def send_large(self, flag: int, payload: Any, prefix: bytes) -> None:
+        """Send one frame on a stream of its own, as credit allows; cancelling resets the stream."""
+        assert self._large_gate is not None
+        async with self._large_gate:
+            self.check_open()
+            stream_id = self.session.start_large(flag, payload, prefix)
+            waiter = self._loop.create_future()
+            self._large_waiters[stream_id] = waiter
+            self.transmit_soon()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._large_waiters.pop(stream_id, None)
+                self.session.cancel_large(stream_id)
+                self.transmit_soon()
+                raise
+
+    def closed_error(self) -> Exception:
+        """What an operation on this link raises once it ended: ours to close, or lost."""
+        event = self.end
+        if event is None or not event.by_peer:
+            return errors.ClosedError("the connection was closed")
+        return errors.ConnectionLost(event.reason or f"closed with error code {event.error_code:#x}")
+
+    def check_open(self) -> None:
+        if self.terminated.done():
+            raise self.closed_error()
+
+    # ---- closing ---------------------------------------------------------------------------
+
+    def close(self, error_code: int = s.CLOSE_NORMAL, reason: str = "") -> None:
+        """Start a graceful close: the peer gets a CONNECTION_CLOSE; ``terminated`` follows."""
+        if not self.terminated.done():
+            self.session.close(error_code, reason)
+            self.transmit()
+
+    def abort(self) -> None:
+        """Forget the connection now, after one CONNECTION_CLOSE: used when the endpoint closes."""
+        self.close()
+        if not self.terminated.done():
+            self._terminated(s.Terminated(s.CLOSE_NORMAL, "closed", by_peer=False))

@@ -1,0 +1,150 @@
+"""``Config``: the settings of an endpoint, validated when made; from code, a TOML file or the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qp2p.errors import ConfigError
+
+__all__ = ("Config", "Trust")
+
+KiB = 1 << 10
+MiB = 1 << 20
+# aioquic writes STREAM frame and long-header lengths as 2-byte varints: above this it hangs.
+MAX_DATAGRAM_SIZE = 16383
+MIN_DATAGRAM_SIZE = 1200
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """How peers authenticate each other. ``Trust.encrypt_only()`` is the default.
+
+    encrypt_only: each endpoint presents a self-signed certificate (fresh, or loaded from
+    ``certfile``/``keyfile``); traffic is encrypted, but a peer's identity is not checked, so an
+    active man-in-the-middle is not detected.
+    """
+
+    mode: str = "encrypt_only"
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @classmethod
+    def encrypt_only(cls, certfile: str | None = None, keyfile: str | None = None) -> Trust:
+        """Encryption without identity; optionally with our own certificate and key from PEM files."""
+        if (certfile is None) != (keyfile is None):
+            raise ConfigError("give both certfile and keyfile, or neither")
+        return cls("encrypt_only", certfile, keyfile)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Settings of one ``Endpoint``. Times are in seconds, sizes in bytes.
+
+    Raises ``ConfigError`` when a value is out of range or two values contradict each other.
+    """
+
+    local_ip: str = "127.0.0.1"
+    local_port: int = 0
+    idle_timeout: float = 30.0
+    keep_alive_interval: float | None = 10.0
+    connect_timeout: float = 10.0
+    max_message_size: int = 64 * MiB
+    max_datagram_size: int = MIN_DATAGRAM_SIZE
+    lanes: int = 4
+    lane_threshold: int = 64 * KiB
+    receive_window: int = 4 * MiB
+    large_message_slots: int = 4
+    trust: Trust = field(default_factory=Trust.encrypt_only)
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.local_ip)
+        except ValueError:
+            raise ConfigError(f"local_ip is not an IP address: {self.local_ip!r}") from None
+        _check(0 <= self.local_port <= 0xFFFF, f"local_port out of range: {self.local_port}")
+        _check(self.idle_timeout > 0, "idle_timeout must be positive")
+        _check(
+            self.keep_alive_interval is None or 0 < self.keep_alive_interval < self.idle_timeout,
+            "keep_alive_interval must be positive and shorter than idle_timeout (or None)",
+        )
+        _check(self.connect_timeout > 0, "connect_timeout must be positive")
+        _check(1 <= self.max_message_size <= 0xFFFFFFFF, "max_message_size must be 1 to 2**32 - 1")
+        _check(
+            MIN_DATAGRAM_SIZE <= self.max_datagram_size <= MAX_DATAGRAM_SIZE,
+            f"max_datagram_size must be {MIN_DATAGRAM_SIZE} to {MAX_DATAGRAM_SIZE} "
+            "(aioquic writes some lengths in two bytes and stalls above that)",
+        )
+        _check(1 <= self.lanes <= 64, "lanes must be 1 to 64")
+        _check(1 <= self.lane_threshold <= 16 * MiB, "lane_threshold must be 1 byte to 16 MiB")
+        _check(
+            self.receive_window >= max(64 * KiB, 2 * self.lane_threshold),
+            "receive_window must be at least 64 KiB and twice lane_threshold",
+        )
+        _check(1 <= self.large_message_slots <= 1024, "large_message_slots must be 1 to 1024")
+        _check(isinstance(self.trust, Trust), "trust must be a qp2p.Trust")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Config:
+        """A config from plain values (strings are converted to each field's type)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known) - {"trust"})
+        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {
+            name: _convert(name, hints[name], value) for name, value in values.items() if name != "trust"
+        }
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Config:
+        """A config from a TOML file: the keys of a ``[qp2p]`` table, or of the top level."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        table = data.get("qp2p", data)
+        _check(isinstance(table, dict), "the [qp2p] entry must be a table")
+        return cls.from_mapping(table)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "QP2P_") -> Config:
+        """A config from ``QP2P_<FIELD>`` variables (``QP2P_LOCAL_PORT=4000``); others keep defaults."""
+        env = os.environ if environ is None else environ
+        names = {f.name for f in dataclasses.fields(cls)} - {"trust"}
+        values = {name: env[prefix + name.upper()] for name in names if prefix + name.upper() in env}
+        return cls.from_mapping(values)
+
+
+def _convert(name: str, hint: Any, value: Any) -> Any:
+    """``value`` as the type ``hint`` names; strings from files and the environment are parsed."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+        _check(type(None) in options, f"{name} cannot be empty")
+        return None
+    for kind in (bool, int, float, str):
+        if kind in options:
+            try:
+                if kind is bool and isinstance(value, str):
+                    return value.lower() in ("1", "true", "yes", "on")
+                return kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name}: cannot read {value!r} as {kind.__name__}") from None
+    raise ConfigError(f"{name}: unsupported type {hint}")

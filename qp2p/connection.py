@@ -1,0 +1,285 @@
+"""``Connection``: the application's handle on one peer, and the ``Message`` records it receives.
+
+A handle outlives the QUIC connections under it. When two peers dial each other at the same
+moment there are briefly two; both sides keep the same one (the connection opened by the side
+with the lower endpoint id) and let the other drain and close. Requests are matched to
+responses here, by an id unique per handle, so a response may come back on any of the peer's
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import TYPE_CHECKING, Literal
+
+from qp2p import errors
+from qp2p import session as s
+from qp2p._speedups import framing
+
+if TYPE_CHECKING:
+    from qp2p._link import Link
+    from qp2p.endpoint import Endpoint
+    from qp2p.transport import Address
+    from qp2p.wire import ControlMessage
+
+__all__ = ("Connection", "Message")
+
+log = logging.getLogger(__name__)
+
+BytesLike = bytes | bytearray | memoryview
+# A connection that lost the race between two simultaneous dials stays open this long for
+# anything already in flight on it, then closes.
+RETIRE_AFTER = 2.0
+
+
+def _size(data: BytesLike) -> int:
+    return len(data) if type(data) is bytes else memoryview(data).nbytes
+
+
+class Message:
+    """One user message or request from a peer.
+
+    ``data`` is ``bytes``, or a ``bytearray`` for a message that came on a stream of its own
+    (larger than the lane threshold), which saves a copy of up to ``max_message_size`` bytes.
+    ``lane`` is the peer's lane it came on (numbered in the order the peer opened them; order
+    is kept within a lane) or -1 for such a large message.
+    """
+
+    __slots__ = ("_connection", "_event", "_link", "_replied", "data", "lane", "src")
+
+    def __init__(self, connection: Connection, link: Link, event: s.FrameReceived) -> None:
+        self.src: Address = connection.remote_addr
+        self.data = event.data
+        self.lane = event.lane
+        self._connection = connection
+        self._link = link
+        self._event = event
+        self._replied = False
+
+    def __repr__(self) -> str:
+        kind = "request" if self.is_request else "message"
+        return f"<{kind} of {len(self.data)} bytes from {self.src[0]}:{self.src[1]}>"
+
+    @property
+    def is_request(self) -> bool:
+        """True for a request, which expects exactly one ``reply()``."""
+        return self._event.flag == framing.FLAG_REQUEST
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    def _consumed(self) -> None:
+        """The application took the message: its units go back to the sender as credit."""
+        link = self._link
+        link.session.consumed(self._event)
+        link.transmit_soon()
+
+    async def reply(self, data: BytesLike) -> None:
+        """Answer a request (empty ``data`` is allowed). Raises ``SendError`` if this is not a
+        request or was already answered, and what ``Connection.send`` raises."""
+        if not self.is_request:
+            raise errors.SendError("only a request can be replied to")
+        if self._replied:
+            raise errors.SendError("this request was already answered")
+        self._replied = True
+        prefix = self._event.request_id.to_bytes(4, "big")
+        await self._connection._send_frame(framing.FLAG_RESPONSE, prefix, data, None)
+
+
+class Connection:
+    """A peer we can send to and receive from; one per peer address in an endpoint's pool.
+
+    ``send`` and ``request`` wait for credit, so a peer that does not keep up slows its
+    senders down. Everything raises ``ClosedError`` once we closed the connection and
+    ``ConnectionLost`` (a ``ConnectionError``) once the peer or the network ended it.
+    """
+
+    def __init__(self, endpoint: Endpoint, remote_addr: Address) -> None:
+        self._endpoint = endpoint
+        self._loop = asyncio.get_running_loop()
+        self.remote_addr = remote_addr
+        self._links: list[Link] = []
+        self._current: Link | None = None
+        self._announced = False
+        self._requests: dict[int, asyncio.Future[bytes | bytearray]] = {}
+        self._request_ids = itertools.count(1)
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._close_error: Exception | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "open" if self._current is not None else "connecting"
+        return f"<Connection {self.remote_addr[0]}:{self.remote_addr[1]} {state}>"
+
+    # ---- public ----------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Literal["direct", "punched", "relayed"]:
+        """How packets reach the peer."""
+        return "direct"
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    async def send(self, data: BytesLike, *, lane: int | None = None) -> None:
+        """Send one message; returns once QUIC has it, not when the peer read it.
+
+        ``lane`` pins the message to one of the lanes (order is kept per lane); by default
+        messages take the lanes in turn. Raises ``MessageTooLarge`` above the peer's
+        ``max_message_size``, ``SendError`` for an empty message.
+        """
+        await self._send_frame(framing.FLAG_USER, b"", data, lane)
+
+    async def request(self, data: BytesLike, *, timeout: float | None = None) -> bytes | bytearray:
+        """Send a request and wait for the peer's ``reply``; ``RequestTimeout`` after ``timeout`` s."""
+        request_id = next(self._request_ids) & 0xFFFFFFFF
+        waiter: asyncio.Future[bytes | bytearray] = self._loop.create_future()
+        self._requests[request_id] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send_frame(framing.FLAG_REQUEST, request_id.to_bytes(4, "big"), data, None)
+                return await waiter
+        except TimeoutError:
+            raise errors.RequestTimeout(f"no response from {self.remote_addr} within {timeout} s") from None
+        finally:
+            self._requests.pop(request_id, None)
+
+    async def close(self) -> None:
+        """Close gracefully; idempotent. Pending operations fail with ``ClosedError``."""
+        self._finish(errors.ClosedError("the connection was closed"))
+        for link in list(self._links):
+            link.close()
+        if self._links:
+            await asyncio.wait([link.terminated for link in self._links], timeout=1.0)
+            for link in list(self._links):
+                link.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    async def wait_ready(self) -> None:
+        """Until a QUIC connection to the peer is established (or all failed)."""
+        await asyncio.shield(self._ready)
+
+    def _usable_link(self) -> Link:
+        link = self._current
+        if link is None or link.terminated.done():
+            if self._close_error is not None:
+                raise self._close_error
+            raise errors.SendError("the connection is not established yet")
+        return link
+
+    async def _send_frame(self, flag: int, prefix: bytes, data: BytesLike, lane: int | None) -> None:
+        size = len(prefix) + _size(data)
+        if size == 0 and flag == framing.FLAG_USER:
+            raise errors.SendError("a message cannot be empty")
+        if not self._ready.done():
+            await self.wait_ready()
+        link = self._usable_link()
+        session = link.session
+        peer = session.peer
+        assert peer is not None
+        if size > peer.max_message_size:
+            raise errors.MessageTooLarge(peer.max_message_size, size)
+        if size > peer.lane_threshold:
+            await link.send_large(flag, data, prefix)
+            return
+        while session.credit <= 0:
+            await link.wait_credit()
+            link.check_open()
+        session.send_frame(flag, prefix + data if prefix else bytes(data), lane)
+        link.transmit_soon()
+
+    # ---- events from links -----------------------------------------------------------------
+
+    def _add_link(self, link: Link) -> None:
+        self._links.append(link)
+
+    def _link_established(self, link: Link) -> None:
+        current = self._current
+        if current is None or current.terminated.done():
+            self._current = link
+        elif self._client_id(link) < self._client_id(current):
+            self._retire(current)
+            self._current = link
+        else:
+            self._retire(link)
+        if not self._ready.done():
+            self._ready.set_result(None)
+        if not self._announced:
+            self._announced = True
+            self._endpoint._connection_ready(self, link.session.is_client)
+
+    def _client_id(self, link: Link) -> int:
+        """The endpoint id of whoever dialled ``link``: both peers agree on it."""
+        peer = link.session.peer
+        assert peer is not None
+        return self._endpoint.endpoint_id if link.session.is_client else peer.endpoint_id
+
+    def _retire(self, link: Link) -> None:
+        link.retired = True
+        self._loop.call_later(RETIRE_AFTER, self._close_retired, link)
+
+    def _close_retired(self, link: Link) -> None:
+        if link.session.large_sends:
+            self._loop.call_later(RETIRE_AFTER, self._close_retired, link)
+        else:
+            link.close()
+
+    def _link_terminated(self, link: Link, event: s.Terminated) -> None:
+        self._links.remove(link)
+        if link is self._current:
+            alive = [
+                other for other in self._links if other.established.done() and not other.terminated.done()
+            ]
+            self._current = alive[0] if alive else None
+        if self._current is None and not any(not other.terminated.done() for other in self._links):
+            error = link.closed_error()
+            if not self._ready.done():
+                reason = event.reason or f"error code {event.error_code:#x}"
+                error = errors.ConnectionError(f"could not connect to {self.remote_addr}: {reason}")
+            self._finish(error)
+
+    def _finish(self, error: Exception) -> None:
+        """The handle is over: fail its waiters, leave the pool, report the disconnection once."""
+        if self._closed.done():
+            return
+        self._close_error = error
+        if not self._ready.done():
+            self._ready.set_exception(error)
+            self._ready.exception()  # retrieved: nobody may be waiting
+        for waiter in self._requests.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._closed.set_result(None)
+        self._endpoint._connection_closed(self, announced=self._announced)
+
+    def _frame_received(self, link: Link, event: s.FrameReceived) -> None:
+        if event.flag == framing.FLAG_RESPONSE:
+            waiter = self._requests.get(event.request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event.data)
+            link.session.consumed(event)  # delivered (or nobody waits any more): credit goes back
+            link.transmit_soon()
+            return
+        self._endpoint._message_received(Message(self, link, event))
+
+    def _control_received(self, link: Link, message: ControlMessage) -> None:
+        self._endpoint._control_received(self, link, message)
+
+    def _abort(self, error: Exception) -> None:
+        self._finish(error)
+        for link in list(self._links):
+            link.abort()

@@ -1,0 +1,631 @@
+"""One qp2p connection as a sans-IO state machine around aioquic's ``QuicConnection``.
+
+Datagrams in (``receive_datagram``), datagrams out (``datagrams_to_send``), a deadline
+(``get_timer``/``handle_timer``) and events (``next_event``): the asyncio layer only carries
+bytes and time. Inside: the Hello exchange, the lanes (long-lived unidirectional streams holding
+small frames back to back), large messages on streams of their own, and the credit that gives
+end-to-end backpressure.
+
+Credit. aioquic keeps every byte written until it is acknowledged and widens its flow-control
+window as bytes arrive, not as they are used, so a fast sender or a slow reader would make
+memory grow without bound. On top of QUIC, each side therefore grants the other a limit of
+"units": a user, request or response frame costs its length plus ``FRAME_OVERHEAD``; control
+frames are free. The receiver grants more as the application consumes messages (a large
+message's bytes count as consumed when they are stored in its buffer, which was allocated in
+full when its header arrived; at most ``large_message_slots`` such buffers exist at once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic.quic import events as quic_events
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+
+from qp2p import wire
+from qp2p._speedups import chunking, framing
+from qp2p.errors import DecodeError, MalformedMessage, MessageTooLarge, SendError, TruncatedMessage
+
+__all__ = (
+    "ALPN",
+    "CHUNK_SIZE",
+    "FRAME_OVERHEAD",
+    "CidIssued",
+    "CidRetired",
+    "ControlReceived",
+    "CreditGranted",
+    "Established",
+    "FrameReceived",
+    "LargeSendDone",
+    "LargeSendFailed",
+    "Session",
+    "SessionEvent",
+    "StreamRefused",
+    "Terminated",
+)
+
+log = logging.getLogger(__name__)
+
+ALPN = "qp2p"
+FRAME_OVERHEAD = 64
+CHUNK_SIZE = 64 * 1024
+
+# Application error codes on QUIC streams and connections.
+STREAM_REFUSED = 0x1  # we will not read this stream (malformed, oversized, unexpected)
+STREAM_CANCELLED = 0x2  # the sender gave up on this stream
+CLOSE_NORMAL = 0x0
+CLOSE_PROTOCOL = 0x10  # the peer broke the qp2p protocol at the connection level
+
+_FLAG_USER = framing.FLAG_USER
+_FLAG_CONTROL = framing.FLAG_CONTROL
+_FLAG_REQUEST = framing.FLAG_REQUEST
+_FLAG_RESPONSE = framing.FLAG_RESPONSE
+_HEADER_SIZE = framing.HEADER_SIZE
+
+
+# ---- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """The handshake is complete and the peer's Hello has arrived: the connection is usable."""
+
+    peer: wire.Hello
+
+
+@dataclass(frozen=True, slots=True)
+class CidIssued:
+    """A connection id of ours now routes to this session."""
+
+    cid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CidRetired:
+    """A connection id of ours no longer routes to this session."""
+
+    cid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived:
+    """A user message, request or response. ``cost`` units are granted back by ``consumed()``;
+    ``large`` frames also give back their buffer slot there."""
+
+    flag: int
+    request_id: int
+    data: bytes | bytearray
+    lane: int
+    cost: int
+    large: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReceived:
+    """A control message for the layers above (echo, verification, ...)."""
+
+    message: wire.ControlMessage
+
+
+@dataclass(frozen=True, slots=True)
+class CreditGranted:
+    """The peer raised our credit limit: blocked senders may go on."""
+
+
+@dataclass(frozen=True, slots=True)
+class LargeSendDone:
+    """Every byte of the large message on ``stream_id`` is handed to QUIC."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LargeSendFailed:
+    """The large message on ``stream_id`` was refused by the peer or the connection ended."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefused:
+    """We stopped reading a stream the peer sent, because of ``error``; the connection goes on."""
+
+    stream_id: int
+    error: Exception
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated:
+    """The QUIC connection is over; ``by_peer`` says whether the peer or the network ended it."""
+
+    error_code: int
+    reason: str
+    by_peer: bool
+
+
+SessionEvent = (
+    Established
+    | CidIssued
+    | CidRetired
+    | FrameReceived
+    | ControlReceived
+    | CreditGranted
+    | LargeSendDone
+    | LargeSendFailed
+    | StreamRefused
+    | Terminated
+)
+
+
+# ---- per-stream state ----------------------------------------------------------------------
+
+
+class _LargeSend:
+    __slots__ = ("charged", "chunker")
+
+    def __init__(self, chunker: Any) -> None:
+        self.chunker = chunker
+        self.charged = FRAME_OVERHEAD
+
+
+class _Incoming:
+    """What we know of one stream the peer opened: still classifying, a lane, or a large frame."""
+
+    __slots__ = ("credited", "decoder", "head", "held", "lane", "reassembler")
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.decoder: Any = None
+        self.lane = -1
+        self.reassembler: Any = None
+        self.held: list[bytes] | None = None  # a large frame's bytes while it waits for a buffer slot
+        self.credited = 0
+
+
+def _peer_initiated_uni(stream_id: int, is_client: bool) -> bool:
+    # bit 0: 0 = client-initiated, 1 = server-initiated; bit 1: unidirectional.
+    return stream_id & 2 == 2 and (stream_id & 1 == 1) == is_client
+
+
+class Session:
+    """The qp2p protocol on one QUIC connection. Not thread-safe; never blocks; no I/O."""
+
+    def __init__(self, quic: QuicConnection, hello: wire.Hello, lanes: int) -> None:
+        self._quic = quic
+        self._hello = hello
+        self._is_client = quic.configuration.is_client
+        self._events: deque[SessionEvent] = deque()
+        self._peer: wire.Hello | None = None
+        self._handshake_done = False
+        self._established = False
+        self._closing = False
+        self._terminated = False
+        # sending
+        self._lane_ids: list[int | None] = [None] * lanes
+        self._next_lane = 0
+        self._control_lane: int | None = None
+        self._sent = 0
+        self._limit = 0
+        self._large: dict[int, _LargeSend] = {}
+        # receiving
+        self._incoming: dict[int, _Incoming] = {}
+        self._lanes_seen = 0
+        self._consumed = 0
+        self._advertised = hello.receive_window
+        self._free_slots = hello.large_message_slots
+        self._slot_queue: deque[int] = deque()
+        self._refused: dict[int, int] = {}  # stream id -> units credited, until the sender settles
+        self._settled: set[int] = set()
+        self.rejected_frames = 0
+
+    # ---- state -----------------------------------------------------------------------------
+
+    @property
+    def quic(self) -> QuicConnection:
+        return self._quic
+
+    @property
+    def is_client(self) -> bool:
+        return self._is_client
+
+    @property
+    def established(self) -> bool:
+        return self._established
+
+    @property
+    def terminated(self) -> bool:
+        return self._terminated
+
+    @property
+    def peer(self) -> wire.Hello | None:
+        """The peer's Hello, once it arrived."""
+        return self._peer
+
+    @property
+    def credit(self) -> int:
+        """Units we may still send before the peer grants more (negative after an overshoot)."""
+        return self._limit - self._sent
+
+    @property
+    def large_sends(self) -> int:
+        """Large messages being sent now."""
+        return len(self._large)
+
+    def next_event(self) -> SessionEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # ---- QUIC plumbing ---------------------------------------------------------------------
+
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        self._quic.connect(addr, now=now)
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        self._quic.receive_datagram(data, addr, now=now)
+        self._process_quic_events()
+
+    def handle_timer(self, now: float) -> None:
+        self._quic.handle_timer(now=now)
+        self._process_quic_events()
+
+    def get_timer(self) -> float | None:
+        return self._quic.get_timer()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        datagrams = self._quic.datagrams_to_send(now=now)
+        # aioquic queues ConnectionIdIssued while it writes NEW_CONNECTION_ID frames, i.e. here.
+        self._process_quic_events()
+        return datagrams
+
+    def send_ping(self, uid: int) -> None:
+        self._quic.send_ping(uid)
+
+    def close(self, error_code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        if not self._closing:
+            self._closing = True
+            self._quic.close(error_code=error_code, reason_phrase=reason)
+
+    # ---- sending ---------------------------------------------------------------------------
+
+    def _check_size(self, body_len: int) -> None:
+        assert self._peer is not None
+        if body_len > self._peer.max_message_size:
+            raise MessageTooLarge(self._peer.max_message_size, body_len)
+
+    def is_large(self, body_len: int) -> bool:
+        """Whether a frame with a body this long must travel on a stream of its own."""
+        assert self._peer is not None
+        return body_len > self._peer.lane_threshold
+
+    def _lane_stream(self, lane: int | None) -> int:
+        if lane is None:
+            lane = self._next_lane
+            self._next_lane = (lane + 1) % len(self._lane_ids)
+        else:
+            lane %= len(self._lane_ids)
+        stream_id = self._lane_ids[lane]
+        if stream_id is None:
+            stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+            self._lane_ids[lane] = stream_id
+            if self._control_lane is None:
+                self._control_lane = stream_id
+        return stream_id
+
+    def send_frame(self, flag: int, body: bytes, lane: int | None = None) -> None:
+        """Queue one small frame on a lane; the caller waited for ``credit > 0`` first."""
+        if not self._established or self._closing:
+            raise SendError("the connection is not open")
+        self._check_size(len(body))
+        frame = framing.encode_frame(flag, body)
+        self._quic.send_stream_data(self._lane_stream(lane), frame)
+        self._sent += len(frame) + FRAME_OVERHEAD
+
+    def start_large(self, flag: int, payload: Any, prefix: bytes = b"") -> int:
+        """Begin sending a frame (body: ``prefix`` then ``payload``) on a stream of its own.
+
+        Returns the stream id. The bytes go out as credit allows (``LargeSendDone`` when all are
+        handed to QUIC). The payload is never copied here: QUIC copies each 64 KiB slice as it
+        takes it.
+        """
+        if not self._established or self._closing:
+            raise SendError("the connection is not open")
+        chunker = chunking.Chunker(flag, payload, CHUNK_SIZE, prefix)
+        self._check_size(chunker.total - _HEADER_SIZE)
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        self._large[stream_id] = _LargeSend(chunker)
+        self._sent += FRAME_OVERHEAD
+        self._pump()
+        return stream_id
+
+    def cancel_large(self, stream_id: int) -> None:
+        """Abandon a large send: reset its stream and tell the peer what it was charged."""
+        send = self._large.pop(stream_id, None)
+        if send is None or self._terminated:
+            return
+        self._quic.reset_stream(stream_id, STREAM_CANCELLED)
+        self._send_control(wire.StreamCancelled(stream_id, send.charged))
+
+    def _pump(self) -> None:
+        """Hand large-message slices to QUIC while credit lasts, oldest message first.
+
+        A quarter of the peer's window is left to the lanes, so small messages keep flowing
+        beside a bulk transfer.
+        """
+        if not self._large or self._peer is None:
+            return
+        reserve = self._peer.receive_window // 4
+        for stream_id in list(self._large):
+            send = self._large[stream_id]
+            chunker = send.chunker
+            while self._limit - self._sent > reserve:
+                piece = next(chunker, None)
+                if piece is None:
+                    break
+                last = chunker.remaining == 0
+                self._quic.send_stream_data(stream_id, piece, end_stream=last)
+                send.charged += len(piece)
+                self._sent += len(piece)
+                if last:
+                    del self._large[stream_id]
+                    self._events.append(LargeSendDone(stream_id))
+                    break
+            else:
+                return
+
+    def send_control(self, message: wire.ControlMessage) -> None:
+        """Queue a control message (free of credit) on the first lane."""
+        if self._closing:
+            raise SendError("the connection is closing")
+        self._send_control(message)
+
+    def _send_control(self, message: wire.ControlMessage) -> None:
+        stream_id = self._control_lane if self._control_lane is not None else self._lane_stream(0)
+        self._quic.send_stream_data(stream_id, wire.encode(message))
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    def consumed(self, event: FrameReceived) -> None:
+        """The application took ``event``'s message: grant its units back, free its slot."""
+        self._consumed += event.cost
+        if event.large:
+            self._free_slot()
+        self._grant()
+
+    def _grant(self) -> None:
+        limit = self._consumed + self._hello.receive_window
+        if limit - self._advertised >= self._hello.receive_window // 8 and not self._closing:
+            self._advertised = limit
+            self._send_control(wire.Credit(limit))
+
+    def _credit_received(self, units: int) -> None:
+        self._consumed += units
+        self._grant()
+
+    def _process_quic_events(self) -> None:
+        quic = self._quic
+        while (event := quic.next_event()) is not None:
+            kind = type(event)
+            if kind is quic_events.StreamDataReceived:
+                self._stream_data(event.stream_id, event.data, event.end_stream)  # type: ignore[attr-defined]
+            elif kind is quic_events.ConnectionIdIssued:
+                self._events.append(CidIssued(event.connection_id))  # type: ignore[attr-defined]
+            elif kind is quic_events.ConnectionIdRetired:
+                self._events.append(CidRetired(event.connection_id))  # type: ignore[attr-defined]
+            elif kind is quic_events.HandshakeCompleted:
+                self._handshake_completed(event)  # type: ignore[arg-type]
+            elif kind is quic_events.StreamReset:
+                self._stream_reset(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is quic_events.StopSendingReceived:
+                self._stop_sending(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is quic_events.ConnectionTerminated:
+                self._connection_terminated(event)  # type: ignore[arg-type]
+
+    def _handshake_completed(self, event: quic_events.HandshakeCompleted) -> None:
+        if event.alpn_protocol != ALPN:
+            self.close(CLOSE_PROTOCOL, f"ALPN {event.alpn_protocol!r} is not {ALPN!r}")
+            return
+        self._handshake_done = True
+        self._send_control(self._hello)
+        self._check_established()
+
+    def _check_established(self) -> None:
+        if self._handshake_done and self._peer is not None and not self._established:
+            self._established = True
+            self._events.append(Established(self._peer))
+
+    def _connection_terminated(self, event: quic_events.ConnectionTerminated) -> None:
+        self._terminated = True
+        for stream_id in list(self._large):
+            self._events.append(LargeSendFailed(stream_id, "the connection ended"))
+        self._large.clear()
+        self._events.append(Terminated(event.error_code, event.reason_phrase, by_peer=not self._closing))
+
+    def _refuse(self, stream_id: int, incoming: _Incoming | None, error: Exception) -> None:
+        """Stop reading a stream, keeping what it was credited until the sender settles it."""
+        if incoming is not None:
+            self._release(stream_id, incoming)
+            self._refused[stream_id] = incoming.credited
+        self._incoming.pop(stream_id, None)
+        self._settled.add(stream_id)
+        if not self._terminated:
+            try:
+                self._quic.stop_stream(stream_id, STREAM_REFUSED)
+            except ValueError:  # aioquic already discarded the stream: it ended, nothing to stop
+                pass
+        self._events.append(StreamRefused(stream_id, error))
+
+    def _release(self, stream_id: int, incoming: _Incoming) -> None:
+        if incoming.reassembler is not None:
+            incoming.reassembler = None
+            self._free_slot()
+        elif incoming.held is not None and stream_id in self._slot_queue:
+            self._slot_queue.remove(stream_id)
+
+    def _free_slot(self) -> None:
+        self._free_slots += 1
+        self._assign_slots()
+
+    def _stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        incoming = self._incoming.get(stream_id)
+        if incoming is None:
+            if stream_id in self._settled:
+                return
+            if not _peer_initiated_uni(stream_id, self._is_client):
+                if stream_id & 2 == 0:  # a bidirectional stream: qp2p never opens one
+                    self._quic.reset_stream(stream_id, STREAM_REFUSED)
+                self._refuse(stream_id, None, MalformedMessage("unexpected stream type"))
+                return
+            incoming = self._incoming[stream_id] = _Incoming()
+        try:
+            if incoming.decoder is not None:
+                self._lane_data(incoming, data)
+            elif incoming.reassembler is not None or incoming.held is not None:
+                self._large_data(stream_id, incoming, data)
+            else:
+                self._classify(stream_id, incoming, data)
+            if end_stream:
+                self._stream_end(stream_id, incoming)
+        except DecodeError as exc:
+            self._refuse(stream_id, incoming, exc)
+
+    def _classify(self, stream_id: int, incoming: _Incoming, data: bytes) -> None:
+        """First bytes of a stream: its first header says lane (small) or large frame."""
+        head = incoming.head
+        head += data
+        if len(head) < _HEADER_SIZE:
+            return
+        _, data_len = framing.decode_header(head, self._hello.max_message_size)
+        incoming.head = bytearray()
+        if data_len > self._hello.lane_threshold:
+            incoming.held = [bytes(head)]
+            self._slot_queue.append(stream_id)
+            self._assign_slots()
+        else:
+            incoming.decoder = framing.FrameDecoder(self._hello.max_message_size)
+            incoming.lane = self._lanes_seen
+            self._lanes_seen += 1
+            self._lane_data(incoming, head)
+
+    def _lane_data(self, incoming: _Incoming, data: bytes | bytearray) -> None:
+        decoder = incoming.decoder
+        decoder.feed(data)
+        append = self._events.append
+        lane = incoming.lane
+        for flag, body in decoder:
+            if flag == _FLAG_USER:
+                append(FrameReceived(flag, 0, body, lane, len(body) + _HEADER_SIZE + FRAME_OVERHEAD, False))
+            elif flag == _FLAG_CONTROL:
+                self._control_frame(body)
+            elif len(body) >= 4:
+                cost = len(body) + _HEADER_SIZE + FRAME_OVERHEAD
+                append(FrameReceived(flag, int.from_bytes(body[:4], "big"), body[4:], lane, cost, False))
+            else:
+                # The frame boundary is intact, so only this frame is lost; its units are returned.
+                self._reject_frame(TruncatedMessage("request or response shorter than its request id"))
+                self._credit_received(len(body) + _HEADER_SIZE + FRAME_OVERHEAD)
+
+    def _reject_frame(self, error: DecodeError) -> None:
+        self.rejected_frames += 1
+        log.warning("dropped a malformed frame from %s: %s", self._quic.get_peer_address(), error)
+
+    def _control_frame(self, body: bytes | bytearray) -> None:
+        try:
+            message = wire.decode(_FLAG_CONTROL, bytes(body))
+        except DecodeError as exc:
+            self._reject_frame(exc)
+            return
+        self._control(message)
+
+    def _assign_slots(self) -> None:
+        while self._free_slots > 0 and self._slot_queue:
+            stream_id = self._slot_queue.popleft()
+            incoming = self._incoming[stream_id]
+            held, incoming.held = incoming.held or [], None
+            self._free_slots -= 1
+            incoming.reassembler = chunking.Reassembler(self._hello.max_message_size)
+            incoming.credited = FRAME_OVERHEAD
+            self._credit_received(FRAME_OVERHEAD)
+            for data in held:
+                self._large_data(stream_id, incoming, data)
+
+    def _large_data(self, stream_id: int, incoming: _Incoming, data: bytes) -> None:
+        if incoming.held is not None:
+            incoming.held.append(data)
+            return
+        done = incoming.reassembler.feed(data)
+        incoming.credited += len(data)
+        self._credit_received(len(data))
+        if done:
+            flag, body = incoming.reassembler.finish()
+            incoming.reassembler = None
+            self._deliver_large(stream_id, flag, body)
+
+    def _deliver_large(self, stream_id: int, flag: int, body: bytearray) -> None:
+        self._incoming.pop(stream_id, None)
+        self._settled.add(stream_id)  # a complete frame: anything more on this stream is ignored
+        request_id = 0
+        if flag == _FLAG_CONTROL or (flag != _FLAG_USER and len(body) < 4):
+            self._free_slot()  # nothing is handed to the application, so the buffer goes now
+            if flag == _FLAG_CONTROL:
+                self._control_frame(body)
+            else:
+                self._reject_frame(TruncatedMessage("request or response shorter than its request id"))
+            return
+        if flag != _FLAG_USER:
+            request_id = int.from_bytes(body[:4], "big")
+            del body[:4]
+        self._events.append(FrameReceived(flag, request_id, body, -1, 0, True))
+
+    def _stream_end(self, stream_id: int, incoming: _Incoming) -> None:
+        if incoming.decoder is not None:
+            incoming.decoder.finish()
+            del self._incoming[stream_id]
+        elif stream_id in self._incoming:  # a large frame or a header that never completed
+            if incoming.reassembler is not None:
+                incoming.reassembler.finish()  # raises TruncatedFrame: the frame is incomplete
+            raise MalformedMessage("stream ended before its first frame was complete")
+
+    def _stream_reset(self, stream_id: int) -> None:
+        incoming = self._incoming.pop(stream_id, None)
+        if incoming is None:
+            return
+        self._release(stream_id, incoming)
+        if stream_id not in self._settled:
+            self._refused[stream_id] = incoming.credited
+            self._settled.add(stream_id)
+
+    def _stop_sending(self, stream_id: int) -> None:
+        if stream_id in self._large:
+            self.cancel_large(stream_id)
+            self._events.append(LargeSendFailed(stream_id, "the peer refused the message"))
+        elif stream_id in self._lane_ids:
+            # The peer will not read this lane any more: the next frame opens a fresh one.
+            self._lane_ids[self._lane_ids.index(stream_id)] = None
+            if self._control_lane == stream_id:
+                self._control_lane = None
+
+    def _control(self, message: wire.WireMessage) -> None:
+        if isinstance(message, wire.Credit):
+            if message.limit > self._limit:
+                self._limit = message.limit
+                self._pump()
+                self._events.append(CreditGranted())
+        elif isinstance(message, wire.StreamCancelled):
+            incoming = self._incoming.pop(message.stream_id, None)
+            if incoming is not None:
+                self._release(message.stream_id, incoming)
+                credited = incoming.credited
+            else:
+                credited = self._refused.pop(message.stream_id, 0)
+            self._settled.add(message.stream_id)
+            self._credit_received(max(0, message.units - credited))
+        elif isinstance(message, wire.Hello):
+            if self._peer is None:
+                self._peer = message
+                self._limit = message.receive_window
+                self._check_established()
+        else:
+            self._events.append(ControlReceived(message))  # type: ignore[arg-type]

@@ -1,0 +1,145 @@
+"""The endpoint's one UDP socket: every datagram goes to its connection by destination connection id.
+
+Like aioquic's server it parses only the clear-text header (with the compiled packet peek).
+Unknown Initials of full size open a connection, unsupported versions get a Version Negotiation,
+and everything else unknown is dropped and counted. No protocol logic lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from aioquic.quic.packet import encode_quic_version_negotiation
+
+from qp2p._speedups import packet
+from qp2p.errors import MalformedPacket
+
+__all__ = (
+    "CID_LENGTH",
+    "SUPPORTED_VERSIONS",
+    "Address",
+    "Receiver",
+    "Transport",
+    "TransportStats",
+    "normalize",
+)
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+# Short headers do not carry their connection id's length, so every connection on a socket uses this one.
+CID_LENGTH = 8
+SUPPORTED_VERSIONS = (packet.QUIC_V1, packet.QUIC_V2)
+# RFC 9000 section 14.1: a client's first datagram is at least this long; smaller Initials are dropped.
+MIN_INITIAL_SIZE = 1200
+
+
+def normalize(addr: tuple[object, ...]) -> Address:
+    """``(host, port)`` as aioquic compares it: no flow info or scope, IPv4-mapped IPv6 unwrapped."""
+    host, port = str(addr[0]), int(addr[1])  # type: ignore[call-overload]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port
+
+
+class Receiver(Protocol):
+    """Whatever a connection id routes to."""
+
+    def datagram_received(self, data: bytes, addr: Address) -> None: ...
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Datagram counters of one socket, for tests and monitoring."""
+
+    received: int = 0
+    accepted: int = 0
+    malformed: int = 0
+    unroutable: int = 0
+    version_negotiations: int = 0
+
+
+Acceptor = Callable[[packet.PacketHeader, Address], Receiver | None]
+
+
+class Transport(asyncio.DatagramProtocol):
+    """Routes datagrams; ``accept`` decides whether an unknown Initial opens a connection."""
+
+    def __init__(self, accept: Acceptor) -> None:
+        self._accept = accept
+        self._routes: dict[bytes, Receiver] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self.stats = TransportStats()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def local_addr(self) -> Address:
+        assert self._transport is not None
+        return normalize(self._transport.get_extra_info("sockname"))
+
+    @property
+    def routes(self) -> int:
+        """How many connection ids route somewhere."""
+        return len(self._routes)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable, ...) for some earlier datagram: QUIC recovers by itself.
+        log.debug("socket error: %s", exc)
+
+    def add_route(self, cid: bytes, receiver: Receiver) -> None:
+        self._routes[cid] = receiver
+
+    def remove_route(self, cid: bytes) -> None:
+        self._routes.pop(cid, None)
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[object, ...]) -> None:
+        stats = self.stats
+        stats.received += 1
+        try:
+            header = packet.peek(data, CID_LENGTH)
+        except MalformedPacket:
+            stats.malformed += 1
+            return
+        peer = normalize(addr)
+        receiver = self._routes.get(header.destination_cid)
+        if receiver is not None:
+            receiver.datagram_received(data, peer)
+            return
+        if header.is_long_header and len(data) >= MIN_INITIAL_SIZE:
+            if header.version not in SUPPORTED_VERSIONS and header.packet_type != packet.VERSION_NEGOTIATION:
+                stats.version_negotiations += 1
+                self.sendto(
+                    encode_quic_version_negotiation(
+                        source_cid=header.destination_cid,
+                        destination_cid=header.source_cid,
+                        supported_versions=list(SUPPORTED_VERSIONS),
+                    ),
+                    peer,
+                )
+                return
+            if header.packet_type == packet.INITIAL:
+                receiver = self._accept(header, peer)
+                if receiver is not None:
+                    stats.accepted += 1
+                    receiver.datagram_received(data, peer)
+                    return
+        stats.unroutable += 1
