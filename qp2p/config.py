@@ -68,6 +68,7 @@ class Config:
     lane_threshold: int = 64 * KiB
     receive_window: int = 4 * MiB
     large_message_slots: int = 4
+    socket_buffer_size: int = 4 * MiB
     trust: Trust = field(default_factory=Trust.encrypt_only)
 
     def __post_init__(self) -> None:
@@ -95,6 +96,7 @@ class Config:
             "receive_window must be at least 64 KiB and twice lane_threshold",
         )
         _check(1 <= self.large_message_slots <= 1024, "large_message_slots must be 1 to 1024")
+        _check(0 <= self.socket_buffer_size <= 1 << 30, "socket_buffer_size must be 0 (system default) to 1 GiB")
         _check(isinstance(self.trust, Trust), "trust must be a qp2p.Trust")
 
     def replace(self, **changes: Any) -> Config:

@@ -97,7 +97,10 @@ class Endpoint:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
 
     def __repr__(self) -> str:
-        where = f" {self.local_addr[0]}:{self.local_addr[1]}" if self._transport is not None else ""
+        where = ""
+        if self._state == "open" and self._transport is not None:
+            host, port = self._transport.local_addr
+            where = f" {host}:{port}"
         return f"<Endpoint{where} {self._state}>"
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -118,8 +121,21 @@ class Endpoint:
             raise errors.ConnectionError(
                 f"cannot bind {self.config.local_ip}:{self.config.local_port}: {exc}"
             ) from exc
+        self._size_buffers(transport)
         self._transport = transport
         self._state = "open"
+
+    def _size_buffers(self, transport: Transport) -> None:
+        """Ask for large socket buffers: bursts of handshakes or data otherwise overflow the
+        default (about 200 KiB on Linux) and cost retransmissions. The kernel may grant less."""
+        size = self.config.socket_buffer_size
+        sock = transport.socket
+        if size and sock is not None:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, size)
+                except OSError as exc:
+                    log.debug("cannot set socket buffer size: %s", exc)
 
     async def close(self) -> None:
         """Close every connection (each peer gets a CONNECTION_CLOSE) and the socket; idempotent."""

@@ -220,7 +220,8 @@ class Session:
         self._slot_queue: deque[int] = deque()
         self._refused: dict[int, int] = {}  # stream id -> units credited, until the sender settles
         self._settled: set[int] = set()
-        self.rejected_frames = 0
+        self.rejected_frames = 0  # malformed frames skipped on an otherwise sound lane
+        self.refused_streams = 0  # streams we stopped reading (bad header, oversized, truncated, ...)
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -445,6 +446,7 @@ class Session:
 
     def _refuse(self, stream_id: int, incoming: _Incoming | None, error: Exception) -> None:
         """Stop reading a stream, keeping what it was credited until the sender settles it."""
+        self.refused_streams += 1
         if incoming is not None:
             self._release(stream_id, incoming)
             self._refused[stream_id] = incoming.credited

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -80,6 +81,14 @@ class Transport(asyncio.DatagramProtocol):
     def local_addr(self) -> Address:
         assert self._transport is not None
         return normalize(self._transport.get_extra_info("sockname"))
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The UDP socket, for options such as buffer sizes."""
+        if self._transport is None:
+            return None
+        sock: socket.socket | None = self._transport.get_extra_info("socket")
+        return sock
 
     @property
     def routes(self) -> int:

@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
-import datetime
+import asyncio
+import os
 import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-
-def _self_signed() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qp2p-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
+import qp2p
+from qp2p import tls
 
 
 @pytest.fixture(scope="session")
 def quic_traffic() -> list[bytes]:
     """Every datagram of a real in-memory aioquic handshake, then 1-RTT stream data both ways."""
-    cert, key = _self_signed()
+    identity = tls.self_signed_identity()
     client = QuicConnection(
         configuration=QuicConfiguration(is_client=True, alpn_protocols=["t"], verify_mode=ssl.CERT_NONE)
     )
     server_config = QuicConfiguration(is_client=False, alpn_protocols=["t"])
-    server_config.certificate, server_config.private_key = cert, key
+    server_config.certificate, server_config.private_key = identity.certificate, identity.private_key
     client_addr, server_addr = ("10.0.0.1", 1234), ("10.0.0.2", 4433)
     client.connect(server_addr, now=0.0)
     initial = client.datagrams_to_send(now=0.0)
@@ -63,3 +48,39 @@ def quic_traffic() -> list[bytes]:
             client.receive_datagram(datagram, server_addr, now=now)
         outbound = [datagram for datagram, _ in client.datagrams_to_send(now=now)]
     return seen
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+async def no_leaks() -> AsyncIterator[None]:
+    """After the test: no new task, no pending timer, no new file descriptor."""
+    loop = asyncio.get_running_loop()
+    tasks_before = asyncio.all_tasks()
+    fds_before = _open_fds()
+    yield
+    for _ in range(3):
+        await asyncio.sleep(0)
+    leaked_tasks = asyncio.all_tasks() - tasks_before - {asyncio.current_task()}
+    assert not leaked_tasks, leaked_tasks
+    timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+    assert not timers, timers
+    assert _open_fds() <= fds_before, _open_fds() - fds_before
+
+
+@pytest.fixture
+async def make_endpoint() -> AsyncIterator[Callable[..., Awaitable[qp2p.Endpoint]]]:
+    """Starts endpoints on 127.0.0.1 (any ``Config`` field as keyword); closes them afterwards."""
+    made: list[qp2p.Endpoint] = []
+
+    async def make(**settings: Any) -> qp2p.Endpoint:
+        endpoint = qp2p.Endpoint(qp2p.Config(**settings))
+        await endpoint.start()
+        made.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in made:
+        await endpoint.close()

@@ -1,0 +1,291 @@
+"""The sans-IO session: two real aioquic connections joined in memory, no sockets, no event loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+
+import pytest
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
+
+from qp2p import errors, tls, wire
+from qp2p import session as s
+from qp2p._speedups import framing
+
+KiB = 1 << 10
+MiB = 1 << 20
+CLIENT_ADDR = ("10.0.0.1", 1000)
+SERVER_ADDR = ("10.0.0.2", 2000)
+IDENTITY = tls.self_signed_identity()
+
+
+def hello(endpoint_id: int, **changes: int) -> wire.Hello:
+    base = wire.Hello(endpoint_id, 64 * MiB, 64 * KiB, 1 * MiB, 4)
+    return dataclasses.replace(base, **changes)
+
+
+def quic_config(is_client: bool) -> QuicConfiguration:
+    config = QuicConfiguration(is_client=is_client, alpn_protocols=[s.ALPN], verify_mode=ssl.CERT_NONE)
+    config.server_name = tls.SERVER_NAME if is_client else None
+    config.certificate, config.private_key = IDENTITY.certificate, IDENTITY.private_key
+    return config
+
+
+class Pair:
+    """A client and a server session whose datagrams are carried by ``pump()``."""
+
+    def __init__(self, client_hello: wire.Hello, server_hello: wire.Hello, lanes: int = 4) -> None:
+        self.now = 0.0
+        self.client = s.Session(QuicConnection(configuration=quic_config(True)), client_hello, lanes)
+        self.client.connect(SERVER_ADDR, self.now)
+        first = self.client.datagrams_to_send(self.now)
+        odcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
+        quic = QuicConnection(configuration=quic_config(False), original_destination_connection_id=odcid)
+        self.server = s.Session(quic, server_hello, lanes)
+        self.events: dict[str, list[s.SessionEvent]] = {"client": [], "server": []}
+        for datagram, _ in first:
+            self.server.receive_datagram(datagram, CLIENT_ADDR, self.now)
+        self.pump()
+
+    def pump(self, rounds: int = 200, settle: bool = True) -> None:
+        """Carry datagrams both ways until both sides are quiet; at most ``rounds`` rounds, after
+        which it is an error unless ``settle`` is false (a long transfer still under way)."""
+        for _ in range(rounds):
+            self.now += 0.001
+            moved = 0
+            for sender, receiver, src in (
+                (self.client, self.server, CLIENT_ADDR),
+                (self.server, self.client, SERVER_ADDR),
+            ):
+                for datagram, _ in sender.datagrams_to_send(self.now):
+                    receiver.receive_datagram(datagram, src, self.now)
+                    moved += 1
+            self._collect()
+            if not moved:
+                return
+        if settle:
+            raise AssertionError("the sessions never went quiet")
+
+    def _collect(self) -> None:
+        for name in ("client", "server"):
+            session = getattr(self, name)
+            while (event := session.next_event()) is not None:
+                self.events[name].append(event)
+
+    def take(self, side: str, kind: type) -> list:
+        found = [e for e in self.events[side] if isinstance(e, kind)]
+        self.events[side] = [e for e in self.events[side] if not isinstance(e, kind)]
+        return found
+
+
+@pytest.fixture
+def pair() -> Pair:
+    return Pair(hello(1), hello(2))
+
+
+def test_handshake_and_hello(pair: Pair) -> None:
+    (client_up,) = pair.take("client", s.Established)
+    (server_up,) = pair.take("server", s.Established)
+    assert client_up.peer == hello(2) and server_up.peer == hello(1)
+    assert pair.client.credit == pair.server.credit == 1 * MiB
+    assert pair.client.established and pair.server.established
+
+
+def test_lane_frames_keep_order_per_lane(pair: Pair) -> None:
+    for i in range(400):
+        pair.client.send_frame(framing.FLAG_USER, i.to_bytes(4, "big"))
+    pair.pump()
+    frames = pair.take("server", s.FrameReceived)
+    assert len(frames) == 400
+    by_lane: dict[int, list[int]] = {}
+    for frame in frames:
+        by_lane.setdefault(frame.lane, []).append(int.from_bytes(frame.data, "big"))
+    assert sorted(by_lane) == [0, 1, 2, 3]
+    for lane, numbers in by_lane.items():
+        assert numbers == list(range(lane, 400, 4))  # round robin, in order within each lane
+
+
+def test_requests_and_responses_carry_their_ids(pair: Pair) -> None:
+    pair.client.send_frame(framing.FLAG_REQUEST, (7).to_bytes(4, "big") + b"ping")
+    pair.pump()
+    (request,) = pair.take("server", s.FrameReceived)
+    assert (request.flag, request.request_id, request.data) == (framing.FLAG_REQUEST, 7, b"ping")
+    pair.server.send_frame(framing.FLAG_RESPONSE, (7).to_bytes(4, "big"))
+    pair.pump()
+    (response,) = pair.take("client", s.FrameReceived)
+    assert (response.flag, response.request_id, response.data) == (framing.FLAG_RESPONSE, 7, b"")
+
+
+def test_credit_stops_the_sender_until_the_reader_consumes(pair: Pair) -> None:
+    body = bytes(1000)
+    sent = 0
+    while pair.client.credit > 0:
+        pair.client.send_frame(framing.FLAG_USER, body)
+        sent += 1
+    assert sent == -(-MiB // (1000 + 9 + s.FRAME_OVERHEAD))
+    pair.pump()
+    frames = pair.take("server", s.FrameReceived)
+    assert len(frames) == sent
+    assert not pair.take("client", s.CreditGranted)  # nothing consumed, nothing granted
+    for frame in frames[: len(frames) // 2]:
+        pair.server.consumed(frame)
+    pair.pump()
+    assert pair.take("client", s.CreditGranted)
+    assert pair.client.credit > MiB // 3
+
+
+def large_pair(**server: int) -> Pair:
+    return Pair(hello(1), hello(2, receive_window=256 * KiB, **server))
+
+
+def test_large_message_flows_with_a_small_window() -> None:
+    pair = large_pair()
+    payload = bytes(range(256)) * (5 * MiB // 256)
+    stream_id = pair.client.start_large(framing.FLAG_USER, payload)
+    for _ in range(100):
+        pair.pump(settle=False)
+        if pair.take("client", s.LargeSendDone):
+            break
+    else:
+        raise AssertionError("the large send never finished")
+    pair.pump(2000)
+    (frame,) = pair.take("server", s.FrameReceived)
+    assert frame.large and frame.lane == -1 and frame.data == payload and type(frame.data) is bytearray
+    assert stream_id % 4 == 2  # a client-initiated unidirectional stream
+
+
+def test_large_request_keeps_its_id_and_the_payload_uncopied() -> None:
+    pair = large_pair()
+    payload = bytearray(b"q" * (300 * KiB))
+    pair.client.start_large(framing.FLAG_REQUEST, payload, prefix=(99).to_bytes(4, "big"))
+    pair.pump(2000)
+    (frame,) = pair.take("server", s.FrameReceived)
+    assert (frame.flag, frame.request_id, bytes(frame.data)) == (framing.FLAG_REQUEST, 99, bytes(payload))
+
+
+def test_buffer_slots_hold_back_extra_large_messages() -> None:
+    pair = large_pair(large_message_slots=1)
+    first, second = b"a" * (200 * KiB), b"b" * (200 * KiB)
+    pair.client.start_large(framing.FLAG_USER, first)
+    pair.client.start_large(framing.FLAG_USER, second)
+    pair.pump(2000)
+    (frame,) = pair.take("server", s.FrameReceived)  # the second waits for the only slot
+    assert frame.data == first
+    pair.server.consumed(frame)
+    pair.pump(2000)
+    (frame,) = pair.take("server", s.FrameReceived)
+    assert frame.data == second
+
+
+def settle(pair: Pair) -> None:
+    """Consume everything delivered and pump until credit stops moving."""
+    for _ in range(20):
+        for frame in pair.take("server", s.FrameReceived):
+            pair.server.consumed(frame)
+        pair.pump(2000)
+
+
+def test_cancelled_large_send_gives_its_credit_back() -> None:
+    pair = large_pair()
+    stream_id = pair.client.start_large(framing.FLAG_USER, bytes(2 * MiB))
+    pair.pump(5, settle=False)
+    pair.client.cancel_large(stream_id)
+    settle(pair)
+    assert not pair.take("server", s.FrameReceived)  # nothing partial is delivered
+    assert pair.client.credit >= 256 * KiB * 7 // 8  # all the cancelled bytes were credited back
+    pair.client.send_frame(framing.FLAG_USER, b"after")
+    pair.pump()
+    assert [f.data for f in pair.take("server", s.FrameReceived)] == [b"after"]
+
+
+def test_oversized_frame_is_refused_and_the_connection_goes_on() -> None:
+    pair = Pair(hello(1), hello(2, max_message_size=100 * KiB, receive_window=256 * KiB))
+    # A peer that ignores our limit: pretend the server accepts anything.
+    pair.client._peer = dataclasses.replace(pair.client.peer, max_message_size=MiB)
+    stream_id = pair.client.start_large(framing.FLAG_USER, bytes(500 * KiB))
+    settle(pair)
+    (refused,) = pair.take("server", s.StreamRefused)
+    assert refused.stream_id == stream_id and isinstance(refused.error, errors.FrameTooLarge)
+    (failed,) = pair.take("client", s.LargeSendFailed)
+    assert failed.stream_id == stream_id
+    assert not pair.take("server", s.FrameReceived)
+    assert pair.client.credit >= 256 * KiB * 7 // 8
+    pair.client.send_frame(framing.FLAG_USER, b"still here")
+    pair.pump()
+    assert [f.data for f in pair.take("server", s.FrameReceived)] == [b"still here"]
+
+
+def test_local_size_check_uses_the_peer_limit() -> None:
+    pair = Pair(hello(1), hello(2, max_message_size=1000))
+    with pytest.raises(errors.MessageTooLarge):
+        pair.client.send_frame(framing.FLAG_USER, bytes(1001))
+    with pytest.raises(errors.MessageTooLarge):
+        pair.client.start_large(framing.FLAG_USER, bytes(2000))
+
+
+def test_garbage_stream_is_refused_others_go_on(pair: Pair) -> None:
+    quic = pair.client.quic
+    bad = quic.get_next_available_stream_id(is_unidirectional=True)
+    quic.send_stream_data(bad, b"\x00\x09garbage-that-is-no-frame", end_stream=True)
+    pair.client.send_frame(framing.FLAG_USER, b"fine")
+    pair.pump()
+    (refused,) = pair.take("server", s.StreamRefused)
+    assert refused.stream_id == bad and isinstance(refused.error, errors.UnsupportedVersion)
+    assert [f.data for f in pair.take("server", s.FrameReceived)] == [b"fine"]
+
+
+def test_truncated_lane_is_refused(pair: Pair) -> None:
+    quic = pair.client.quic
+    stream = quic.get_next_available_stream_id(is_unidirectional=True)
+    quic.send_stream_data(
+        stream, framing.encode_frame(0, b"whole") + framing.encode_frame(0, b"cut")[:-1], True
+    )
+    pair.pump()
+    assert [f.data for f in pair.take("server", s.FrameReceived)] == [b"whole"]
+    (refused,) = pair.take("server", s.StreamRefused)
+    assert isinstance(refused.error, errors.TruncatedFrame)
+
+
+def test_bad_control_frame_is_skipped_not_the_lane(pair: Pair) -> None:
+    quic = pair.client.quic
+    stream = quic.get_next_available_stream_id(is_unidirectional=True)
+    unknown = framing.encode_frame(framing.FLAG_CONTROL, (0x99).to_bytes(4, "little"))
+    quic.send_stream_data(stream, framing.encode_frame(0, b"one") + unknown + framing.encode_frame(0, b"two"))
+    pair.pump()
+    assert [f.data for f in pair.take("server", s.FrameReceived)] == [b"one", b"two"]
+    assert pair.server.rejected_frames == 1
+    assert not pair.take("server", s.StreamRefused)
+
+
+def test_bidirectional_streams_are_refused(pair: Pair) -> None:
+    quic = pair.client.quic
+    quic.send_stream_data(quic.get_next_available_stream_id(), b"hello?")
+    pair.pump()
+    (refused,) = pair.take("server", s.StreamRefused)
+    assert refused.stream_id == 0
+
+
+def test_control_messages_reach_the_layer_above(pair: Pair) -> None:
+    pair.client.send_control(wire.EchoRequest())
+    pair.pump()
+    (event,) = pair.take("server", s.ControlReceived)
+    assert event.message == wire.EchoRequest()
+
+
+def test_close_is_seen_by_both_sides(pair: Pair) -> None:
+    pair.client.close(reason="bye")
+    pair.pump()
+    for _ in range(5):  # aioquic moves to "terminated" when its closing timer fires
+        pair.now += 1.0
+        for session in (pair.client, pair.server):
+            if session.get_timer() is not None:
+                session.handle_timer(pair.now)
+        pair.pump()
+    (mine,) = pair.take("client", s.Terminated)
+    (theirs,) = pair.take("server", s.Terminated)
+    assert not mine.by_peer and theirs.by_peer and theirs.reason == "bye"
+    with pytest.raises(errors.SendError):
+        pair.client.send_frame(framing.FLAG_USER, b"late")
