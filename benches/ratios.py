@@ -3,8 +3,9 @@
     python benches/ratios.py [extra pytest arguments, e.g. -k framing]
     python benches/ratios.py --json results.json    # tabulate a pytest-benchmark JSON file instead
 
-The memory figures recorded by bench_memory.py follow in a second table. Exits with pytest's
-status when pytest fails.
+The memory figures recorded by bench_memory.py follow in a second table, and the end-to-end
+benches (bench_e2e.py: qp2p against raw aioquic, on whichever backend qp2p loaded) in a third.
+Exits with pytest's status when pytest fails.
 """
 
 from __future__ import annotations
@@ -14,12 +15,54 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 BENCHES = Path(__file__).resolve().parent
 BACKENDS = ("fast", "pure")
 MEMORY_KEYS = ("split_extra_mib", "reassemble_peak_mib")
+IMPLS = ("qp2p", "aioquic")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """How an end-to-end workload's ``extra_info`` is shown and which key its ratio compares."""
+
+    key: str
+    higher_is_better: bool
+    show: str  # a format string over extra_info
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for qp2p: a least ratio over aioquic, or a most for qp2p's own figure."""
+
+    text: str
+    min_ratio: float | None = None
+    max_figure: float | None = None
+
+    def met(self, ratio: float | None, figure: float) -> bool:
+        if self.min_ratio is not None:
+            return ratio is not None and ratio >= self.min_ratio
+        return self.max_figure is not None and figure < self.max_figure
+
+
+# Keyed by the group's second part: e2e.<workload>.<size>.
+E2E_FIGURES = {
+    "messages": Figure("msgs_per_s", True, "{msgs_per_s:,} msgs/s"),
+    "bulk": Figure("mib_per_s", True, "{mib_per_s:.1f} MiB/s"),
+    "request": Figure("rtt_median_us", False, "{rtt_median_us:.0f} / {rtt_p99_us:.0f} µs"),
+    "memory": Figure("peak_mib", False, "{peak_mib:.1f} MiB"),
+}
+# Keyed by group prefix; the first that matches applies.
+E2E_TARGETS = {
+    "e2e.messages.64B": Target(">= 10x", min_ratio=10),
+    "e2e.messages.1KiB": Target(">= 1.5x", min_ratio=1.5),
+    "e2e.bulk.": Target(">= 0.95x", min_ratio=0.95),
+    "e2e.request.": Target("median <= 1.1x aioquic's", min_ratio=1 / 1.1),
+    "e2e.memory.256MiB": Target("qp2p < 100 MiB", max_figure=100),
+}
 
 
 def run_pytest(extra: list[str], json_path: Path) -> int:
@@ -51,34 +94,77 @@ def _backend(bench: dict[str, Any]) -> str:
     return str(param)
 
 
-def tables(report: dict[str, Any]) -> str:
-    """The Markdown timing table (groups in collection order), then the memory figures if any."""
-    medians: dict[str, dict[str, float]] = {}
-    memory: list[dict[str, Any]] = []
-    for bench in report.get("benchmarks", []):
-        if all(key in bench["extra_info"] for key in MEMORY_KEYS):
-            memory.append(bench["extra_info"] | {"backend": _backend(bench)})
-            continue
-        group = bench["group"] or bench["name"]
-        medians.setdefault(group, {})[_backend(bench)] = bench["stats"]["median"]
+def _fast_pure_table(medians: dict[str, dict[str, float]]) -> list[str]:
     lines = ["| group | fast median | pure median | pure/fast |", "|---|---:|---:|---:|"]
     for group, row in medians.items():
         fast, pure = row.get("fast"), row.get("pure")
         ratio = f"{pure / fast:.2f}x" if fast and pure else "–"
         cells = [format_time(t) if t is not None else "–" for t in (fast, pure)]
         lines.append(f"| {group} | {cells[0]} | {cells[1]} | {ratio} |")
+    return lines
+
+
+def _chunking_memory_table(memory: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| chunking memory | size | split: peak beyond payload | reassemble: peak above baseline |",
+        "|---|---:|---:|---:|",
+    ]
+    for info in sorted(memory, key=lambda info: BACKENDS.index(info["backend"])):
+        lines.append(
+            f"| {info['backend']} | {info['size_mib']} MiB | {info['split_extra_mib']:.1f} MiB"
+            f" | {info['reassemble_peak_mib']:.1f} MiB |"
+        )
+    return lines
+
+
+def _e2e_table(e2e: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """qp2p and aioquic side by side; "qp2p better by" is a rate ratio or an inverse time or size ratio."""
+    backends = sorted({bench["extra_info"]["backend"] for row in e2e.values() for bench in row.values()})
+    lines = [
+        f"| e2e (qp2p backend: {', '.join(backends)}) | qp2p median | aioquic median | qp2p | aioquic"
+        " | qp2p better by | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for group, row in e2e.items():
+        figure = E2E_FIGURES[group.split(".")[1]]
+        infos = [row[impl]["extra_info"] if impl in row else None for impl in IMPLS]
+        cells = [format_time(row[impl]["stats"]["median"]) if impl in row else "–" for impl in IMPLS]
+        cells += [figure.show.format(**info) if info else "–" for info in infos]
+        ratio = None
+        if infos[0] and infos[1]:
+            ours, theirs = infos[0][figure.key], infos[1][figure.key]
+            if ours > 0 and theirs > 0:
+                ratio = ours / theirs if figure.higher_is_better else theirs / ours
+        cells.append(f"{ratio:.2f}x" if ratio is not None else "–")
+        target = next((target for prefix, target in E2E_TARGETS.items() if group.startswith(prefix)), None)
+        if target is None or infos[0] is None:
+            cells.append("–")
+        else:
+            cells.append(f"{target.text}: {'met' if target.met(ratio, infos[0][figure.key]) else 'MISSED'}")
+        lines.append(f"| {group} | {' | '.join(cells)} |")
+    return lines
+
+
+def tables(report: dict[str, Any]) -> str:
+    """The Markdown timing table (groups in collection order), then the memory and e2e tables if any."""
+    medians: dict[str, dict[str, float]] = {}
+    memory: list[dict[str, Any]] = []
+    e2e: dict[str, dict[str, dict[str, Any]]] = {}
+    for bench in report.get("benchmarks", []):
+        group = bench["group"] or bench["name"]
+        impl = (bench.get("params") or {}).get("impl")
+        if impl is not None:
+            e2e.setdefault(group, {})[impl] = bench
+        elif all(key in bench["extra_info"] for key in MEMORY_KEYS):
+            memory.append(bench["extra_info"] | {"backend": _backend(bench)})
+        else:
+            medians.setdefault(group, {})[_backend(bench)] = bench["stats"]["median"]
+    sections = [_fast_pure_table(medians)] if medians or not (memory or e2e) else []
     if memory:
-        lines += [
-            "",
-            "| chunking memory | size | split: peak beyond payload | reassemble: peak above baseline |",
-            "|---|---:|---:|---:|",
-        ]
-        for info in sorted(memory, key=lambda info: BACKENDS.index(info["backend"])):
-            lines.append(
-                f"| {info['backend']} | {info['size_mib']} MiB | {info['split_extra_mib']:.1f} MiB"
-                f" | {info['reassemble_peak_mib']:.1f} MiB |"
-            )
-    return "\n".join(lines)
+        sections.append(_chunking_memory_table(memory))
+    if e2e:
+        sections.append(_e2e_table(e2e))
+    return "\n\n".join("\n".join(lines) for lines in sections)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,7 @@ class Link:
         self._keep_alive: asyncio.TimerHandle | None = None
         self._keep_alive_interval = keep_alive_interval
         self._credit_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._large_waiters: dict[int, asyncio.Future[None]] = {}
         self._large_gate: asyncio.Semaphore | None = None
         self.established: asyncio.Future[None] = self._loop.create_future()
@@ -72,6 +73,8 @@ class Link:
         self.session.receive_datagram(data, addr, self._loop.time())
         self._handle_events()
         self.transmit()
+        if self._drain_waiters and self.session.unacked == 0:
+            self._wake(self._drain_waiters)
 
     def transmit(self) -> None:
         """Send what the session has queued, handle what that raised, re-arm the timer."""
@@ -151,6 +154,7 @@ class Link:
                 handle.cancel()
         self._timer = self._keep_alive = self._transmit_handle = None
         self._wake_credit_waiters()
+        self._wake(self._drain_waiters)
         for stream_id in list(self._large_waiters):
             self._settle_large(stream_id, self.closed_error())
         if not self.established.done():
@@ -161,17 +165,38 @@ class Link:
 
     # ---- waiting on the session ------------------------------------------------------------
 
-    def _wake_credit_waiters(self) -> None:
-        waiters, self._credit_waiters = self._credit_waiters, []
+    @staticmethod
+    def _wake(waiters: list[asyncio.Future[None]]) -> None:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        waiters.clear()
+
+    def _wake_credit_waiters(self) -> None:
+        self._wake(self._credit_waiters)
 
     async def wait_credit(self) -> None:
-        """Until the peer grants more credit or the link ends."""
+        """Until the peer grants more credit, the link ends, or its owner is closing."""
         waiter = self._loop.create_future()
         self._credit_waiters.append(waiter)
         await waiter
+
+    async def drain(self) -> None:
+        """Until the peer acknowledged every byte written so far, or the link ended."""
+        self.transmit()
+        while not self.terminated.done() and self.session.unacked:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def interrupt(self, error: Exception) -> None:
+        """The owner is closing: large sends fail with ``error`` (their streams reset), and
+        senders waiting for credit wake up to find out."""
+        for stream_id in list(self._large_waiters):
+            self.session.cancel_large(stream_id)
+            self._settle_large(stream_id, error)
+        self._wake_credit_waiters()
+        self.transmit_soon()
 
     def _settle_large(self, stream_id: int, error: Exception | None) -> None:
         waiter = self._large_waiters.pop(stream_id, None)

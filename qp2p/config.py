@@ -62,6 +62,7 @@ class Config:
     idle_timeout: float = 30.0
     keep_alive_interval: float | None = 10.0
     connect_timeout: float = 10.0
+    close_timeout: float = 2.0
     max_message_size: int = 64 * MiB
     max_datagram_size: int = MIN_DATAGRAM_SIZE
     lanes: int = 4
@@ -83,6 +84,7 @@ class Config:
             "keep_alive_interval must be positive and shorter than idle_timeout (or None)",
         )
         _check(self.connect_timeout > 0, "connect_timeout must be positive")
+        _check(self.close_timeout >= 0, "close_timeout must not be negative")
         _check(1 <= self.max_message_size <= 0xFFFFFFFF, "max_message_size must be 1 to 2**32 - 1")
         _check(
             MIN_DATAGRAM_SIZE <= self.max_datagram_size <= MAX_DATAGRAM_SIZE,
@@ -96,7 +98,9 @@ class Config:
             "receive_window must be at least 64 KiB and twice lane_threshold",
         )
         _check(1 <= self.large_message_slots <= 1024, "large_message_slots must be 1 to 1024")
-        _check(0 <= self.socket_buffer_size <= 1 << 30, "socket_buffer_size must be 0 (system default) to 1 GiB")
+        _check(
+            0 <= self.socket_buffer_size <= 1 << 30, "socket_buffer_size must be 0 (system default) to 1 GiB"
+        )
         _check(isinstance(self.trust, Trust), "trust must be a qp2p.Trust")
 
     def replace(self, **changes: Any) -> Config:

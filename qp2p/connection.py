@@ -1,8 +1,10 @@
 """``Connection``: the application's handle on one peer, and the ``Message`` records it receives.
 
 A handle outlives the QUIC connections under it. When two peers dial each other at the same
-moment there are briefly two; both sides keep the same one (the connection opened by the side
-with the lower endpoint id) and let the other drain and close. Requests are matched to
+moment there are two; both sides keep the same one (the connection opened by the side with the
+lower endpoint id) and stop using the other, without closing it: whatever was already in flight
+on it still arrives, and it ends by idle timeout (no keep-alives once retired). Closing it
+actively could cut off data the peer had not finished sending on it. Requests are matched to
 responses here, by an id unique per handle, so a response may come back on any of the peer's
 connections.
 """
@@ -29,9 +31,6 @@ __all__ = ("Connection", "Message")
 log = logging.getLogger(__name__)
 
 BytesLike = bytes | bytearray | memoryview
-# A connection that lost the race between two simultaneous dials stays open this long for
-# anything already in flight on it, then closes.
-RETIRE_AFTER = 2.0
 
 
 def _size(data: BytesLike) -> int:
@@ -144,18 +143,27 @@ class Connection:
                 await self._send_frame(framing.FLAG_REQUEST, request_id.to_bytes(4, "big"), data, None)
                 return await waiter
         except TimeoutError:
-            raise errors.RequestTimeout(f"no response from {self.remote_addr} within {timeout} s") from None
+            host, port = self.remote_addr
+            raise errors.RequestTimeout(f"no response from {host}:{port} within {timeout} s") from None
         finally:
             self._requests.pop(request_id, None)
 
     async def close(self) -> None:
-        """Close gracefully; idempotent. Pending operations fail with ``ClosedError``."""
-        self._finish(errors.ClosedError("the connection was closed"))
-        for link in list(self._links):
-            link.close()
-        if self._links:
-            await asyncio.wait([link.terminated for link in self._links], timeout=1.0)
-            for link in list(self._links):
+        """Close gracefully; idempotent. Waits, at most ``close_timeout`` seconds, until the peer
+        has acknowledged everything already sent; operations still waiting (a send held back
+        by credit, a large send, a request) fail with ``ClosedError``."""
+        await self._shutdown(errors.ClosedError("the connection was closed"))
+
+    async def _shutdown(self, error: Exception) -> None:
+        self._finish(error)
+        links = list(self._links)
+        try:
+            async with asyncio.timeout(self._endpoint.config.close_timeout):
+                await asyncio.gather(*(link.drain() for link in links))
+        except TimeoutError:
+            log.info("closing %s before all sent data was acknowledged", self)
+        finally:
+            for link in links:
                 link.abort()
 
     async def wait_closed(self) -> None:
@@ -174,10 +182,10 @@ class Connection:
         await asyncio.shield(self._ready)
 
     def _usable_link(self) -> Link:
+        if self._close_error is not None:
+            raise self._close_error
         link = self._current
         if link is None or link.terminated.done():
-            if self._close_error is not None:
-                raise self._close_error
             raise errors.SendError("the connection is not established yet")
         return link
 
@@ -198,7 +206,8 @@ class Connection:
             return
         while session.credit <= 0:
             await link.wait_credit()
-            link.check_open()
+            link = self._usable_link()
+            session = link.session
         session.send_frame(flag, prefix + data if prefix else bytes(data), lane)
         link.transmit_soon()
 
@@ -230,13 +239,6 @@ class Connection:
 
     def _retire(self, link: Link) -> None:
         link.retired = True
-        self._loop.call_later(RETIRE_AFTER, self._close_retired, link)
-
-    def _close_retired(self, link: Link) -> None:
-        if link.session.large_sends:
-            self._loop.call_later(RETIRE_AFTER, self._close_retired, link)
-        else:
-            link.close()
 
     def _link_terminated(self, link: Link, event: s.Terminated) -> None:
         self._links.remove(link)
@@ -257,6 +259,8 @@ class Connection:
         if self._closed.done():
             return
         self._close_error = error
+        for link in self._links:
+            link.interrupt(error)
         if not self._ready.done():
             self._ready.set_exception(error)
             self._ready.exception()  # retrieved: nobody may be waiting
@@ -280,6 +284,7 @@ class Connection:
         self._endpoint._control_received(self, link, message)
 
     def _abort(self, error: Exception) -> None:
+        """Close at once, without waiting for anything in flight."""
         self._finish(error)
         for link in list(self._links):
             link.abort()

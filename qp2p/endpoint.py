@@ -138,16 +138,22 @@ class Endpoint:
                     log.debug("cannot set socket buffer size: %s", exc)
 
     async def close(self) -> None:
-        """Close every connection (each peer gets a CONNECTION_CLOSE) and the socket; idempotent."""
+        """Close every connection and the socket; idempotent.
+
+        Like ``Connection.close`` it first waits, at most ``close_timeout`` seconds in all, for
+        peers to acknowledge what was already sent; then each peer gets a CONNECTION_CLOSE.
+        """
         if self._state == "closed":
             return
         self._state = "closed"
+        connections = list(self._pool.values())
+        self._pool.clear()
+        error = errors.ClosedError("the endpoint was closed")
         try:
-            error = errors.ClosedError("the endpoint was closed")
-            for connection in list(self._pool.values()):
-                connection._abort(error)
-            self._pool.clear()
+            await asyncio.gather(*(connection._shutdown(error) for connection in connections))
         finally:
+            for connection in connections:
+                connection._abort(error)
             self._messages.close()
             self._connections.close()
             self._disconnections.close()

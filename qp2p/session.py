@@ -26,6 +26,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from qp2p import wire
+from qp2p._aioquic_hooks import unacked_bytes
 from qp2p._speedups import chunking, framing
 from qp2p.errors import DecodeError, MalformedMessage, MessageTooLarge, SendError, TruncatedMessage
 
@@ -175,9 +176,10 @@ class _LargeSend:
 class _Incoming:
     """What we know of one stream the peer opened: still classifying, a lane, or a large frame."""
 
-    __slots__ = ("credited", "decoder", "head", "held", "lane", "reassembler")
+    __slots__ = ("credited", "decoder", "ended", "head", "held", "lane", "reassembler")
 
     def __init__(self) -> None:
+        self.ended = False  # the stream's FIN arrived (it may still wait for a buffer slot)
         self.head = bytearray()
         self.decoder: Any = None
         self.lane = -1
@@ -252,9 +254,14 @@ class Session:
         return self._limit - self._sent
 
     @property
-    def large_sends(self) -> int:
-        """Large messages being sent now."""
-        return len(self._large)
+    def large_sends(self) -> list[int]:
+        """Streams of the large messages being sent now."""
+        return list(self._large)
+
+    @property
+    def unacked(self) -> int:
+        """Bytes written and not yet acknowledged by the peer."""
+        return unacked_bytes(self._quic)
 
     def next_event(self) -> SessionEvent | None:
         return self._events.popleft() if self._events else None
@@ -550,8 +557,13 @@ class Session:
             incoming.reassembler = chunking.Reassembler(self._hello.max_message_size)
             incoming.credited = FRAME_OVERHEAD
             self._credit_received(FRAME_OVERHEAD)
-            for data in held:
-                self._large_data(stream_id, incoming, data)
+            try:
+                for data in held:
+                    self._large_data(stream_id, incoming, data)
+                if incoming.ended and stream_id in self._incoming:
+                    self._stream_end(stream_id, incoming)
+            except DecodeError as exc:
+                self._refuse(stream_id, incoming, exc)
 
     def _large_data(self, stream_id: int, incoming: _Incoming, data: bytes) -> None:
         if incoming.held is not None:
@@ -582,9 +594,12 @@ class Session:
         self._events.append(FrameReceived(flag, request_id, body, -1, 0, True))
 
     def _stream_end(self, stream_id: int, incoming: _Incoming) -> None:
+        incoming.ended = True
         if incoming.decoder is not None:
             incoming.decoder.finish()
             del self._incoming[stream_id]
+        elif incoming.held is not None:
+            return  # a whole large frame waiting for a buffer slot: judged once it has one
         elif stream_id in self._incoming:  # a large frame or a header that never completed
             if incoming.reassembler is not None:
                 incoming.reassembler.finish()  # raises TruncatedFrame: the frame is incomplete

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 import qp2p
-from qp2p import connection as connection_module
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -105,24 +104,80 @@ async def test_disconnection_is_seen_by_the_other_side(make_endpoint: MakeEndpoi
         await connection.send(b"late")
 
 
+def delay_outgoing(endpoint: qp2p.Endpoint, seconds: float) -> Callable[[], None]:
+    """Hold every datagram the endpoint sends for ``seconds``: a long path, on loopback.
+    Returns the function that ends the delay and sends what is still held."""
+    transport = endpoint._transport
+    assert transport is not None
+    send, loop = transport.sendto, asyncio.get_running_loop()
+    held: list[tuple[asyncio.TimerHandle, bytes, tuple[str, int]]] = []
+
+    def delayed(data: bytes, addr: tuple[str, int]) -> None:
+        held.append((loop.call_later(seconds, send, data, addr), data, addr))
+
+    transport.sendto = delayed  # type: ignore[method-assign]
+
+    def undo() -> None:
+        del transport.sendto  # the class's own method again
+        for handle, data, addr in held:
+            if handle.when() > loop.time() and not handle.cancelled():
+                handle.cancel()
+                send(data, addr)
+
+    return undo
+
+
 async def test_simultaneous_connects_end_with_one_connection(make_endpoint: MakeEndpoint) -> None:
     a, b = await make_endpoint(), await make_endpoint()
+    undo = [delay_outgoing(endpoint, 0.05) for endpoint in (a, b)]
     ab, ba = await asyncio.gather(a.connect_to(b.local_addr), b.connect_to(a.local_addr))
-    await ab.send(b"from a")
+    count = 3000
+    for i in range(count):  # some of these go out on the connection that loses the race
+        await ab.send(i.to_bytes(4, "big"))
     await ba.send(b"from b")
-    assert [m.data for m in await collect(b, 1)] == [b"from a"]
     assert [m.data for m in await collect(a, 1)] == [b"from b"]
-    # Both sides keep the same QUIC connection and close the other one.
-    async with asyncio.timeout(connection_module.RETIRE_AFTER + 5):
-        while len(ab._links) + len(ba._links) > 2:
-            await asyncio.sleep(0.05)
+    numbers = sorted(int.from_bytes(m.data, "big") for m in await collect(b, count))
+    assert numbers == list(range(count))  # nothing sent on the retired connection is lost
+    async with asyncio.timeout(5):
+        while (
+            len(ab._links) < 2
+            or len(ba._links) < 2
+            or not all(link.established.done() for link in ab._links + ba._links)
+        ):
+            await asyncio.sleep(0.02)
+    # Both sides keep the connection dialled by the endpoint with the lower id; the other is
+    # retired (no keep-alives) and left to time out, so nothing in flight on it is cut off.
     assert ab._current is not None and ba._current is not None
-    # The survivor is the connection dialled by the endpoint with the lower id, on both sides.
     assert ab._current.session.is_client == (a.endpoint_id < b.endpoint_id)
     assert ba._current.session.is_client == (b.endpoint_id < a.endpoint_id)
+    assert [link.retired for link in ab._links if link is not ab._current] == [True]
+    assert [link.retired for link in ba._links if link is not ba._current] == [True]
     assert a.connections() == [ab] and b.connections() == [ba]
-    await ab.send(b"after")
-    assert [m.data for m in await collect(b, 1)] == [b"after"]
+    for end_delay in undo:
+        end_delay()
+
+
+async def test_close_right_after_send_still_delivers(make_endpoint: MakeEndpoint) -> None:
+    a, b, c = await make_endpoint(), await make_endpoint(), await make_endpoint()
+    connection = await a.connect_to(b.local_addr)
+    for i in range(500):
+        await connection.send(i.to_bytes(4, "big") + bytes(200))
+    await connection.close()  # waits until the peer acknowledged everything sent
+    assert len(await collect(b, 500)) == 500
+    await c.send_message(b"last words", b.local_addr)
+    await c.close()
+    assert [m.data for m in await collect(b, 1)] == [b"last words"]
+
+
+async def test_large_messages_beyond_the_buffer_slots_wait_and_arrive(make_endpoint: MakeEndpoint) -> None:
+    a = await make_endpoint()
+    b = await make_endpoint(large_message_slots=2)
+    connection = await a.connect_to(b.local_addr)
+    for i in range(6):
+        await connection.send(bytes([i]) * 100_000)
+    await asyncio.sleep(0.5)  # every stream has ended while most wait for a slot
+    messages = await collect(b, 6)
+    assert sorted(bytes(m.data) for m in messages) == [bytes([i]) * 100_000 for i in range(6)]
 
 
 async def test_concurrent_connects_share_one_handshake(make_endpoint: MakeEndpoint) -> None:

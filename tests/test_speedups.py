@@ -8,9 +8,15 @@ import sys
 
 import pytest
 
-MODULES = ["qp2p", "qp2p.wire", "qp2p.errors", "qp2p._speedups", "qp2p.cli"] + [
-    f"qp2p._pure.{m}" for m in ("framing", "chunking", "retry", "packet")
-]
+MODULES = [
+    "qp2p",
+    "qp2p.wire",
+    "qp2p.errors",
+    "qp2p._speedups",
+    "qp2p.cli",
+    "qp2p.endpoint",
+    "qp2p.session",
+] + [f"qp2p._pure.{m}" for m in ("framing", "chunking", "retry", "packet")]
 
 
 def run_python(code: str, no_extensions: str | None) -> str:
@@ -50,6 +56,13 @@ def test_all_four_modules_come_from_one_backend() -> None:
 @pytest.mark.parametrize("module", MODULES)
 def test_each_module_imports_alone(module: str) -> None:
     run_python(f"import {module}", None)
+
+
+@pytest.mark.fast_ext
+@pytest.mark.parametrize("module", ["framing", "chunking", "retry", "packet"])
+def test_each_compiled_module_imports_first(module: str) -> None:
+    # It imports qp2p.errors, hence qp2p itself, which must not need a half-made module.
+    run_python(f"import _qp2p_fast.{module}; import qp2p; print(qp2p.Endpoint.__name__)", None)
 
 
 def test_info_command_reports_the_backend() -> None:

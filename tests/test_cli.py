@@ -1,0 +1,134 @@
+"""The ``qp2p`` command line, run as real processes: ``listen``, ``send`` and ``demo``."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import qp2p
+
+pytestmark = pytest.mark.timeout(180)
+
+# The package directory's parent, first on the children's path: they import this very qp2p.
+ROOT = str(Path(qp2p.__file__).resolve().parent.parent)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+
+
+def qp2p_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qp2p", *args]
+
+
+def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(qp2p_command(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+class Lines:
+    """A process's stdout lines, read by a thread so that every wait can have a timeout."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self._queue: queue.Queue[str] = queue.Queue()
+        assert process.stdout is not None
+        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Iterator[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+
+    def join(self, timeout: float) -> None:
+        """Until the reader saw the end of the stream (the process exited)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"stdout still open after {timeout} s"
+
+    def next(self, timeout: float = 10.0) -> str:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout} s") from None
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+    """A running ``qp2p listen`` on a free port; killed at the end if it is still running."""
+    process = subprocess.Popen(
+        qp2p_command("listen", "--port", "0"),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = Lines(process)
+    try:
+        yield process, lines
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        lines.join(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            assert stream is not None
+            stream.close()
+
+
+def test_listen_send_and_request(listener: tuple[subprocess.Popen[str], Lines]) -> None:
+    process, lines = listener
+    first = lines.next(timeout=30)
+    assert first.startswith("listening on 127.0.0.1:"), first
+    addr = first.split()[-1]
+
+    sent = run("send", addr, "hello there", timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    assert "sent 11 bytes" in sent.stdout
+    line = lines.next()
+    assert " message 11 bytes " in line and "b'hello there'" in line
+
+    answered = run("send", addr, "ping \u00e9", "--request", "--timeout", "10", timeout=30)
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout == "ping \u00e9\n"
+    line = lines.next()
+    assert " request 7 bytes " in line and "b'ping \\xc3\\xa9'" in line
+
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 0
+    assert process.stderr is not None
+    assert process.stderr.read() == ""
+
+
+@pytest.mark.parametrize("kind", [[], ["--request"]], ids=["message", "request"])
+def test_send_to_nobody_fails_fast(kind: list[str]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once the socket is closed: nothing listens there
+    began = time.monotonic()
+    result = run("send", f"127.0.0.1:{port}", "anyone?", *kind, "--timeout", "2", timeout=30)
+    assert result.returncode == 1
+    assert time.monotonic() - began < 15
+    assert result.stdout == ""
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+
+
+def test_send_refuses_a_bad_address() -> None:
+    result = run("send", "::1:4000", "hi", timeout=30)
+    assert result.returncode == 2
+    assert "[::1]:4000" in result.stderr
+
+
+def test_demo() -> None:
+    result = run("demo", "--nodes", "3", "--messages", "200", "--requests", "20", timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"backend: {qp2p.BACKEND}" in result.stdout
+    assert "3 nodes" in result.stdout
+    assert "OK: all 3 nodes reported no errors" in result.stdout
+    totals = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["all"])
+    assert totals.split()[1:5] == ["1200", "1200", "120/120", "120"]
