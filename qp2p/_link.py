@@ -72,7 +72,9 @@ class Link:
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self.session.receive_datagram(data, addr, self._loop.time())
         self._handle_events()
-        self.transmit()
+        # Not at once: a task woken by this datagram (a reader about to reply, a sender given
+        # credit) runs first, so its frames leave in the same transmit as our acknowledgement.
+        self.transmit_soon()
         if self._drain_waiters and self.session.unacked == 0:
             self._wake(self._drain_waiters)
 

@@ -85,7 +85,9 @@ class MailboxIterator(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
-        item = await self._mailbox.get()
+        mailbox = self._mailbox
+        # Items waiting: take one without a second coroutine (the common case under load).
+        item = mailbox._items.popleft() if mailbox._items else await mailbox.get()
         if self._on_take is not None:
             self._on_take(item)
         return item

@@ -65,6 +65,8 @@ _FLAG_CONTROL = framing.FLAG_CONTROL
 _FLAG_REQUEST = framing.FLAG_REQUEST
 _FLAG_RESPONSE = framing.FLAG_RESPONSE
 _HEADER_SIZE = framing.HEADER_SIZE
+_FRAME_COST = _HEADER_SIZE + FRAME_OVERHEAD
+_encode_header = framing.encode_header
 
 
 # ---- events --------------------------------------------------------------------------------
@@ -91,7 +93,7 @@ class CidRetired:
     cid: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FrameReceived:
     """A user message, request or response. ``cost`` units are granted back by ``consumed()``;
     ``large`` frames also give back their buffer slot there."""
@@ -208,8 +210,14 @@ class Session:
         self._terminated = False
         # sending
         self._lane_ids: list[int | None] = [None] * lanes
+        # Frames for each lane since the last flush: one aioquic write per lane per transmit,
+        # not one per message (each write costs a stream lookup and a range-set update).
+        self._lane_out = [bytearray() for _ in range(lanes)]
+        self._lanes = lanes
         self._next_lane = 0
-        self._control_lane: int | None = None
+        self._ready = False  # established, not closing, not terminated: frames may be queued
+        self.queued = 0  # bytes of frames queued on lanes since the last flush
+        self._inline_limit = 0  # the largest body that travels on a lane, once the peer said
         self._sent = 0
         self._limit = 0
         self._large: dict[int, _LargeSend] = {}
@@ -260,8 +268,8 @@ class Session:
 
     @property
     def unacked(self) -> int:
-        """Bytes written and not yet acknowledged by the peer."""
-        return unacked_bytes(self._quic)
+        """Bytes queued or written and not yet acknowledged by the peer."""
+        return unacked_bytes(self._quic) + sum(len(pending) for pending in self._lane_out)
 
     def next_event(self) -> SessionEvent | None:
         return self._events.popleft() if self._events else None
@@ -283,6 +291,7 @@ class Session:
         return self._quic.get_timer()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        self._flush()
         datagrams = self._quic.datagrams_to_send(now=now)
         # aioquic queues ConnectionIdIssued while it writes NEW_CONNECTION_ID frames, i.e. here.
         self._process_quic_events()
@@ -294,7 +303,25 @@ class Session:
     def close(self, error_code: int = CLOSE_NORMAL, reason: str = "") -> None:
         if not self._closing:
             self._closing = True
+            self._ready = False
+            for pending in self._lane_out:
+                pending.clear()
             self._quic.close(error_code=error_code, reason_phrase=reason)
+
+    def _flush(self) -> None:
+        """Hand each lane's queued frames to QUIC in one write; a lane's stream opens here."""
+        if self.queued:
+            self.queued = 0
+            self._next_lane = self._next_lane + 1 if self._next_lane + 1 < self._lanes else 0
+        for lane, pending in enumerate(self._lane_out):
+            if pending:
+                stream_id = self._lane_ids[lane]
+                if stream_id is None:
+                    stream_id = self._lane_ids[lane] = self._quic.get_next_available_stream_id(
+                        is_unidirectional=True
+                    )
+                self._quic.send_stream_data(stream_id, pending)  # aioquic copies it into its buffer
+                pending.clear()
 
     # ---- sending ---------------------------------------------------------------------------
 
@@ -308,28 +335,30 @@ class Session:
         assert self._peer is not None
         return body_len > self._peer.lane_threshold
 
-    def _lane_stream(self, lane: int | None) -> int:
-        if lane is None:
-            lane = self._next_lane
-            self._next_lane = (lane + 1) % len(self._lane_ids)
-        else:
-            lane %= len(self._lane_ids)
-        stream_id = self._lane_ids[lane]
-        if stream_id is None:
-            stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
-            self._lane_ids[lane] = stream_id
-            if self._control_lane is None:
-                self._control_lane = stream_id
-        return stream_id
+    def _queue(self, flag: int, body: bytes, lane: int | None) -> None:
+        size = len(body)
+        # Unpinned frames share one lane until the next flush, then the next lane takes over:
+        # a burst packs into few STREAM frames, and lanes still take turns over time.
+        pending = self._lane_out[self._next_lane if lane is None else lane % self._lanes]
+        pending += _encode_header(flag, size)
+        pending += body
+        self._sent += size + _FRAME_COST
+        self.queued += size + _HEADER_SIZE
 
     def send_frame(self, flag: int, body: bytes, lane: int | None = None) -> None:
-        """Queue one small frame on a lane; the caller waited for ``credit > 0`` first."""
-        if not self._established or self._closing:
+        """Queue one small frame on a lane whatever the credit (the caller waited for it)."""
+        if not self._ready:
             raise SendError("the connection is not open")
         self._check_size(len(body))
-        frame = framing.encode_frame(flag, body)
-        self._quic.send_stream_data(self._lane_stream(lane), frame)
-        self._sent += len(frame) + FRAME_OVERHEAD
+        self._queue(flag, body, lane)
+
+    def try_send(self, flag: int, body: bytes, lane: int | None = None) -> bool:
+        """Queue a small frame now if nothing stands in the way (open, credit left, a non-empty
+        body that fits a lane); otherwise do nothing and return False."""
+        if not (self._ready and self._sent < self._limit and 0 < len(body) <= self._inline_limit):
+            return False
+        self._queue(flag, body, lane)
+        return True
 
     def start_large(self, flag: int, payload: Any, prefix: bytes = b"") -> int:
         """Begin sending a frame (body: ``prefix`` then ``payload``) on a stream of its own.
@@ -338,7 +367,7 @@ class Session:
         handed to QUIC). The payload is never copied here: QUIC copies each 64 KiB slice as it
         takes it.
         """
-        if not self._established or self._closing:
+        if not self._ready:
             raise SendError("the connection is not open")
         chunker = chunking.Chunker(flag, payload, CHUNK_SIZE, prefix)
         self._check_size(chunker.total - _HEADER_SIZE)
@@ -390,8 +419,7 @@ class Session:
         self._send_control(message)
 
     def _send_control(self, message: wire.ControlMessage) -> None:
-        stream_id = self._control_lane if self._control_lane is not None else self._lane_stream(0)
-        self._quic.send_stream_data(stream_id, wire.encode(message))
+        self._lane_out[0] += wire.encode(message)
 
     # ---- receiving -------------------------------------------------------------------------
 
@@ -440,12 +468,16 @@ class Session:
         self._check_established()
 
     def _check_established(self) -> None:
-        if self._handshake_done and self._peer is not None and not self._established:
+        peer = self._peer
+        if self._handshake_done and peer is not None and not self._established:
             self._established = True
-            self._events.append(Established(self._peer))
+            self._ready = not self._closing and not self._terminated
+            self._inline_limit = min(peer.lane_threshold, peer.max_message_size)
+            self._events.append(Established(peer))
 
     def _connection_terminated(self, event: quic_events.ConnectionTerminated) -> None:
         self._terminated = True
+        self._ready = False
         for stream_id in list(self._large):
             self._events.append(LargeSendFailed(stream_id, "the connection ended"))
         self._large.clear()
@@ -621,8 +653,6 @@ class Session:
         elif stream_id in self._lane_ids:
             # The peer will not read this lane any more: the next frame opens a fresh one.
             self._lane_ids[self._lane_ids.index(stream_id)] = None
-            if self._control_lane == stream_id:
-                self._control_lane = None
 
     def _control(self, message: wire.WireMessage) -> None:
         if isinstance(message, wire.Credit):

@@ -94,18 +94,34 @@ def test_handshake_and_hello(pair: Pair) -> None:
     assert pair.client.established and pair.server.established
 
 
-def test_lane_frames_keep_order_per_lane(pair: Pair) -> None:
-    for i in range(400):
-        pair.client.send_frame(framing.FLAG_USER, i.to_bytes(4, "big"))
-    pair.pump()
-    frames = pair.take("server", s.FrameReceived)
-    assert len(frames) == 400
+def lanes_of(frames: list[s.FrameReceived]) -> dict[int, list[int]]:
     by_lane: dict[int, list[int]] = {}
     for frame in frames:
         by_lane.setdefault(frame.lane, []).append(int.from_bytes(frame.data, "big"))
+    return by_lane
+
+
+def test_lanes_take_turns_per_flush_and_keep_order(pair: Pair) -> None:
+    for burst in range(8):
+        for i in range(50):
+            pair.client.send_frame(framing.FLAG_USER, (burst * 50 + i).to_bytes(4, "big"))
+        pair.pump()  # one flush: the burst shares a lane, the next burst takes the next lane
+    by_lane = lanes_of(pair.take("server", s.FrameReceived))
     assert sorted(by_lane) == [0, 1, 2, 3]
     for lane, numbers in by_lane.items():
-        assert numbers == list(range(lane, 400, 4))  # round robin, in order within each lane
+        assert numbers == [*range(lane * 50, lane * 50 + 50), *range((lane + 4) * 50, (lane + 4) * 50 + 50)]
+
+
+def test_a_pinned_lane_keeps_its_own_order(pair: Pair) -> None:
+    for i in range(300):
+        pair.client.send_frame(framing.FLAG_USER, i.to_bytes(4, "big"), lane=2 if i % 3 == 0 else None)
+        if i % 50 == 49:
+            pair.pump()
+    pair.pump()
+    by_lane = lanes_of(pair.take("server", s.FrameReceived))
+    pinned = [numbers for numbers in by_lane.values() if numbers[0] == 0]
+    assert pinned == [[n for n in range(300) if n % 3 == 0 or n // 50 % 4 == 2]]
+    assert sum(len(numbers) for numbers in by_lane.values()) == 300
 
 
 def test_requests_and_responses_carry_their_ids(pair: Pair) -> None:
