@@ -320,7 +320,8 @@ class Session:
                     stream_id = self._lane_ids[lane] = self._quic.get_next_available_stream_id(
                         is_unidirectional=True
                     )
-                self._quic.send_stream_data(stream_id, pending)  # aioquic copies it into its buffer
+                # aioquic copies it into its buffer (typed bytes; any buffer works)
+                self._quic.send_stream_data(stream_id, pending)  # type: ignore[arg-type]
                 pending.clear()
 
     # ---- sending ---------------------------------------------------------------------------
