@@ -46,8 +46,9 @@ class Link:
         self._loop = asyncio.get_running_loop()
         self._cids: set[bytes] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer_at = 0.0
         self._transmit_handle: asyncio.Handle | None = None
+        self._transmit_forced = False
         self._keep_alive: asyncio.TimerHandle | None = None
         self._keep_alive_interval = keep_alive_interval
         self._credit_waiters: list[asyncio.Future[None]] = []
@@ -80,22 +81,48 @@ class Link:
 
     def transmit(self) -> None:
         """Send what the session has queued, handle what that raised, re-arm the timer."""
-        self._transmit_handle = None
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
+        self._transmit_forced = False
         session = self.session
         for data, addr in session.datagrams_to_send(self._loop.time()):
             self._transport.sendto(data, addr)
         self._handle_events()
         timer_at = session.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None and not self.terminated.done():
+        # The deadline moves at almost every packet. A timer due earlier than needed stays: it
+        # fires, finds nothing due, and re-arms; only an earlier deadline replaces it. This
+        # spares the event loop a cancel and a heap push per packet.
+        if timer_at is None or self.terminated.done():
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None or timer_at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self._loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+            self._timer_at = timer_at
 
     def transmit_soon(self) -> None:
-        if self._transmit_handle is None and not self.terminated.done():
+        """Transmit once this turn of the event loop is over, together with whatever else it queues."""
+        if self.terminated.done():
+            return
+        if self._transmit_handle is None:
             self._transmit_handle = self._loop.call_soon(self.transmit)
+        else:
+            self._transmit_forced = True
+
+    def transmit_first(self) -> None:
+        """After queueing frames: send at once if nothing else was sent this turn (one lone
+        request goes out without waiting), else leave them for the transmit at the turn's end."""
+        if self._transmit_handle is None and not self.terminated.done():
+            self.transmit()
+            self._transmit_handle = self._loop.call_soon(self._transmit_if_queued)
+
+    def _transmit_if_queued(self) -> None:
+        self._transmit_handle = None
+        if self._transmit_forced or self.session.queued:
+            self.transmit()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -140,7 +140,7 @@ class Connection:
         if link is not None and self._close_error is None and type(data) is bytes:
             session = link.session
             if session.try_send(_FLAG_USER, data, lane):
-                link.transmit_soon()
+                link.transmit_first()
                 if session.queued >= YIELD_AFTER:
                     await asyncio.sleep(0)  # let the transmit run before queueing more
                 return
@@ -152,6 +152,9 @@ class Connection:
         waiter: asyncio.Future[bytes | bytearray] = self._loop.create_future()
         self._requests[request_id] = waiter
         try:
+            if timeout is None:
+                await self._send_frame(framing.FLAG_REQUEST, request_id.to_bytes(4, "big"), data, None)
+                return await waiter
             async with asyncio.timeout(timeout):
                 await self._send_frame(framing.FLAG_REQUEST, request_id.to_bytes(4, "big"), data, None)
                 return await waiter
@@ -222,7 +225,7 @@ class Connection:
         while not link.session.try_send(flag, body, lane):
             await link.wait_credit()
             link = self._usable_link()
-        link.transmit_soon()
+        link.transmit_first()
 
     # ---- events from links -----------------------------------------------------------------
 

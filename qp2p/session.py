@@ -214,10 +214,11 @@ class Session:
         # not one per message (each write costs a stream lookup and a range-set update).
         self._lane_out = [bytearray() for _ in range(lanes)]
         self._lanes = lanes
-        self._next_lane = 0
+        self._next_lane = 1 % lanes  # lane 0 carries control frames, requests and responses
         self._ready = False  # established, not closing, not terminated: frames may be queued
-        self.queued = 0  # bytes of frames queued on lanes since the last flush
+        self.queued = 0  # bytes of frames (control frames too) queued on lanes since the last flush
         self._inline_limit = 0  # the largest body that travels on a lane, once the peer said
+        self._user_queued = False  # a frame on the current lane since the last flush
         self._sent = 0
         self._limit = 0
         self._large: dict[int, _LargeSend] = {}
@@ -310,9 +311,11 @@ class Session:
 
     def _flush(self) -> None:
         """Hand each lane's queued frames to QUIC in one write; a lane's stream opens here."""
-        if self.queued:
-            self.queued = 0
-            self._next_lane = self._next_lane + 1 if self._next_lane + 1 < self._lanes else 0
+        self.queued = 0
+        if self._user_queued:
+            self._user_queued = False
+            lane = self._next_lane + 1
+            self._next_lane = lane if lane < self._lanes else 1 % self._lanes
         for lane, pending in enumerate(self._lane_out):
             if pending:
                 stream_id = self._lane_ids[lane]
@@ -338,13 +341,18 @@ class Session:
 
     def _queue(self, flag: int, body: bytes, lane: int | None) -> None:
         size = len(body)
-        # Unpinned frames share one lane until the next flush, then the next lane takes over:
-        # a burst packs into few STREAM frames, and lanes still take turns over time.
-        pending = self._lane_out[self._next_lane if lane is None else lane % self._lanes]
+        if lane is None:
+            # Requests and responses share lane 0 with control frames, out of the way of bulk
+            # messages (aioquic serves the streams with data in turn, packet by packet).
+            # Unpinned messages share one of the other lanes until the next flush, then the
+            # next takes over: a burst packs into few STREAM frames, and lanes take turns.
+            lane = 0 if flag != _FLAG_USER else self._next_lane
+        pending = self._lane_out[lane % self._lanes]
         pending += _encode_header(flag, size)
         pending += body
         self._sent += size + _FRAME_COST
         self.queued += size + _HEADER_SIZE
+        self._user_queued = self._user_queued or flag == _FLAG_USER
 
     def send_frame(self, flag: int, body: bytes, lane: int | None = None) -> None:
         """Queue one small frame on a lane whatever the credit (the caller waited for it)."""
@@ -420,7 +428,9 @@ class Session:
         self._send_control(message)
 
     def _send_control(self, message: wire.ControlMessage) -> None:
-        self._lane_out[0] += wire.encode(message)
+        frame = wire.encode(message)
+        self._lane_out[0] += frame
+        self.queued += len(frame)
 
     # ---- receiving -------------------------------------------------------------------------
 

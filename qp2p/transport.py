@@ -74,6 +74,7 @@ class Transport(asyncio.DatagramProtocol):
         self._accept = accept
         self._routes: dict[bytes, Receiver] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._ipv4 = False
         self.stats = TransportStats()
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -97,6 +98,7 @@ class Transport(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._ipv4 = transport.get_extra_info("socket").family == socket.AF_INET
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -128,7 +130,8 @@ class Transport(asyncio.DatagramProtocol):
         except MalformedPacket:
             stats.malformed += 1
             return
-        peer = normalize(addr)
+        # IPv4 sockets give (host, port) already; IPv6 ones add flow info and scope.
+        peer: Address = addr if self._ipv4 else normalize(addr)  # type: ignore[assignment]
         receiver = self._routes.get(header.destination_cid)
         if receiver is not None:
             receiver.datagram_received(data, peer)

@@ -66,7 +66,7 @@ async def test_connect_and_send_one_message(make_endpoint: MakeEndpoint) -> None
     assert connection.remote_addr == b.local_addr and connection.path == "direct"
     await connection.send(b"hello")
     (message,) = await collect(b, 1)
-    assert (message.src, message.data, message.is_request, message.lane) == (a.local_addr, b"hello", False, 0)
+    assert (message.src, message.data, message.is_request, message.lane) == (a.local_addr, b"hello", False, 1)
     incoming = await first(b.incoming_connections())
     assert incoming.remote_addr == a.local_addr  # type: ignore[attr-defined]
 

@@ -106,10 +106,22 @@ def test_lanes_take_turns_per_flush_and_keep_order(pair: Pair) -> None:
         for i in range(50):
             pair.client.send_frame(framing.FLAG_USER, (burst * 50 + i).to_bytes(4, "big"))
         pair.pump()  # one flush: the burst shares a lane, the next burst takes the next lane
-    by_lane = lanes_of(pair.take("server", s.FrameReceived))
-    assert sorted(by_lane) == [0, 1, 2, 3]
+    frames = pair.take("server", s.FrameReceived)
+    # Lane 0 (the receiver's first, opened by the Hello) carries control frames and requests;
+    # messages go to lanes 1, 2, 3 in turn, a burst at a time.
+    by_lane = lanes_of(frames)
+    assert sorted(by_lane) == [1, 2, 3]
+    bursts = [list(range(b * 50, b * 50 + 50)) for b in range(8)]
     for lane, numbers in by_lane.items():
-        assert numbers == [*range(lane * 50, lane * 50 + 50), *range((lane + 4) * 50, (lane + 4) * 50 + 50)]
+        assert numbers == [n for b in range(lane - 1, 8, 3) for n in bursts[b]]
+
+
+def test_requests_and_responses_ride_lane_zero(pair: Pair) -> None:
+    pair.client.send_frame(framing.FLAG_USER, b"message")
+    pair.client.send_frame(framing.FLAG_REQUEST, (1).to_bytes(4, "big") + b"request")
+    pair.pump()
+    lanes = {bytes(f.data): f.lane for f in pair.take("server", s.FrameReceived)}
+    assert lanes == {b"request": 0, b"message": 1}
 
 
 def test_a_pinned_lane_keeps_its_own_order(pair: Pair) -> None:
@@ -120,7 +132,8 @@ def test_a_pinned_lane_keeps_its_own_order(pair: Pair) -> None:
     pair.pump()
     by_lane = lanes_of(pair.take("server", s.FrameReceived))
     pinned = [numbers for numbers in by_lane.values() if numbers[0] == 0]
-    assert pinned == [[n for n in range(300) if n % 3 == 0 or n // 50 % 4 == 2]]
+    # Unpinned bursts rotate over lanes 1, 2, 3: the third burst also lands on lane 2.
+    assert pinned == [[n for n in range(300) if n % 3 == 0 or n // 50 % 3 == 1]]
     assert sum(len(numbers) for numbers in by_lane.values()) == 300
 
 
