@@ -1,16 +1,89 @@
-"""The private aioquic internals qp2p reads, all in one place.
+"""The private aioquic internals qp2p uses, all in one place.
 
-aioquic has no public way to ask how much written data is still unacknowledged, which a
-graceful close needs (a CONNECTION_CLOSE abandons whatever is still in flight). The version is
-pinned to 1.7.x in pyproject.toml and tests/test_aioquic_hooks.py fails if an upgrade moves
-any attribute used here.
+aioquic 1.7 has no public way to:
+- ask how much written data is still unacknowledged (a graceful close needs it: a
+  CONNECTION_CLOSE abandons whatever is still in flight);
+- learn that a connection started closing before its draining period ends;
+- read the peer's certificate;
+- limit how many streams a peer may open;
+- authenticate clients: its server never asks for a client certificate, accepts an empty one
+  and never checks a client's chain (``verify_mode`` is ignored on the server side).
+
+The version is pinned to 1.7.x in pyproject.toml; tests/test_aioquic_hooks.py fails if an
+upgrade moves anything used here.
 """
 
 from __future__ import annotations
 
-from aioquic.quic.connection import QuicConnection
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ("unacked_bytes",)
+from aioquic import tls
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated
+from cryptography import x509
+
+if TYPE_CHECKING:
+    from aioquic._buffer import Buffer
+
+__all__ = (
+    "CertificateRequired",
+    "CheckedQuicConnection",
+    "PeerCheck",
+    "closing_event",
+    "limit_streams",
+    "peer_certificate",
+    "unacked_bytes",
+)
+
+# Raises a ``tls.Alert`` subclass to refuse a peer's certificate (None when it sent none).
+PeerCheck = Callable[[x509.Certificate | None, list[x509.Certificate]], None]
+
+
+class CertificateRequired(tls.Alert):
+    """The peer sent no certificate where one is required (TLS alert 116)."""
+
+    description = tls.AlertDescription.certificate_required
+
+
+class _CheckedContext(tls.Context):
+    """aioquic's TLS context with qp2p's check of the peer's certificate, in both roles."""
+
+    _qp2p_check: PeerCheck
+
+    def _client_handle_certificate_verify(self, input_buf: Buffer) -> None:
+        super()._client_handle_certificate_verify(input_buf)  # the signature proves key possession
+        self._qp2p_check(self._peer_certificate, self._peer_certificate_chain)
+
+    def _server_handle_certificate(self, input_buf: Buffer) -> None:
+        super()._server_handle_certificate(input_buf)
+        if self._peer_certificate is None:  # an empty Certificate message
+            self._qp2p_check(None, [])
+
+    def _server_handle_certificate_verify(self, input_buf: Buffer) -> None:
+        super()._server_handle_certificate_verify(input_buf)
+        self._qp2p_check(self._peer_certificate, self._peer_certificate_chain)
+
+
+class CheckedQuicConnection(QuicConnection):
+    """A ``QuicConnection`` whose TLS runs ``peer_check`` on the peer's certificate.
+
+    A server asks every client for a certificate. The check runs before the handshake
+    completes, so a refused peer never gets 1-RTT keys on our side; a refusal closes the
+    connection with CRYPTO_ERROR plus the alert.
+    """
+
+    def __init__(self, *, peer_check: PeerCheck, **kwargs: Any) -> None:
+        self._qp2p_check = peer_check
+        super().__init__(**kwargs)
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        context = self.tls
+        context.__class__ = _CheckedContext  # tls.Context is built by name, with no factory hook
+        context._qp2p_check = self._qp2p_check  # type: ignore[attr-defined]
+        if not self._is_client:
+            context._request_client_certificate = True
 
 
 def unacked_bytes(quic: QuicConnection) -> int:
@@ -24,3 +97,25 @@ def unacked_bytes(quic: QuicConnection) -> int:
             if sender._buffer_fin is not None and not sender._acked_fin:
                 total += 1
     return total
+
+
+def closing_event(quic: QuicConnection) -> ConnectionTerminated | None:
+    """Why the connection is closing, as soon as it starts to (aioquic reports it only after
+    the closing or draining period, three probe timeouts later)."""
+    return quic._close_event
+
+
+def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
+    """The certificate the peer presented, once the handshake got that far."""
+    context = getattr(quic, "tls", None)
+    return None if context is None else context._peer_certificate
+
+
+def limit_streams(quic: QuicConnection, unidirectional: int, bidirectional: int) -> None:
+    """How many streams of each kind the peer may have open at once (QUIC's MAX_STREAMS);
+    call before the handshake, while the first transport parameters are still to be sent."""
+    for limit, value in (
+        (quic._local_max_streams_uni, unidirectional),
+        (quic._local_max_streams_bidi, bidirectional),
+    ):
+        limit.value = limit.sent = value

@@ -50,6 +50,7 @@ def node_command(index: int, messages: int, requests: int, size: int, timeout: f
     """The command line that starts node ``index`` with the current interpreter."""
     return [
         sys.executable,
+        "-P",  # the current folder may hold a qp2p source tree: run the installed one
         "-m",
         "qp2p._demo",
         f"--index={index}",

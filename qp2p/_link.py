@@ -11,7 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode
 
 from qp2p import errors
 from qp2p import session as s
@@ -20,7 +25,7 @@ from qp2p.transport import Address, Transport
 if TYPE_CHECKING:
     from qp2p.connection import Connection
 
-__all__ = ("Link",)
+__all__ = ("Link", "Refusal")
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,10 @@ class Link:
         remote_addr: Address,
         owner: Connection,
         keep_alive_interval: float | None,
+        forgotten: Callable[[Link], None],
     ) -> None:
         self.session = session
+        self._forgotten = forgotten
         self.remote_addr = remote_addr
         self.owner = owner
         self.retired = False
@@ -57,7 +64,7 @@ class Link:
         self._large_gate: asyncio.Semaphore | None = None
         self.established: asyncio.Future[None] = self._loop.create_future()
         self.terminated: asyncio.Future[None] = self._loop.create_future()
-        self.end: s.Terminated | None = None
+        self.end: s.Closing | None = None
         self.add_cid(session.quic.host_cid)
 
     # ---- routing and the four steps --------------------------------------------------------
@@ -171,17 +178,18 @@ class Link:
                 owner._control_received(self, event.message)  # type: ignore[union-attr]
             elif kind is s.StreamRefused:
                 log.info("refused stream %d from %s: %s", event.stream_id, self.remote_addr, event.error)  # type: ignore[union-attr]
+            elif kind is s.Closing:
+                self._closing(event)  # type: ignore[arg-type]
             elif kind is s.Terminated:
-                self._terminated(event)  # type: ignore[arg-type]
+                self._forget()
 
-    def _terminated(self, event: s.Terminated) -> None:
+    def _closing(self, event: s.Closing) -> None:
+        """Nothing more can be sent: fail every waiter, tell the owner. The QUIC connection
+        lives on through its closing or draining period, to answer the peer's stray packets."""
         self.end = event
-        for cid in list(self._cids):
-            self._remove_cid(cid)
-        for handle in (self._timer, self._keep_alive, self._transmit_handle):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._keep_alive = self._transmit_handle = None
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+            self._keep_alive = None
         self._wake_credit_waiters()
         self._wake(self._drain_waiters)
         for stream_id in list(self._large_waiters):
@@ -189,8 +197,19 @@ class Link:
         if not self.established.done():
             self.established.set_exception(self.closed_error())
             self.established.exception()  # retrieved: a failed handshake may have no waiter
-        self.terminated.set_result(None)
-        self.owner._link_terminated(self, event)
+        self.owner._link_closed(self, event)
+
+    def _forget(self) -> None:
+        """The QUIC connection is over: release its routes and timers."""
+        for cid in list(self._cids):
+            self._remove_cid(cid)
+        for handle in (self._timer, self._keep_alive, self._transmit_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._keep_alive = self._transmit_handle = None
+        if not self.terminated.done():
+            self.terminated.set_result(None)
+            self._forgotten(self)
 
     # ---- waiting on the session ------------------------------------------------------------
 
@@ -213,7 +232,7 @@ class Link:
     async def drain(self) -> None:
         """Until the peer acknowledged every byte written so far, or the link ended."""
         self.transmit()
-        while not self.terminated.done() and self.session.unacked:
+        while self.end is None and self.session.unacked:
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
@@ -253,6 +272,11 @@ class Link:
                 self.transmit_soon()
                 raise
 
+    @property
+    def closed(self) -> bool:
+        """True once the connection began closing: it can no longer carry anything."""
+        return self.end is not None
+
     def closed_error(self) -> Exception:
         """What an operation on this link raises once it ended: ours to close, or lost."""
         event = self.end
@@ -261,7 +285,7 @@ class Link:
         return errors.ConnectionLost(event.reason or f"closed with error code {event.error_code:#x}")
 
     def check_open(self) -> None:
-        if self.terminated.done():
+        if self.end is not None:
             raise self.closed_error()
 
     # ---- closing ---------------------------------------------------------------------------
@@ -273,7 +297,35 @@ class Link:
             self.transmit()
 
     def abort(self) -> None:
-        """Forget the connection now, after one CONNECTION_CLOSE: used when the endpoint closes."""
+        """Send one CONNECTION_CLOSE, then forget the connection without waiting for the
+        closing period: used when the connection or the endpoint is closed."""
         self.close()
-        if not self.terminated.done():
-            self._terminated(s.Terminated(s.CLOSE_NORMAL, "closed", by_peer=False))
+        if self.end is None:
+            self._closing(s.Closing(s.CLOSE_NORMAL, "closed", by_peer=False))
+        self._forget()
+
+
+class Refusal:
+    """Answers the Initial of a dial we will not take (too many connections) with a
+    CONNECTION_CLOSE carrying CONNECTION_REFUSED, then forgets it: no route, no timer."""
+
+    def __init__(
+        self,
+        configuration: QuicConfiguration,
+        transport: Transport,
+        original_dcid: bytes,
+        retry_scid: bytes | None,
+    ) -> None:
+        self._quic = QuicConnection(
+            configuration=configuration,
+            original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_scid,
+        )
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        now = asyncio.get_running_loop().time()
+        self._quic.receive_datagram(data, addr, now=now)
+        self._quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED, reason_phrase="too many connections")
+        for datagram, to in self._quic.datagrams_to_send(now=now):
+            self._transport.sendto(datagram, to)

@@ -8,10 +8,12 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from cryptography import x509
 
 from qp2p.errors import ConfigError
 
@@ -24,25 +26,81 @@ MAX_DATAGRAM_SIZE = 16383
 MIN_DATAGRAM_SIZE = 1200
 
 
+def _read_pem(source: str | bytes | os.PathLike[str], what: str) -> bytes:
+    """PEM text given as bytes or a string holding it, or the path of a file holding it."""
+    if isinstance(source, bytes):
+        return source
+    if isinstance(source, str) and "-----BEGIN" in source:
+        return source.encode()
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {source}: {exc}") from exc
+
+
+def _fingerprint(text: str) -> str:
+    digest = text.replace(":", "").strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ConfigError(f"not a SHA-256 fingerprint: {text!r}")
+    return digest
+
+
 @dataclass(frozen=True, slots=True)
 class Trust:
-    """How peers authenticate each other. ``Trust.encrypt_only()`` is the default.
+    """How peers authenticate each other; ``Trust.encrypt_only()`` is the default.
 
-    encrypt_only: each endpoint presents a self-signed certificate (fresh, or loaded from
-    ``certfile``/``keyfile``); traffic is encrypted, but a peer's identity is not checked, so an
-    active man-in-the-middle is not detected.
+    Build one with a factory: ``encrypt_only``, ``ca``, ``private_ca`` or ``pinned``.
+    ``docs/security.md`` says what each mode guarantees and what it does not.
     """
 
-    mode: str = "encrypt_only"
+    mode: Literal["encrypt_only", "ca", "private_ca", "pinned"] = "encrypt_only"
     certfile: str | None = None
     keyfile: str | None = None
+    ca_pem: bytes | None = None
+    pins: frozenset[str] = frozenset()
 
     @classmethod
     def encrypt_only(cls, certfile: str | None = None, keyfile: str | None = None) -> Trust:
-        """Encryption without identity; optionally with our own certificate and key from PEM files."""
+        """Encryption without identity: any peer is accepted. Our certificate is self-signed
+        and fresh, or loaded from PEM files to keep one fingerprint across restarts."""
         if (certfile is None) != (keyfile is None):
             raise ConfigError("give both certfile and keyfile, or neither")
         return cls("encrypt_only", certfile, keyfile)
+
+    @classmethod
+    def ca(cls, ca: str | bytes | os.PathLike[str], certfile: str, keyfile: str) -> Trust:
+        """Every peer must present a certificate that chains to ``ca`` (a PEM file, or PEM
+        text, with one or more CA certificates); we present ``certfile``, signed by it."""
+        return cls("ca", str(certfile), str(keyfile), _checked_ca(_read_pem(ca, "CA certificate")))
+
+    @classmethod
+    def private_ca(cls, directory: str | os.PathLike[str], name: str) -> Trust:
+        """As ``ca``, with a network's own CA as ``qp2p ca init DIR`` and ``qp2p ca issue NAME``
+        lay it out: ``DIR/ca.pem``, and our ``DIR/NAME.pem`` with its key ``DIR/NAME.key``."""
+        folder = Path(directory)
+        pem = _checked_ca(_read_pem(folder / "ca.pem", "CA certificate"))
+        return cls("private_ca", str(folder / f"{name}.pem"), str(folder / f"{name}.key"), pem)
+
+    @classmethod
+    def pinned(
+        cls, fingerprints: Iterable[str], certfile: str | None = None, keyfile: str | None = None
+    ) -> Trust:
+        """Only peers whose certificate's SHA-256 fingerprint is listed (hex, colons allowed)
+        are accepted. Give our own certificate and key to keep our fingerprint across restarts."""
+        if (certfile is None) != (keyfile is None):
+            raise ConfigError("give both certfile and keyfile, or neither")
+        pins = frozenset(_fingerprint(text) for text in fingerprints)
+        if not pins:
+            raise ConfigError("pinned trust needs at least one fingerprint")
+        return cls("pinned", certfile, keyfile, None, pins)
+
+
+def _checked_ca(pem: bytes) -> bytes:
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise ConfigError(f"no CA certificate in the PEM data: {exc}") from exc
+    return pem
 
 
 def _check(condition: bool, message: str) -> None:
@@ -69,6 +127,9 @@ class Config:
     lane_threshold: int = 64 * KiB
     receive_window: int = 4 * MiB
     large_message_slots: int = 4
+    max_connections: int = 1000
+    max_incoming_streams: int = 64
+    stateless_retry: bool = True
     socket_buffer_size: int = 4 * MiB
     trust: Trust = field(default_factory=Trust.encrypt_only)
 
@@ -98,6 +159,11 @@ class Config:
             "receive_window must be at least 64 KiB and twice lane_threshold",
         )
         _check(1 <= self.large_message_slots <= 1024, "large_message_slots must be 1 to 1024")
+        _check(self.max_connections >= 1, "max_connections must be at least 1")
+        _check(
+            self.lanes + self.large_message_slots <= self.max_incoming_streams <= 10_000,
+            "max_incoming_streams must be at least lanes + large_message_slots, and at most 10000",
+        )
         _check(
             0 <= self.socket_buffer_size <= 1 << 30, "socket_buffer_size must be 0 (system default) to 1 GiB"
         )

@@ -16,7 +16,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Literal
 
-from qp2p import errors
+from qp2p import errors, tls
 from qp2p import session as s
 from qp2p._speedups import framing
 
@@ -31,6 +31,8 @@ __all__ = ("Connection", "Message")
 log = logging.getLogger(__name__)
 
 BytesLike = bytes | bytearray | memoryview
+# QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
+CRYPTO_ERROR = 0x100
 _FLAG_USER = framing.FLAG_USER
 # A sender that never waits for credit still yields to the event loop once this many bytes
 # are queued, so packets leave while it goes on and other tasks get their turn.
@@ -128,6 +130,12 @@ class Connection:
     def is_closed(self) -> bool:
         return self._closed.done()
 
+    @property
+    def fingerprint(self) -> str | None:
+        """SHA-256 fingerprint (hex) of the certificate the peer presented, once connected."""
+        link = self._current
+        return None if link is None else link.session.peer_fingerprint
+
     async def send(self, data: BytesLike, *, lane: int | None = None) -> None:
         """Send one message; returns once QUIC has it, not when the peer read it.
 
@@ -201,7 +209,7 @@ class Connection:
         if self._close_error is not None:
             raise self._close_error
         link = self._current
-        if link is None or link.terminated.done():
+        if link is None or link.closed:
             raise errors.SendError("the connection is not established yet")
         return link
 
@@ -234,7 +242,7 @@ class Connection:
 
     def _link_established(self, link: Link) -> None:
         current = self._current
-        if current is None or current.terminated.done():
+        if current is None or current.closed:
             self._current = link
         elif self._client_id(link) < self._client_id(current):
             self._retire(current)
@@ -256,19 +264,28 @@ class Connection:
     def _retire(self, link: Link) -> None:
         link.retired = True
 
-    def _link_terminated(self, link: Link, event: s.Terminated) -> None:
+    def _link_closed(self, link: Link, event: s.Closing) -> None:
         self._links.remove(link)
+        if not link.established.done():
+            self._endpoint._handshake_failed(self, event)
         if link is self._current:
-            alive = [
-                other for other in self._links if other.established.done() and not other.terminated.done()
-            ]
+            alive = [other for other in self._links if other.established.done() and not other.closed]
             self._current = alive[0] if alive else None
-        if self._current is None and not any(not other.terminated.done() for other in self._links):
+        if self._current is None and all(other.closed for other in self._links):
             error = link.closed_error()
             if not self._ready.done():
-                reason = event.reason or f"error code {event.error_code:#x}"
-                error = errors.ConnectionError(f"could not connect to {self.remote_addr}: {reason}")
+                error = self._dial_error(event)
             self._finish(error)
+
+    def _dial_error(self, event: s.Closing) -> Exception:
+        """Why no connection could be made: a refused certificate (either side's refusal) or
+        anything else."""
+        host, port = self.remote_addr
+        reason = event.reason or f"error code {event.error_code:#x}"
+        alert = event.error_code - CRYPTO_ERROR
+        if 0 <= alert < 0x100 and alert in tls.CERTIFICATE_ALERTS:
+            return errors.CertificateError(f"{host}:{port}: certificate refused: {reason}")
+        return errors.ConnectionError(f"could not connect to {host}:{port}: {reason}")
 
     def _finish(self, error: Exception) -> None:
         """The handle is over: fail its waiters, leave the pool, report the disconnection once."""

@@ -10,24 +10,26 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import secrets
 import socket
 import ssl
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 
 from qp2p import errors, tls, wire
-from qp2p._link import Link
+from qp2p._aioquic_hooks import CheckedQuicConnection, limit_streams
+from qp2p._link import Link, Refusal
 from qp2p._mailbox import Mailbox, MailboxIterator
+from qp2p._speedups import retry as retry_tokens
 from qp2p.config import Config
 from qp2p.connection import BytesLike, Connection, Message
-from qp2p.session import ALPN, Session
-from qp2p.transport import CID_LENGTH, Address, Transport, TransportStats, normalize
+from qp2p.session import ALPN, Closing, Session
+from qp2p.transport import CID_LENGTH, Address, Receiver, Transport, TransportStats, normalize
 
 if TYPE_CHECKING:
     from qp2p._speedups import packet
@@ -48,6 +50,8 @@ class EndpointStats:
     routes: int
     datagrams: TransportStats
     queued_messages: int
+    failed_handshakes: int  # connections that ended before being established (refused certificates, ...)
+    refused_connections: int  # dials refused because ``max_connections`` was reached
 
 
 class Endpoint:
@@ -71,6 +75,10 @@ class Endpoint:
         )
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
+        self._peer_check = tls.peer_check(self.config.trust)
+        self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
+        self._failed_handshakes = 0
+        self._refused_connections = 0
         self._transport: Transport | None = None
         self._pool: dict[Address, Connection] = {}
         self._messages: Mailbox[Message] = Mailbox()
@@ -89,6 +97,7 @@ class Endpoint:
             verify_mode=ssl.CERT_NONE,
         )
         config.certificate = self._identity.certificate
+        config.certificate_chain = self._identity.chain
         config.private_key = self._identity.private_key
         return config
 
@@ -113,8 +122,9 @@ class Endpoint:
             return
         loop = asyncio.get_running_loop()
         try:
+            retry = retry_tokens.RetryTokens(os.urandom(32)) if self.config.stateless_retry else None
             _, transport = await loop.create_datagram_endpoint(
-                lambda: Transport(self._accept),
+                lambda: Transport(self._accept, retry),
                 local_addr=(self.config.local_ip, self.config.local_port),
             )
         except OSError as exc:
@@ -154,6 +164,8 @@ class Endpoint:
         finally:
             for connection in connections:
                 connection._abort(error)
+            for link in list(self._links):  # still in their closing or draining period
+                link.abort()
             self._messages.close()
             self._connections.close()
             self._disconnections.close()
@@ -194,7 +206,14 @@ class Endpoint:
 
     def stats(self) -> EndpointStats:
         transport = self._check_open()
-        return EndpointStats(len(self._pool), transport.routes, transport.stats, len(self._messages))
+        return EndpointStats(
+            connections=len(self._pool),
+            routes=transport.routes,
+            datagrams=transport.stats,
+            queued_messages=len(self._messages),
+            failed_handshakes=self._failed_handshakes,
+            refused_connections=self._refused_connections,
+        )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
         host, port = addr
@@ -214,8 +233,22 @@ class Endpoint:
 
     # ---- connections -----------------------------------------------------------------------
 
-    def _new_session(self, quic: QuicConnection) -> Session:
-        return Session(quic, self._hello, self.config.lanes)
+    def _new_link(self, connection: Connection, transport: Transport, **quic_args: Any) -> Link:
+        quic = CheckedQuicConnection(peer_check=self._peer_check, **quic_args)
+        # Peers open unidirectional streams only: lanes and large messages, within a bound.
+        limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
+        session = Session(quic, self._hello, self.config.lanes)
+        link = Link(
+            session,
+            transport,
+            connection.remote_addr,
+            connection,
+            self.config.keep_alive_interval,
+            self._links.discard,
+        )
+        connection._add_link(link)
+        self._links.add(link)
+        return link
 
     def _pooled(self, addr: Address) -> Connection:
         connection = self._pool.get(addr)
@@ -223,31 +256,28 @@ class Endpoint:
             connection = self._pool[addr] = Connection(self, addr)
         return connection
 
-    def _accept(self, header: packet.PacketHeader, addr: Address) -> Link | None:
-        """A new Initial from ``addr``: a server-side QUIC connection for it."""
+    def _accept(
+        self, header: packet.PacketHeader, addr: Address, original_dcid: bytes, retry_scid: bytes | None
+    ) -> Receiver | None:
+        """A new Initial from ``addr`` (its address validated by a retry token when retries are
+        on): a server-side QUIC connection for it, or a refusal when we have too many."""
         if self._state != "open" or self._transport is None:
             return None
-        quic = QuicConnection(
-            configuration=self._server_config, original_destination_connection_id=header.destination_cid
+        if sum(not link.closed for link in self._links) >= self.config.max_connections:
+            self._refused_connections += 1
+            return Refusal(self._server_config, self._transport, original_dcid, retry_scid)
+        link = self._new_link(
+            self._pooled(addr),
+            self._transport,
+            configuration=self._server_config,
+            original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_scid,
         )
-        connection = self._pooled(addr)
-        link = Link(
-            self._new_session(quic), self._transport, addr, connection, self.config.keep_alive_interval
-        )
-        link.add_cid(header.destination_cid)  # the client keeps using it until it learns ours
-        connection._add_link(link)
+        link.add_cid(header.destination_cid)  # the client uses it until it learns ours
         return link
 
     def _dial(self, connection: Connection, transport: Transport) -> None:
-        quic = QuicConnection(configuration=self._client_config)
-        link = Link(
-            self._new_session(quic),
-            transport,
-            connection.remote_addr,
-            connection,
-            self.config.keep_alive_interval,
-        )
-        connection._add_link(link)
+        link = self._new_link(connection, transport, configuration=self._client_config)
         link.session.connect(connection.remote_addr, asyncio.get_running_loop().time())
         link.transmit()
 
@@ -303,6 +333,11 @@ class Endpoint:
     def disconnections(self) -> AsyncIterator[Address]:
         """Addresses of peers whose connection ended (by either side); ends when the endpoint closes."""
         return MailboxIterator(self._disconnections)
+
+    def _handshake_failed(self, connection: Connection, event: Closing) -> None:
+        self._failed_handshakes += 1
+        host, port = connection.remote_addr
+        log.info("no connection with %s:%d: %s (error %#x)", host, port, event.reason, event.error_code)
 
     def _connection_ready(self, connection: Connection, dialled: bool) -> None:
         if not dialled:

@@ -26,9 +26,10 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from qp2p import wire
-from qp2p._aioquic_hooks import unacked_bytes
+from qp2p._aioquic_hooks import closing_event, peer_certificate, unacked_bytes
 from qp2p._speedups import chunking, framing
 from qp2p.errors import DecodeError, MalformedMessage, MessageTooLarge, SendError, TruncatedMessage
+from qp2p.tls import fingerprint
 
 __all__ = (
     "ALPN",
@@ -36,6 +37,7 @@ __all__ = (
     "FRAME_OVERHEAD",
     "CidIssued",
     "CidRetired",
+    "Closing",
     "ControlReceived",
     "CreditGranted",
     "Established",
@@ -142,12 +144,18 @@ class StreamRefused:
 
 
 @dataclass(frozen=True, slots=True)
-class Terminated:
-    """The QUIC connection is over; ``by_peer`` says whether the peer or the network ended it."""
+class Closing:
+    """The connection is closing: nothing more can be sent. ``by_peer`` is False only when we
+    closed it ourselves; a refused certificate or another protocol failure counts as the peer's."""
 
     error_code: int
     reason: str
     by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated:
+    """The QUIC connection is over (its closing or draining period too): forget it."""
 
 
 SessionEvent = (
@@ -160,6 +168,7 @@ SessionEvent = (
     | LargeSendDone
     | LargeSendFailed
     | StreamRefused
+    | Closing
     | Terminated
 )
 
@@ -206,7 +215,8 @@ class Session:
         self._peer: wire.Hello | None = None
         self._handshake_done = False
         self._established = False
-        self._closing = False
+        self._closing = False  # we called close()
+        self._closing_seen = False  # a close began, by anyone
         self._terminated = False
         # sending
         self._lane_ids: list[int | None] = [None] * lanes
@@ -251,6 +261,12 @@ class Session:
     @property
     def terminated(self) -> bool:
         return self._terminated
+
+    @property
+    def peer_fingerprint(self) -> str | None:
+        """SHA-256 fingerprint of the peer's certificate, once presented."""
+        certificate = peer_certificate(self._quic)
+        return None if certificate is None else fingerprint(certificate)
 
     @property
     def peer(self) -> wire.Hello | None:
@@ -453,6 +469,8 @@ class Session:
 
     def _process_quic_events(self) -> None:
         quic = self._quic
+        if not self._closing_seen and closing_event(quic) is not None:
+            self._closing_begun()
         while (event := quic.next_event()) is not None:
             kind = type(event)
             if kind is quic_events.StreamDataReceived:
@@ -486,13 +504,22 @@ class Session:
             self._inline_limit = min(peer.lane_threshold, peer.max_message_size)
             self._events.append(Established(peer))
 
-    def _connection_terminated(self, event: quic_events.ConnectionTerminated) -> None:
-        self._terminated = True
+    def _closing_begun(self) -> None:
+        """Report a close as soon as it starts (ours, the peer's, or aioquic's own on an error)."""
+        event = closing_event(self._quic)
+        assert event is not None
+        self._closing_seen = True
         self._ready = False
         for stream_id in list(self._large):
             self._events.append(LargeSendFailed(stream_id, "the connection ended"))
         self._large.clear()
-        self._events.append(Terminated(event.error_code, event.reason_phrase, by_peer=not self._closing))
+        self._events.append(Closing(event.error_code, event.reason_phrase, by_peer=not self._closing))
+
+    def _connection_terminated(self, event: quic_events.ConnectionTerminated) -> None:
+        if not self._closing_seen:
+            self._closing_begun()
+        self._terminated = True
+        self._events.append(Terminated())
 
     def _refuse(self, stream_id: int, incoming: _Incoming | None, error: Exception) -> None:
         """Stop reading a stream, keeping what it was credited until the sender settles it."""

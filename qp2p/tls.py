@@ -1,33 +1,57 @@
-"""Certificates: our own identity and the fingerprints peers are known by."""
+"""Certificates: our own identity, the check we run on a peer's, and the fingerprints peers go by."""
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from aioquic import tls
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from qp2p._aioquic_hooks import CertificateRequired, PeerCheck
 from qp2p.config import Trust
 from qp2p.errors import CertificateError
 
-__all__ = ("SERVER_NAME", "Identity", "fingerprint", "load_identity", "self_signed_identity")
+__all__ = (
+    "CERTIFICATE_ALERTS",
+    "SERVER_NAME",
+    "Identity",
+    "fingerprint",
+    "identity_for",
+    "load_identity",
+    "peer_check",
+    "self_signed_identity",
+)
 
 # The TLS server name every qp2p client asks for: DNS-style, never an IP literal (rustls refuses those).
 SERVER_NAME = "qp2p"
 _VALIDITY = datetime.timedelta(days=3650)
+# TLS alerts that mean "your certificate was refused" (RFC 8446 section 6.2).
+CERTIFICATE_ALERTS = frozenset(
+    int(a)
+    for a in (
+        tls.AlertDescription.bad_certificate,
+        tls.AlertDescription.unsupported_certificate,
+        tls.AlertDescription.certificate_revoked,
+        tls.AlertDescription.certificate_expired,
+        tls.AlertDescription.certificate_unknown,
+        tls.AlertDescription.unknown_ca,
+        tls.AlertDescription.certificate_required,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A certificate with its private key, as aioquic's configuration takes them."""
+    """A certificate with its private key (and any intermediate certificates), as aioquic takes them."""
 
     certificate: x509.Certificate
     private_key: ec.EllipticCurvePrivateKey
+    chain: list[x509.Certificate] = field(default_factory=list)
 
     @property
     def fingerprint(self) -> str:
@@ -39,15 +63,18 @@ def fingerprint(certificate: x509.Certificate) -> str:
     return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, common_name)])
+
+
 def self_signed_identity(common_name: str = SERVER_NAME) -> Identity:
     """A fresh P-256 key and an end-entity (CA:FALSE) certificate for it, signed by itself."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
@@ -60,17 +87,18 @@ def self_signed_identity(common_name: str = SERVER_NAME) -> Identity:
 
 
 def load_identity(certfile: str, keyfile: str) -> Identity:
-    """Certificate and key from PEM files; ``CertificateError`` if they are unreadable or do not match."""
+    """Certificate (then any intermediates) and key from PEM files; ``CertificateError`` if they
+    cannot be read or do not belong together."""
     try:
-        certificate = x509.load_pem_x509_certificate(Path(certfile).read_bytes())
+        certificate, *chain = x509.load_pem_x509_certificates(Path(certfile).read_bytes())
         key = serialization.load_pem_private_key(Path(keyfile).read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise CertificateError(f"cannot load {certfile} / {keyfile}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CertificateError("only elliptic-curve keys are supported")
-    if key.public_key().public_numbers() != certificate.public_key().public_numbers():  # type: ignore[union-attr]
+    if key.public_key() != certificate.public_key():
         raise CertificateError(f"{keyfile} is not the key of {certfile}")
-    return Identity(certificate, key)
+    return Identity(certificate, key, chain)
 
 
 def identity_for(trust: Trust) -> Identity:
@@ -78,3 +106,46 @@ def identity_for(trust: Trust) -> Identity:
     if trust.certfile is not None and trust.keyfile is not None:
         return load_identity(trust.certfile, trust.keyfile)
     return self_signed_identity()
+
+
+def _accept_any(certificate: x509.Certificate | None, chain: list[x509.Certificate]) -> None:
+    """encrypt_only: the peer's certificate is seen (its fingerprint is known) but not judged."""
+
+
+def _check_dates(certificate: x509.Certificate) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    if now < certificate.not_valid_before_utc:
+        raise tls.AlertCertificateExpired("certificate is not valid yet")
+    if now > certificate.not_valid_after_utc:
+        raise tls.AlertCertificateExpired("certificate has expired")
+
+
+def peer_check(trust: Trust) -> PeerCheck:
+    """The test a peer's certificate must pass under ``trust``; it raises a TLS alert to refuse.
+
+    It runs in both roles, before the handshake completes, so a refused peer never sends or
+    receives application data.
+    """
+    if trust.mode == "encrypt_only":
+        return _accept_any
+    if trust.mode == "pinned":
+        pins = trust.pins
+
+        def check_pinned(certificate: x509.Certificate | None, chain: list[x509.Certificate]) -> None:
+            if certificate is None:
+                raise CertificateRequired("a pinned certificate is required")
+            _check_dates(certificate)
+            digest = fingerprint(certificate)
+            if digest not in pins:
+                raise tls.AlertBadCertificate(f"certificate {digest[:16]}... is not pinned")
+
+        return check_pinned
+    cadata = trust.ca_pem
+
+    def check_chain(certificate: x509.Certificate | None, chain: list[x509.Certificate]) -> None:
+        if certificate is None:
+            raise CertificateRequired("a certificate signed by the network's CA is required")
+        # Dates, then the chain up to one of the given CAs; no name check: peers are addresses.
+        tls.verify_certificate(certificate=certificate, chain=chain, cadata=cadata)
+
+    return check_chain

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from aioquic.quic.packet import encode_quic_version_negotiation
+from aioquic.quic.packet import encode_quic_retry, encode_quic_version_negotiation
 
 from qp2p._speedups import packet
-from qp2p.errors import MalformedPacket
+from qp2p._speedups import retry as retry_tokens
+from qp2p.errors import MalformedPacket, TokenError
 
 __all__ = (
     "CID_LENGTH",
@@ -62,16 +65,29 @@ class TransportStats:
     malformed: int = 0
     unroutable: int = 0
     version_negotiations: int = 0
+    retries: int = 0  # Retry packets sent (Initials without a token)
+    bad_tokens: int = 0  # Initials dropped for a forged, expired, replayed or foreign token
 
 
-Acceptor = Callable[[packet.PacketHeader, Address], Receiver | None]
+# (header, client address, original destination CID, retry source CID or None) -> receiver.
+Acceptor = Callable[[packet.PacketHeader, Address, bytes, bytes | None], Receiver | None]
+# A fresh retry key this often; tokens under the previous key stay valid (their lifetime is 10 s).
+RETRY_KEY_LIFETIME = 120.0
 
 
 class Transport(asyncio.DatagramProtocol):
-    """Routes datagrams; ``accept`` decides whether an unknown Initial opens a connection."""
+    """Routes datagrams; ``accept`` decides whether an unknown Initial opens a connection.
 
-    def __init__(self, accept: Acceptor) -> None:
+    With ``retry`` tokens, an Initial without a token gets a stateless Retry (RFC 9000
+    section 8.1.2) and nothing else; only an Initial whose token proves the client owns its
+    address reaches ``accept``. A spoofed flood therefore costs us no state, and each Retry is
+    smaller than the Initial it answers, within the anti-amplification limit.
+    """
+
+    def __init__(self, accept: Acceptor, retry: retry_tokens.RetryTokens | None = None) -> None:
         self._accept = accept
+        self._retry = retry
+        self._retry_key_at = time.time()
         self._routes: dict[bytes, Receiver] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self._ipv4 = False
@@ -149,9 +165,44 @@ class Transport(asyncio.DatagramProtocol):
                 )
                 return
             if header.packet_type == packet.INITIAL:
-                receiver = self._accept(header, peer)
-                if receiver is not None:
-                    stats.accepted += 1
-                    receiver.datagram_received(data, peer)
-                    return
+                self._initial(header, data, peer)
+                return
         stats.unroutable += 1
+
+    def _initial(self, header: packet.PacketHeader, data: bytes, peer: Address) -> None:
+        original_dcid, retry_scid = header.destination_cid, None
+        if self._retry is not None:
+            now = time.time()
+            if not header.token:
+                self._send_retry(header, peer, now)
+                return
+            try:
+                original_dcid = self._retry.validate(header.token, peer, now, header.destination_cid)
+            except TokenError as exc:
+                self.stats.bad_tokens += 1
+                log.debug("dropped an Initial from %s: %s", peer, exc)
+                return
+            retry_scid = header.destination_cid
+        receiver = self._accept(header, peer, original_dcid, retry_scid)
+        if receiver is not None:
+            self.stats.accepted += 1
+            receiver.datagram_received(data, peer)
+
+    def _send_retry(self, header: packet.PacketHeader, peer: Address, now: float) -> None:
+        assert self._retry is not None and header.version is not None
+        if now - self._retry_key_at > RETRY_KEY_LIFETIME:
+            self._retry.rotate(os.urandom(32))
+            self._retry_key_at = now
+        retry_scid = os.urandom(CID_LENGTH)
+        token = self._retry.mint(peer, header.destination_cid, now, retry_scid)
+        self.stats.retries += 1
+        self.sendto(
+            encode_quic_retry(
+                version=header.version,
+                source_cid=retry_scid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=token,
+            ),
+            peer,
+        )

@@ -25,7 +25,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.enviro
 
 
 def qp2p_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "qp2p", *args]
+    return [sys.executable, "-P", "-m", "qp2p", *args]  # -P: never the source tree in the current folder
 
 
 def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -307,14 +307,17 @@ def test_control_messages_reach_the_layer_above(pair: Pair) -> None:
 def test_close_is_seen_by_both_sides(pair: Pair) -> None:
     pair.client.close(reason="bye")
     pair.pump()
+    # Closing comes at once, on both sides; Terminated after the closing and draining periods.
+    (mine,) = pair.take("client", s.Closing)
+    (theirs,) = pair.take("server", s.Closing)
+    assert not mine.by_peer and theirs.by_peer and theirs.reason == "bye"
+    assert not pair.take("client", s.Terminated) and not pair.take("server", s.Terminated)
     for _ in range(5):  # aioquic moves to "terminated" when its closing timer fires
         pair.now += 1.0
         for session in (pair.client, pair.server):
             if session.get_timer() is not None:
                 session.handle_timer(pair.now)
         pair.pump()
-    (mine,) = pair.take("client", s.Terminated)
-    (theirs,) = pair.take("server", s.Terminated)
-    assert not mine.by_peer and theirs.by_peer and theirs.reason == "bye"
+    assert len(pair.take("client", s.Terminated)) == len(pair.take("server", s.Terminated)) == 1
     with pytest.raises(errors.SendError):
         pair.client.send_frame(framing.FLAG_USER, b"late")
