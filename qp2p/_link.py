@@ -326,6 +326,10 @@ class Refusal:
     def datagram_received(self, data: bytes, addr: Address) -> None:
         now = asyncio.get_running_loop().time()
         self._quic.receive_datagram(data, addr, now=now)
-        self._quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED, reason_phrase="too many connections")
+        # A transport-level close (frame_type given): before the handshake an application close
+        # would reach the client as a bare APPLICATION_ERROR, without its reason.
+        self._quic.close(
+            error_code=QuicErrorCode.CONNECTION_REFUSED, frame_type=0, reason_phrase="too many connections"
+        )
         for datagram, to in self._quic.datagrams_to_send(now=now):
             self._transport.sendto(datagram, to)

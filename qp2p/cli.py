@@ -1,4 +1,4 @@
-"""The ``qp2p`` command line: ``info``, ``listen``, ``send`` and ``demo``."""
+"""The ``qp2p`` command line: ``info``, ``listen``, ``send``, ``demo``, ``ca`` and ``cert``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import qp2p
-from qp2p import _demo, _speedups
+from qp2p import _demo, _speedups, tls
 
 Address = tuple[str, int]
 
@@ -490,7 +491,69 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a node waits for all it expects (default: %(default)s)",
     )
     demo.set_defaults(run=_run(_demo_run))
+
+    ca = commands.add_parser("ca", help="a network's own certificate authority (Trust.private_ca)")
+    ca_commands = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_commands.add_parser("init", help="create DIR/ca.pem and DIR/ca.key")
+    ca_init.add_argument("dir", metavar="DIR", type=Path)
+    ca_init.set_defaults(run=_ca_init)
+    ca_issue = ca_commands.add_parser(
+        "issue", help="create DIR/NAME.pem and DIR/NAME.key, signed by DIR's CA"
+    )
+    ca_issue.add_argument("name", metavar="NAME", type=_file_name)
+    ca_issue.add_argument("--dir", type=Path, default=Path("."), help="the CA's folder (default: .)")
+    ca_issue.add_argument(
+        "--days", type=_count(1, 36500), default=825, help="validity (default: %(default)s)"
+    )
+    ca_issue.set_defaults(run=_ca_issue)
+
+    cert = commands.add_parser(
+        "cert", help="create a self-signed NAME.pem and NAME.key (for Trust.pinned or encrypt_only)"
+    )
+    cert.add_argument("name", metavar="NAME", type=_file_name)
+    cert.add_argument("--dir", type=Path, default=Path("."), help="where to write (default: .)")
+    cert.set_defaults(run=_cert)
     return parser
+
+
+def _file_name(text: str) -> str:
+    if not text or "/" in text or text.startswith(".") or text == "ca":
+        raise argparse.ArgumentTypeError(f"not usable as a file name here: {text!r}")
+    return text
+
+
+def _write(identity: tls.Identity, folder: Path, name: str) -> int:
+    """Writes NAME.pem and NAME.key (0600) into ``folder``; refuses to overwrite either."""
+    certfile, keyfile = folder / f"{name}.pem", folder / f"{name}.key"
+    for path in (certfile, keyfile):
+        if path.exists():
+            print(f"qp2p: {path} exists; not overwriting it", file=sys.stderr)
+            return 1
+    tls.write_identity(identity, certfile, keyfile)
+    print(f"wrote {certfile} and {keyfile}")
+    print(f"fingerprint: {identity.fingerprint}")
+    return 0
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    folder: Path = args.dir
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return _write(tls.new_ca(), folder, "ca")
+
+
+def _ca_issue(args: argparse.Namespace) -> int:
+    folder: Path = args.dir
+    try:
+        ca = tls.load_identity(str(folder / "ca.pem"), str(folder / "ca.key"))
+    except qp2p.CertificateError as exc:
+        print(f"qp2p: {exc} (create the CA with: qp2p ca init {folder})", file=sys.stderr)
+        return 1
+    return _write(tls.issue(ca, args.name, days=args.days), folder, args.name)
+
+
+def _cert(args: argparse.Namespace) -> int:
+    folder: Path = args.dir
+    return _write(tls.self_signed_identity(), folder, args.name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

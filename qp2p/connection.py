@@ -266,7 +266,7 @@ class Connection:
 
     def _link_closed(self, link: Link, event: s.Closing) -> None:
         self._links.remove(link)
-        if not link.established.done():
+        if not link.session.established:
             self._endpoint._handshake_failed(self, event)
         if link is self._current:
             alive = [other for other in self._links if other.established.done() and not other.closed]

@@ -63,6 +63,7 @@ class Endpoint:
     """
 
     def __init__(self, config: Config | None = None) -> None:
+        self._state = "new"  # first: __del__ reads it even if the rest fails
         self.config = config if config is not None else Config()
         self._identity = tls.identity_for(self.config.trust)
         self.endpoint_id = secrets.randbits(64)
@@ -84,7 +85,6 @@ class Endpoint:
         self._messages: Mailbox[Message] = Mailbox()
         self._connections: Mailbox[Connection] = Mailbox(EVENT_BACKLOG)
         self._disconnections: Mailbox[Address] = Mailbox(EVENT_BACKLOG)
-        self._state = "new"
 
     def _quic_config(self, is_client: bool) -> QuicConfiguration:
         config = QuicConfiguration(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +23,12 @@ __all__ = (
     "Identity",
     "fingerprint",
     "identity_for",
+    "issue",
     "load_identity",
+    "new_ca",
     "peer_check",
     "self_signed_identity",
+    "write_identity",
 )
 
 # The TLS server name every qp2p client asks for: DNS-style, never an IP literal (rustls refuses those).
@@ -84,6 +88,77 @@ def self_signed_identity(common_name: str = SERVER_NAME) -> Identity:
         .sign(key, hashes.SHA256())
     )
     return Identity(certificate, key)
+
+
+def new_ca(common_name: str = "qp2p network CA", days: int = 3650) -> Identity:
+    """A self-signed CA (CA:TRUE, may sign certificates only) with a fresh P-256 key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return Identity(certificate, key)
+
+
+def issue(ca: Identity, name: str, days: int = 825, not_before: datetime.datetime | None = None) -> Identity:
+    """A node certificate for ``name`` signed by ``ca``: end-entity, for TLS clients and servers."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
+        .sign(ca.private_key, hashes.SHA256())
+    )
+    return Identity(certificate, key)
+
+
+def write_identity(identity: Identity, certfile: str | Path, keyfile: str | Path) -> None:
+    """Certificate (and chain) and key as new PEM files, both created with mode 0600."""
+    key_pem = identity.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert_pem = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (identity.certificate, *identity.chain)
+    )
+    for path, data in ((keyfile, key_pem), (certfile, cert_pem)):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
 
 
 def load_identity(certfile: str, keyfile: str) -> Identity:
