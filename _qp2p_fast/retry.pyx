@@ -229,7 +229,7 @@ cdef class RetryTokens:
         if (now_ms > issued and now_ms - issued > self._lifetime_ms) or (
                 issued > now_ms and issued - now_ms > C_FUTURE_SKEW_MS):
             raise TokenExpired(
-                f"token issued {<long long>now_ms - <long long>issued} ms ago, "
+                f"token issued {<object>now_ms - <object>issued} ms ago, "
                 f"lifetime {self._lifetime_ms} ms"
             )
         return PyBytes_FromStringAndSize(<const char*>p + cid_at + 1, cid_len)

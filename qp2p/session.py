@@ -177,11 +177,12 @@ SessionEvent = (
 
 
 class _LargeSend:
-    __slots__ = ("charged", "chunker")
+    __slots__ = ("charged", "chunker", "rest")
 
     def __init__(self, chunker: Any) -> None:
         self.chunker = chunker
         self.charged = FRAME_OVERHEAD
+        self.rest: bytes | memoryview | None = None  # what credit did not allow of the last slice
 
 
 class _Incoming:
@@ -241,6 +242,10 @@ class Session:
         self._slot_queue: deque[int] = deque()
         self._refused: dict[int, int] = {}  # stream id -> units credited, until the sender settles
         self._settled: set[int] = set()
+        self._cancelled: set[int] = set()  # streams a StreamCancelled already settled
+        self._received = 0  # units of the peer's frames received: held to what we granted
+        # A sender may pass its limit by one lane frame at most (large messages never pass it).
+        self._overshoot = hello.lane_threshold + _FRAME_COST
         self.rejected_frames = 0  # malformed frames skipped on an otherwise sound lane
         self.refused_streams = 0  # streams we stopped reading (bad header, oversized, truncated, ...)
 
@@ -422,12 +427,15 @@ class Session:
         for stream_id in list(self._large):
             send = self._large[stream_id]
             chunker = send.chunker
-            while self._limit - self._sent > reserve:
-                piece = next(chunker, None)
+            while (allowed := self._limit - self._sent - reserve) > 0:
+                piece = send.rest if send.rest is not None else next(chunker, None)
                 if piece is None:
                     break
-                last = chunker.remaining == 0
-                self._quic.send_stream_data(stream_id, piece, end_stream=last)
+                # Never past the limit: a slice larger than the credit left is cut, the rest waits.
+                send.rest = piece[allowed:] if len(piece) > allowed else None
+                piece = piece[:allowed] if send.rest is not None else piece
+                last = send.rest is None and chunker.remaining == 0
+                self._quic.send_stream_data(stream_id, piece, end_stream=last)  # type: ignore[arg-type]
                 send.charged += len(piece)
                 self._sent += len(piece)
                 if last:
@@ -562,6 +570,7 @@ class Session:
             if incoming.decoder is not None:
                 self._lane_data(incoming, data)
             elif incoming.reassembler is not None or incoming.held is not None:
+                self._charge(len(data))
                 self._large_data(stream_id, incoming, data)
             else:
                 self._classify(stream_id, incoming, data)
@@ -579,6 +588,7 @@ class Session:
         _, data_len = framing.decode_header(head, self._hello.max_message_size)
         incoming.head = bytearray()
         if data_len > self._hello.lane_threshold:
+            self._charge(FRAME_OVERHEAD + len(head))
             incoming.held = [bytes(head)]
             self._slot_queue.append(stream_id)
             self._assign_slots()
@@ -594,17 +604,26 @@ class Session:
         append = self._events.append
         lane = incoming.lane
         for flag, body in decoder:
-            if flag == _FLAG_USER:
-                append(FrameReceived(flag, 0, body, lane, len(body) + _HEADER_SIZE + FRAME_OVERHEAD, False))
-            elif flag == _FLAG_CONTROL:
+            if flag == _FLAG_CONTROL:
                 self._control_frame(body)
+                continue
+            cost = len(body) + _FRAME_COST
+            self._charge(cost)
+            if flag == _FLAG_USER:
+                append(FrameReceived(flag, 0, body, lane, cost, False))
             elif len(body) >= 4:
-                cost = len(body) + _HEADER_SIZE + FRAME_OVERHEAD
                 append(FrameReceived(flag, int.from_bytes(body[:4], "big"), body[4:], lane, cost, False))
             else:
                 # The frame boundary is intact, so only this frame is lost; its units are returned.
                 self._reject_frame(TruncatedMessage("request or response shorter than its request id"))
-                self._credit_received(len(body) + _HEADER_SIZE + FRAME_OVERHEAD)
+                self._credit_received(cost)
+
+    def _charge(self, units: int) -> None:
+        """Count units the peer spent; a peer that spends beyond what we granted (more than one
+        frame and one slice over) breaks the protocol, and its connection is closed."""
+        self._received += units
+        if self._received > self._advertised + self._overshoot and not self._closing:
+            self.close(CLOSE_PROTOCOL, "sent beyond the credit granted")
 
     def _reject_frame(self, error: DecodeError) -> None:
         self.rejected_frames += 1
@@ -636,16 +655,19 @@ class Session:
                 self._refuse(stream_id, incoming, exc)
 
     def _large_data(self, stream_id: int, incoming: _Incoming, data: bytes) -> None:
+        """Store a large frame's bytes; it is delivered when its stream ends (``_stream_end``),
+        so bytes after the frame, in any later packet, still refuse the whole stream."""
         if incoming.held is not None:
             incoming.held.append(data)
             return
-        done = incoming.reassembler.feed(data)
+        reassembler = incoming.reassembler
+        if reassembler.done:
+            if data:
+                raise MalformedMessage(f"{len(data)} bytes after the end of the message")
+            return
+        reassembler.feed(data)
         incoming.credited += len(data)
         self._credit_received(len(data))
-        if done:
-            flag, body = incoming.reassembler.finish()
-            incoming.reassembler = None
-            self._deliver_large(stream_id, flag, body)
 
     def _deliver_large(self, stream_id: int, flag: int, body: bytearray) -> None:
         self._incoming.pop(stream_id, None)
@@ -667,13 +689,35 @@ class Session:
         incoming.ended = True
         if incoming.decoder is not None:
             incoming.decoder.finish()
-            del self._incoming[stream_id]
+            self._incoming.pop(stream_id, None)
         elif incoming.held is not None:
-            return  # a whole large frame waiting for a buffer slot: judged once it has one
-        elif stream_id in self._incoming:  # a large frame or a header that never completed
-            if incoming.reassembler is not None:
-                incoming.reassembler.finish()  # raises TruncatedFrame: the frame is incomplete
-            raise MalformedMessage("stream ended before its first frame was complete")
+            return  # a large frame waiting for a buffer slot: judged once it has one
+        elif incoming.reassembler is not None:
+            flag, body = incoming.reassembler.finish()  # TruncatedFrame if the frame is incomplete
+            incoming.reassembler = None
+            self._deliver_large(stream_id, flag, body)
+        elif stream_id in self._incoming:
+            raise MalformedMessage("stream ended before its first frame header was complete")
+
+    def _stream_cancelled(self, stream_id: int, units: int) -> None:
+        """The peer gave up a large message: count as consumed what it spent on it that we did
+        not count yet. Only once per stream, never for a lane, and never beyond what we granted."""
+        incoming = self._incoming.get(stream_id)
+        if incoming is not None and incoming.decoder is not None:
+            self._reject_frame(MalformedMessage(f"a lane ({stream_id}) cannot be cancelled"))
+            return
+        if stream_id in self._cancelled or not _peer_initiated_uni(stream_id, self._is_client):
+            self._reject_frame(MalformedMessage(f"stream {stream_id} cannot be cancelled"))
+            return
+        self._cancelled.add(stream_id)
+        if incoming is not None:
+            del self._incoming[stream_id]
+            self._release(stream_id, incoming)
+            credited = incoming.credited
+        else:
+            credited = self._refused.pop(stream_id, 0)
+        self._settled.add(stream_id)
+        self._credit_received(min(max(0, units - credited), self._advertised - self._consumed))
 
     def _stream_reset(self, stream_id: int) -> None:
         incoming = self._incoming.pop(stream_id, None)
@@ -699,14 +743,7 @@ class Session:
                 self._pump()
                 self._events.append(CreditGranted())
         elif isinstance(message, wire.StreamCancelled):
-            incoming = self._incoming.pop(message.stream_id, None)
-            if incoming is not None:
-                self._release(message.stream_id, incoming)
-                credited = incoming.credited
-            else:
-                credited = self._refused.pop(message.stream_id, 0)
-            self._settled.add(message.stream_id)
-            self._credit_received(max(0, message.units - credited))
+            self._stream_cancelled(message.stream_id, message.units)
         elif isinstance(message, wire.Hello):
             if self._peer is None:
                 self._peer = message
