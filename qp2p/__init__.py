@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from qp2p._speedups import BACKEND
 from qp2p._version import __version__
-from qp2p.config import Config, Trust
+from qp2p.config import Config, Role, Trust
 from qp2p.errors import (
+    BootstrapError,
     CertificateError,
     ClosedError,
     ConfigError,
@@ -26,6 +27,7 @@ from qp2p.errors import (
     MalformedMessage,
     MalformedPacket,
     MessageTooLarge,
+    ReachabilityError,
     RecvError,
     RequestTimeout,
     SendError,
@@ -70,6 +72,7 @@ def __getattr__(name: str) -> Any:
 __all__ = (
     "BACKEND",
     "USING_EXTENSIONS",
+    "BootstrapError",
     "CertificateError",
     "ClosedError",
     "Config",
@@ -87,8 +90,10 @@ __all__ = (
     "MalformedPacket",
     "Message",
     "MessageTooLarge",
+    "ReachabilityError",
     "RecvError",
     "RequestTimeout",
+    "Role",
     "SendError",
     "TokenAddressMismatch",
     "TokenError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import tomllib
@@ -17,7 +18,7 @@ from cryptography import x509
 
 from qp2p.errors import ConfigError
 
-__all__ = ("Config", "Trust")
+__all__ = ("Config", "Role", "Trust")
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -43,6 +44,13 @@ def _fingerprint(text: str) -> str:
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ConfigError(f"not a SHA-256 fingerprint: {text!r}")
     return digest
+
+
+class Role(enum.Enum):
+    """A node accepts connections and is shared with others; a client only dials."""
+
+    NODE = "node"
+    CLIENT = "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,18 @@ class Config:
     stateless_retry: bool = True
     socket_buffer_size: int = 4 * MiB
     trust: Trust = field(default_factory=Trust.encrypt_only)
+    # Joining a network
+    role: Role = Role.NODE
+    client_fallback: bool = False
+    hard_coded_contacts: tuple[tuple[str, int], ...] = ()
+    bootstrap_cache_dir: str | None = None
+    bootstrap_cache_size: int = 200
+    bootstrap_cache_per_prefix: int = 4
+    bootstrap_concurrency: int = 5
+    bootstrap_timeout: float = 30.0
+    control_timeout: float = 5.0
+    external_ip: str | None = None
+    external_port: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -168,6 +188,22 @@ class Config:
             0 <= self.socket_buffer_size <= 1 << 30, "socket_buffer_size must be 0 (system default) to 1 GiB"
         )
         _check(isinstance(self.trust, Trust), "trust must be a qp2p.Trust")
+        _check(isinstance(self.role, Role), "role must be a qp2p.Role")
+        contacts = tuple(_contact(item) for item in self.hard_coded_contacts)
+        object.__setattr__(self, "hard_coded_contacts", contacts)  # a list given is kept as a tuple
+        _check(1 <= self.bootstrap_cache_size <= 100_000, "bootstrap_cache_size must be 1 to 100000")
+        _check(self.bootstrap_cache_per_prefix >= 1, "bootstrap_cache_per_prefix must be at least 1")
+        _check(1 <= self.bootstrap_concurrency <= 100, "bootstrap_concurrency must be 1 to 100")
+        _check(self.bootstrap_timeout > 0 and self.control_timeout > 0, "timeouts must be positive")
+        if self.external_ip is not None:
+            try:
+                ipaddress.ip_address(self.external_ip)
+            except ValueError:
+                raise ConfigError(f"external_ip is not an IP address: {self.external_ip!r}") from None
+        _check(
+            self.external_port is None or 0 < self.external_port <= 0xFFFF,
+            f"external_port out of range: {self.external_port}",
+        )
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""
@@ -205,8 +241,30 @@ class Config:
         return cls.from_mapping(values)
 
 
+def _contact(item: Any) -> tuple[str, int]:
+    """A contact as ``(ip, port)``, from a pair or a ``"host:port"`` / ``"[v6]:port"`` string."""
+    if isinstance(item, str):
+        text_host, _, text_port = item.rpartition(":")
+        item = (text_host.strip("[]"), text_port)
+    try:
+        host, port_text = item
+        ipaddress.ip_address(host)
+        port = int(port_text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"not a contact address (IP, port): {item!r}") from None
+    _check(0 < port <= 0xFFFF, f"contact port out of range: {port}")
+    return str(host), port
+
+
 def _convert(name: str, hint: Any, value: Any) -> Any:
     """``value`` as the type ``hint`` names; strings from files and the environment are parsed."""
+    if name == "hard_coded_contacts":
+        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    if name == "role":
+        try:
+            return Role(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ConfigError(f"role must be one of {[r.value for r in Role]}, got {value!r}") from None
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
         _check(type(None) in options, f"{name} cannot be empty")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from qp2p import errors, tls
 from qp2p import session as s
@@ -31,6 +31,7 @@ __all__ = ("Connection", "Message")
 log = logging.getLogger(__name__)
 
 BytesLike = bytes | bytearray | memoryview
+T = TypeVar("T")
 # QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
 _FLAG_USER = framing.FLAG_USER
@@ -110,6 +111,8 @@ class Connection:
         self._current: Link | None = None
         self._announced = False
         self._requests: dict[int, asyncio.Future[bytes | bytearray]] = {}
+        self._control_waiters: dict[type, list[asyncio.Future[ControlMessage]]] = {}
+        self._dialled_at = self._loop.time()
         self._request_ids = itertools.count(1)
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
@@ -253,7 +256,7 @@ class Connection:
             self._ready.set_result(None)
         if not self._announced:
             self._announced = True
-            self._endpoint._connection_ready(self, link.session.is_client)
+            self._endpoint._connection_ready(self, link, self._loop.time() - self._dialled_at)
 
     def _client_id(self, link: Link) -> int:
         """The endpoint id of whoever dialled ``link``: both peers agree on it."""
@@ -297,7 +300,10 @@ class Connection:
         if not self._ready.done():
             self._ready.set_exception(error)
             self._ready.exception()  # retrieved: nobody may be waiting
-        for waiter in self._requests.values():
+        waiters: list[asyncio.Future[Any]] = [*self._requests.values()]
+        for pending in self._control_waiters.values():
+            waiters += pending
+        for waiter in waiters:
             if not waiter.done():
                 waiter.set_exception(error)
         self._closed.set_result(None)
@@ -313,7 +319,36 @@ class Connection:
             return
         self._endpoint._message_received(Message(self, link, event))
 
+    async def _control_request(self, request: ControlMessage, answer: type[T], timeout: float) -> T:
+        """Send a control request and wait for the first control message of type ``answer``
+        (these requests carry no ids: one of each kind at a time per connection)."""
+        if not self._ready.done():
+            await self.wait_ready()
+        link = self._usable_link()
+        waiter: asyncio.Future[ControlMessage] = self._loop.create_future()
+        self._control_waiters.setdefault(answer, []).append(waiter)
+        link.session.send_control(request)
+        link.transmit_soon()
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter  # type: ignore[return-value]
+        except TimeoutError:
+            host, port = self.remote_addr
+            raise errors.RequestTimeout(
+                f"no {answer.__name__} from {host}:{port} within {timeout} s"
+            ) from None
+        finally:
+            waiters = self._control_waiters.get(answer, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+
     def _control_received(self, link: Link, message: ControlMessage) -> None:
+        waiters = self._control_waiters.get(type(message))
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(message)
+                return
         self._endpoint._control_received(self, link, message)
 
     def _abort(self, error: Exception) -> None:

@@ -23,10 +23,11 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from qp2p import errors, tls, wire
 from qp2p._aioquic_hooks import CheckedQuicConnection, limit_streams
+from qp2p._joining import Membership
 from qp2p._link import Link, Refusal
 from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._speedups import retry as retry_tokens
-from qp2p.config import Config
+from qp2p.config import Config, Role
 from qp2p.connection import BytesLike, Connection, Message
 from qp2p.session import ALPN, Closing, Session
 from qp2p.transport import CID_LENGTH, Address, Receiver, Transport, TransportStats, normalize
@@ -62,10 +63,10 @@ class Endpoint:
     iterators. Methods raise ``ClosedError`` after that.
     """
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *, _identity: tls.Identity | None = None) -> None:
         self._state = "new"  # first: __del__ reads it even if the rest fails
         self.config = config if config is not None else Config()
-        self._identity = tls.identity_for(self.config.trust)
+        self._identity = _identity or tls.identity_for(self.config.trust)
         self.endpoint_id = secrets.randbits(64)
         self._hello = wire.Hello(
             self.endpoint_id,
@@ -73,7 +74,9 @@ class Endpoint:
             self.config.lane_threshold,
             self.config.receive_window,
             self.config.large_message_slots,
+            self.config.role is Role.NODE,
         )
+        self._membership = Membership(self)
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
         self._peer_check = tls.peer_check(self.config.trust)
@@ -160,6 +163,7 @@ class Endpoint:
         self._pool.clear()
         error = errors.ClosedError("the endpoint was closed")
         try:
+            await self._membership.close()
             await asyncio.gather(*(connection._shutdown(error) for connection in connections))
         finally:
             for connection in connections:
@@ -196,8 +200,54 @@ class Endpoint:
 
     @property
     def public_addr(self) -> Address:
-        """The address peers reach us at."""
-        return self.local_addr
+        """The address peers reach us at: ``external_ip``/``external_port`` where configured,
+        else what the node we bootstrapped through saw, else the bound address."""
+        local = self.local_addr
+        echoed = self._membership.echoed or local
+        host = self.config.external_ip or echoed[0]
+        port = self.config.external_port or (echoed[1] if self.config.external_ip is None else local[1])
+        return host, port
+
+    @property
+    def role(self) -> Role:
+        """NODE or CLIENT; a node that could not be reached may have fallen back to CLIENT."""
+        return self._membership.role
+
+    async def bootstrap(self) -> Connection:
+        """Join the network: the first of the hard-coded contacts and cached nodes to answer.
+
+        Contacts come first, then cached nodes by quality; ``bootstrap_concurrency`` are tried at
+        once and the rest cancelled when one answers. A node then learns its public address,
+        has the contact check that it can reach us there (``ReachabilityError`` if not, unless
+        ``client_fallback``), and learns of other nodes, which enter the cache as they answer.
+        Raises ``BootstrapError``, naming what each attempt got, when none answers in time.
+        """
+        self._check_open()
+        return await self._membership.bootstrap()
+
+    async def is_reachable(self, addr: tuple[str, int]) -> bool:
+        """Whether a connection to ``addr`` can be made from a fresh socket (a new port, so no
+        NAT mapping ``addr`` opened towards us helps), within ``connect_timeout``."""
+        self._check_open()
+        return await self._probe(await self._resolve(addr), self.config.connect_timeout) is not None
+
+    async def _probe(self, addr: Address, timeout: float) -> str | None:
+        """Dial ``addr`` from a throwaway endpoint with our identity, for at most ``timeout``
+        seconds; the peer's fingerprint, or None if no connection could be made."""
+        config = self.config.replace(
+            local_port=0,
+            role=Role.CLIENT,
+            keep_alive_interval=None,
+            close_timeout=0.5,
+            connect_timeout=min(timeout, self.config.connect_timeout),
+        )
+        async with Endpoint(config, _identity=self._identity) as probe:
+            try:
+                connection = await probe.connect_to(addr)
+            except errors.Error as exc:
+                log.info("%s:%d is not reachable: %s", addr[0], addr[1], exc)
+                return None
+            return connection.fingerprint
 
     @property
     def fingerprint(self) -> str:
@@ -339,9 +389,11 @@ class Endpoint:
         host, port = connection.remote_addr
         log.info("no connection with %s:%d: %s (error %#x)", host, port, event.reason, event.error_code)
 
-    def _connection_ready(self, connection: Connection, dialled: bool) -> None:
+    def _connection_ready(self, connection: Connection, link: Link, seconds: float) -> None:
+        dialled = link.session.is_client
         if not dialled:
             self._connections.put(connection)
+        self._membership.connected(connection, link, dialled, seconds)
 
     def _connection_closed(self, connection: Connection, announced: bool) -> None:
         if self._pool.get(connection.remote_addr) is connection:
@@ -353,4 +405,10 @@ class Endpoint:
         self._messages.put(message)
 
     def _control_received(self, connection: Connection, link: Link, message: wire.ControlMessage) -> None:
-        log.debug("ignored control message %r from %s", message, connection.remote_addr)
+        self._membership.control(connection, link, message)
+
+    def _abandon_dial(self, addr: Address) -> None:
+        """Nobody waits for this dial any more: close it unless it already connected."""
+        connection = self._pool.get(addr)
+        if connection is not None and not connection._ready.done():
+            connection._abort(errors.ClosedError("the dial was abandoned"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 
 __all__ = (
+    "BootstrapError",
     "CertificateError",
     "ClosedError",
     "ConfigError",
@@ -22,6 +23,7 @@ __all__ = (
     "MalformedMessage",
     "MalformedPacket",
     "MessageTooLarge",
+    "ReachabilityError",
     "RecvError",
     "RequestTimeout",
     "SendError",
@@ -60,6 +62,21 @@ class ConnectionError(Error):
 
 class ConnectionLost(ConnectionError):
     """An established connection ended by the peer's doing or the network's (closed, reset, timed out)."""
+
+
+class BootstrapError(ConnectionError):
+    """No contact and no cached peer could be reached; ``attempts`` says what each one got."""
+
+    def __init__(self, message: str, attempts: dict[tuple[str, int], str] | None = None) -> None:
+        super().__init__(message)
+        self.attempts = dict(attempts or {})
+
+    def __reduce__(self) -> tuple[type[BootstrapError], tuple[str, dict[tuple[str, int], str]]]:
+        return (type(self), (str(self), self.attempts))
+
+
+class ReachabilityError(Error):
+    """We asked to run as a node, but the network cannot reach us at our public address."""
 
 
 class CertificateError(Error):

@@ -30,6 +30,8 @@ __all__ = (
     "Hello",
     "Credit",
     "StreamCancelled",
+    "PeersRequest",
+    "PeersResponse",
     "Request",
     "Response",
     "UserMessage",
@@ -47,7 +49,9 @@ _U64_LE = struct.Struct("<Q")
 _U32_LE = struct.Struct("<I")
 _U16_LE = struct.Struct("<H")
 _REQUEST_ID = struct.Struct(">I")
-_HELLO = struct.Struct("<QIIQH")
+_HELLO = struct.Struct("<QIIQHB")
+_PEER_COUNT = struct.Struct("<H")
+FINGERPRINT_SIZE = 32
 _STREAM_CANCELLED = struct.Struct("<QQ")
 _FAMILY_IPV4 = 0
 _FAMILY_IPV6 = 1
@@ -117,6 +121,7 @@ class Hello:
     lane_threshold: int
     receive_window: int
     large_message_slots: int
+    node: bool = True  # a node accepts connections; a client does not, and is never cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +141,32 @@ class StreamCancelled:
     units: int
 
 
+@dataclass(frozen=True, slots=True)
+class PeersRequest:
+    """Asks for up to ``limit`` nodes the peer knows to be reachable."""
+
+    TAG: ClassVar[int] = 19
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeersResponse:
+    """Reachable nodes: each an address and the SHA-256 fingerprint (hex) of its certificate."""
+
+    TAG: ClassVar[int] = 20
+    peers: tuple[tuple[Address, str], ...]
+
+
 ControlMessage: TypeAlias = (
-    EchoRequest | EchoResponse | VerificationRequest | VerificationResponse | Hello | Credit | StreamCancelled
+    EchoRequest
+    | EchoResponse
+    | VerificationRequest
+    | VerificationResponse
+    | Hello
+    | Credit
+    | StreamCancelled
+    | PeersRequest
+    | PeersResponse
 )
 WireMessage: TypeAlias = UserMessage | Request | Response | ControlMessage
 
@@ -166,9 +195,20 @@ def _encode_control(msg: ControlMessage) -> bytes:
             msg.lane_threshold,
             msg.receive_window,
             msg.large_message_slots,
+            1 if msg.node else 0,
         )
     if isinstance(msg, Credit):
         return tag + _U64_LE.pack(msg.limit)
+    if isinstance(msg, PeersRequest):
+        return tag + _PEER_COUNT.pack(msg.limit)
+    if isinstance(msg, PeersResponse):
+        parts = [tag, _PEER_COUNT.pack(len(msg.peers))]
+        for addr, fingerprint in msg.peers:
+            digest = bytes.fromhex(fingerprint)
+            if len(digest) != FINGERPRINT_SIZE:
+                raise ValueError(f"not a SHA-256 fingerprint: {fingerprint!r}")
+            parts += [_encode_address(addr), digest]
+        return b"".join(parts)
     return tag + _STREAM_CANCELLED.pack(msg.stream_id, msg.units)
 
 
@@ -217,6 +257,9 @@ class _Reader:
         port: int = _U16_LE.unpack(self.take(2, "port"))[0]
         return host, port
 
+    def fingerprint(self) -> str:
+        return self.take(FINGERPRINT_SIZE, "fingerprint").hex()
+
     def end(self) -> None:
         left = len(self._body) - self._pos
         if left:
@@ -239,11 +282,23 @@ def _decode_control(body: bytes) -> ControlMessage:
             raise MalformedMessage(f"boolean byte is {value}, not 0 or 1")
         msg = VerificationResponse(value == 1)
     elif tag == Hello.TAG:
-        msg = Hello(*reader.unpack(_HELLO, "hello"))
+        endpoint_id, max_size, threshold, window, slots, node = reader.unpack(_HELLO, "hello")
+        if node > 1:
+            raise MalformedMessage(f"boolean byte is {node}, not 0 or 1")
+        msg = Hello(endpoint_id, max_size, threshold, window, slots, node == 1)
     elif tag == Credit.TAG:
         msg = Credit(reader.unpack(_U64_LE, "credit limit")[0])
     elif tag == StreamCancelled.TAG:
         msg = StreamCancelled(*reader.unpack(_STREAM_CANCELLED, "stream cancellation"))
+    elif tag == PeersRequest.TAG:
+        msg = PeersRequest(reader.unpack(_PEER_COUNT, "peer count")[0])
+    elif tag == PeersResponse.TAG:
+        (count,) = reader.unpack(_PEER_COUNT, "peer count")
+        msg = PeersResponse(
+            tuple(
+                (reader.address(), reader.take(FINGERPRINT_SIZE, "fingerprint").hex()) for _ in range(count)
+            )
+        )
     else:
         raise UnknownTag(f"unknown control tag {tag}")
     reader.end()

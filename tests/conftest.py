@@ -6,6 +6,7 @@ import asyncio
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,11 +72,13 @@ async def no_leaks() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def make_endpoint() -> AsyncIterator[Callable[..., Awaitable[qp2p.Endpoint]]]:
-    """Starts endpoints on 127.0.0.1 (any ``Config`` field as keyword); closes them afterwards."""
+async def make_endpoint(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[qp2p.Endpoint]]]:
+    """Starts endpoints on 127.0.0.1 (any ``Config`` field as keyword); closes them afterwards.
+    Their bootstrap caches live in a temporary folder, never in the user's cache."""
     made: list[qp2p.Endpoint] = []
 
     async def make(**settings: Any) -> qp2p.Endpoint:
+        settings.setdefault("bootstrap_cache_dir", str(tmp_path / f"cache-{len(made)}"))
         endpoint = qp2p.Endpoint(qp2p.Config(**settings))
         await endpoint.start()
         made.append(endpoint)

@@ -1,0 +1,262 @@
+"""The bootstrap cache: the nodes seen reachable most recently, kept across restarts.
+
+``BootstrapCache`` holds the decisions and no I/O: which peers stay (the most recently
+reachable, a few per network prefix), and in which order to try them (a quality score with
+a little exploration). ``CacheFile`` keeps it on disk: atomic writes under a file lock,
+merged with what other processes wrote, and a damaged file set aside instead of trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from qp2p.errors import Error
+
+__all__ = ("FORMAT_VERSION", "BootstrapCache", "CacheEntry", "CacheFile", "CacheFormatError", "prefix_of")
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+FORMAT_VERSION = 1
+FILE_NAME = "bootstrap_cache.json"
+# A peer's score halves for every this many seconds since it was last reachable ...
+HALF_LIFE = 6 * 3600.0
+# ... and for every failure since its last success.
+FAILURE_PENALTY = 0.5
+# The chance that a start tries one peer from outside the best few among the first ones.
+EXPLORATION = 0.2
+
+
+class CacheFormatError(Error):
+    """A cache file that cannot be trusted: unreadable, truncated, or of another format."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A node seen reachable: when, how often it answered or did not, and how fast."""
+
+    addr: Address
+    fingerprint: str | None
+    last_seen: float
+    successes: int = 1
+    failures: int = 0  # since its last success
+    rtt: float | None = None
+
+    def score(self, now: float) -> float:
+        """Higher is better: recent, answering, and quick."""
+        age = max(0.0, now - self.last_seen)
+        recency = 0.5 ** (age / HALF_LIFE)
+        reliability = FAILURE_PENALTY**self.failures * (1.0 - 1.0 / (self.successes + 2))
+        speed = 1.0 / (1.0 + 10.0 * (self.rtt or 0.1))
+        return float(recency * reliability * speed)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["addr"] = [self.addr[0], self.addr[1]]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> CacheEntry:
+        try:
+            host, port = data["addr"]
+            ipaddress.ip_address(host)
+            entry = cls(
+                addr=(str(host), int(port)),
+                fingerprint=None if data["fingerprint"] is None else str(data["fingerprint"]),
+                last_seen=float(data["last_seen"]),
+                successes=int(data["successes"]),
+                failures=int(data["failures"]),
+                rtt=None if data["rtt"] is None else float(data["rtt"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheFormatError(f"bad cache entry {data!r}: {exc}") from exc
+        if not (0 < entry.addr[1] <= 0xFFFF and math.isfinite(entry.last_seen)):
+            raise CacheFormatError(f"bad cache entry {data!r}")
+        return entry
+
+
+def prefix_of(host: str) -> str | None:
+    """The network an operator is likely to hold whole: IPv4 /24 or IPv6 /48. None for
+    loopback, private and link-local addresses, which a LAN or a test network shares."""
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if ip.is_loopback or ip.is_private or ip.is_link_local:
+        return None
+    length = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{length}", strict=False))
+
+
+class BootstrapCache:
+    """Up to ``capacity`` nodes; at most ``per_prefix`` from one public /24 or /48."""
+
+    def __init__(self, capacity: int = 200, per_prefix: int = 4) -> None:
+        if capacity < 1 or per_prefix < 1:
+            raise ValueError("capacity and per_prefix must be positive")
+        self.capacity = capacity
+        self.per_prefix = per_prefix
+        self._entries: dict[Address, CacheEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, addr: object) -> bool:
+        return addr in self._entries
+
+    def get(self, addr: Address) -> CacheEntry | None:
+        return self._entries.get(addr)
+
+    def entries(self) -> list[CacheEntry]:
+        """Every entry, most recently reachable first."""
+        return sorted(self._entries.values(), key=lambda e: e.last_seen, reverse=True)
+
+    def reachable(
+        self, addr: Address, now: float, fingerprint: str | None = None, rtt: float | None = None
+    ) -> None:
+        """``addr`` was verified reachable as a node just now."""
+        old = self._entries.get(addr)
+        if old is None:
+            entry = CacheEntry(addr, fingerprint, now, rtt=rtt)
+        else:
+            smoothed = rtt if old.rtt is None or rtt is None else 0.75 * old.rtt + 0.25 * rtt
+            entry = replace(
+                old,
+                fingerprint=fingerprint or old.fingerprint,
+                last_seen=max(now, old.last_seen),
+                successes=old.successes + 1,
+                failures=0,
+                rtt=smoothed if smoothed is not None else old.rtt,
+            )
+        self._put(entry)
+
+    def unreachable(self, addr: Address) -> None:
+        """An attempt to reach ``addr`` failed: it sinks in the order; it is not dropped, since
+        being unreachable for a moment is common and eviction is by age."""
+        old = self._entries.get(addr)
+        if old is not None:
+            self._entries[addr] = replace(old, failures=old.failures + 1)
+
+    def remove(self, addr: Address) -> None:
+        self._entries.pop(addr, None)
+
+    def _put(self, entry: CacheEntry) -> None:
+        self._entries[entry.addr] = entry
+        prefix = prefix_of(entry.addr[0])
+        if prefix is not None:
+            same = [e for e in self._entries.values() if prefix_of(e.addr[0]) == prefix]
+            for extra in sorted(same, key=lambda e: e.last_seen)[: max(0, len(same) - self.per_prefix)]:
+                del self._entries[extra.addr]
+        surplus = len(self._entries) - self.capacity
+        if surplus > 0:  # the least recently reachable go first
+            for old in sorted(self._entries.values(), key=lambda e: e.last_seen)[:surplus]:
+                del self._entries[old.addr]
+
+    def order(self, now: float, rng: random.Random, first: int = 4) -> list[CacheEntry]:
+        """The order to try peers in: best score first. With a small chance one peer from
+        outside the best ``first`` takes the last of those places, so a cache that only ever
+        tries its favourites still learns about the others."""
+        ranked = sorted(self._entries.values(), key=lambda e: e.score(now), reverse=True)
+        if len(ranked) > first and rng.random() < EXPLORATION:
+            pick = rng.randrange(first, len(ranked))
+            ranked.insert(first - 1, ranked.pop(pick))
+        return ranked
+
+    def merge(self, others: list[CacheEntry]) -> None:
+        """Take in entries another process wrote; for a peer both know, the newer one wins."""
+        for entry in others:
+            mine = self._entries.get(entry.addr)
+            if mine is None or entry.last_seen > mine.last_seen:
+                self._put(entry)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, "peers": [e.to_json() for e in self.entries()]}
+
+    @staticmethod
+    def parse(text: str) -> list[CacheEntry]:
+        """The entries of a cache file; ``CacheFormatError`` for anything but a version-1 cache."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise CacheFormatError(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("peers"), list):
+            raise CacheFormatError("not a bootstrap cache")
+        if data.get("version") != FORMAT_VERSION:
+            raise CacheFormatError(f"cache format {data.get('version')!r}, this qp2p reads {FORMAT_VERSION}")
+        return [CacheEntry.from_json(item) for item in data["peers"]]
+
+
+class CacheFile:
+    """The cache's file in ``directory``, shared safely by any number of endpoints and processes.
+
+    Every access holds an exclusive lock on a separate lock file. ``save`` reads what is on
+    disk, merges it with the cache, and replaces the file atomically (temporary file, fsync,
+    rename, fsync of the folder), so a reader sees the old file or the new one, never a mix,
+    and no process loses another's entries. A file that does not parse is renamed aside
+    (``*.damaged-<time>``) with a warning, and the cache starts empty.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / FILE_NAME
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / (FILE_NAME + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> list[CacheEntry]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._set_aside(CacheFormatError(f"unreadable: {exc}"))
+        try:
+            return BootstrapCache.parse(text)
+        except CacheFormatError as exc:
+            return self._set_aside(exc)
+
+    def _set_aside(self, error: CacheFormatError) -> list[CacheEntry]:
+        aside = self.path.with_name(f"{FILE_NAME}.damaged-{time.time():.0f}")
+        with contextlib.suppress(OSError):
+            os.replace(self.path, aside)
+        log.warning(
+            "bootstrap cache %s is damaged (%s); moved it to %s and started empty", self.path, error, aside
+        )
+        return []
+
+    def load(self, cache: BootstrapCache) -> None:
+        """Merge what the file holds into ``cache``."""
+        with self._locked():
+            cache.merge(self._read())
+
+    def save(self, cache: BootstrapCache) -> None:
+        """Merge the file into ``cache``, then write ``cache`` over the file, atomically."""
+        with self._locked():
+            cache.merge(self._read())
+            temporary = self.path.with_name(f"{FILE_NAME}.{os.getpid()}.tmp")
+            with open(temporary, "w") as out:
+                json.dump(cache.to_json(), out, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+            folder = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)

@@ -1,0 +1,178 @@
+"""Joining a network over 127.0.0.1: bootstrap, echo, reachability, roles and the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+import qp2p
+from qp2p import wire
+from qp2p.bootstrap_cache import BootstrapCache, CacheFile
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+MakeEndpoint = Callable[..., Awaitable[qp2p.Endpoint]]
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def silent_ports() -> AsyncIterator[list[tuple[str, int]]]:
+    """Addresses where a socket takes datagrams and never answers: dead peers."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(6)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    yield [sock.getsockname() for sock in sockets]
+    for sock in sockets:
+        sock.close()
+
+
+async def test_a_node_joins_through_a_contact(make_endpoint: MakeEndpoint) -> None:
+    contact = await make_endpoint()
+    node = await make_endpoint(hard_coded_contacts=[contact.local_addr])
+    connection = await node.bootstrap()
+    assert connection.remote_addr == contact.local_addr and node.role is qp2p.Role.NODE
+    assert node.public_addr == node.local_addr  # what the contact saw: no NAT on loopback
+    assert node._membership.cache.get(contact.local_addr) is not None  # we dialled it: reachable
+    assert node._membership.cache.get(contact.local_addr).fingerprint == contact.fingerprint  # type: ignore[union-attr]
+
+
+async def test_the_contact_caches_a_node_it_verified(make_endpoint: MakeEndpoint) -> None:
+    contact = await make_endpoint()
+    contact._membership.active = True  # a node that already joined its network
+    node = await make_endpoint(hard_coded_contacts=[contact.local_addr])
+    await node.bootstrap()
+    entry = contact._membership.cache.get(node.local_addr)
+    assert entry is not None and entry.fingerprint == node.fingerprint
+
+
+async def test_a_client_is_never_cached_or_checked(make_endpoint: MakeEndpoint) -> None:
+    contact = await make_endpoint()
+    contact._membership.active = True
+    client = await make_endpoint(role=qp2p.Role.CLIENT, hard_coded_contacts=[contact.local_addr])
+    connection = await client.bootstrap()
+    await connection.send(b"hello")
+    await asyncio.sleep(0.3)
+    assert client.local_addr not in contact._membership.cache
+    assert contact.stats().datagrams.accepted == 1  # no check connected back from a new port
+    assert client._membership.cache.get(contact.local_addr) is not None  # clients still learn nodes
+
+
+async def test_a_node_that_cannot_be_reached_back_is_refused(make_endpoint: MakeEndpoint) -> None:
+    contact = await make_endpoint()
+    contact._membership.active = True
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as elsewhere:
+        elsewhere.bind(("127.0.0.1", 0))  # where the node claims to be: nothing answers there
+        node = await make_endpoint(
+            hard_coded_contacts=[contact.local_addr],
+            external_port=elsewhere.getsockname()[1],
+            connect_timeout=1,
+        )
+        with pytest.raises(qp2p.ReachabilityError, match="could not connect back"):
+            await node.bootstrap()
+        fallback = await make_endpoint(
+            hard_coded_contacts=[contact.local_addr],
+            external_port=elsewhere.getsockname()[1],
+            connect_timeout=1,
+            client_fallback=True,
+        )
+        await fallback.bootstrap()
+    assert fallback.role is qp2p.Role.CLIENT and node.role is qp2p.Role.NODE
+    assert len(contact._membership.cache) == 0  # neither is handed out as a node
+
+
+async def test_verification_only_dials_the_asker(make_endpoint: MakeEndpoint) -> None:
+    contact, bystander = await make_endpoint(), await make_endpoint()
+    asker = await make_endpoint()
+    connection = await asker.connect_to(contact.local_addr)
+    await eventually(lambda: bool(contact.connections()))
+    # Ask the contact to "check" someone else's address: it must refuse without dialling them.
+    verdict = await connection._control_request(
+        wire.VerificationRequest(("127.0.0.2", bystander.local_addr[1])), wire.VerificationResponse, 5
+    )
+    assert not verdict.reachable and bystander.stats().datagrams.received == 0
+    ok = await connection._control_request(
+        wire.VerificationRequest(asker.local_addr), wire.VerificationResponse, 5
+    )
+    assert ok.reachable
+
+
+async def test_is_reachable(make_endpoint: MakeEndpoint, silent_ports: list[tuple[str, int]]) -> None:
+    a = await make_endpoint(connect_timeout=0.5)
+    b = await make_endpoint()
+    assert await a.is_reachable(b.local_addr)
+    assert not await a.is_reachable(silent_ports[0])
+    assert b.stats().datagrams.accepted == 1  # from a port of its own, not a's
+
+
+async def test_bootstrap_error_names_every_attempt(
+    make_endpoint: MakeEndpoint, silent_ports: list[tuple[str, int]]
+) -> None:
+    node = await make_endpoint(hard_coded_contacts=silent_ports[:2], connect_timeout=0.3, bootstrap_timeout=5)
+    with pytest.raises(qp2p.BootstrapError) as failure:
+        await node.bootstrap()
+    assert set(failure.value.attempts) == set(silent_ports[:2])
+    assert all("no connection" in outcome for outcome in failure.value.attempts.values())
+    empty = await make_endpoint()
+    with pytest.raises(qp2p.BootstrapError, match="empty"):
+        await empty.bootstrap()
+
+
+async def test_dead_cached_peers_cost_about_one_connect_timeout(
+    make_endpoint: MakeEndpoint, silent_ports: list[tuple[str, int]], tmp_path: Path
+) -> None:
+    live = await make_endpoint()
+    cache = BootstrapCache()
+    now = time.time()
+    for rank, dead in enumerate(silent_ports[:5]):
+        cache.reachable(dead, now - rank, rtt=0.001)  # the dead ones look best
+    cache.reachable(live.local_addr, now - 3600, rtt=0.5)
+    CacheFile(tmp_path / "joiner").save(cache)
+    node = await make_endpoint(bootstrap_cache_dir=str(tmp_path / "joiner"), connect_timeout=1.0)
+    started = time.perf_counter()
+    connection = await node.bootstrap()
+    elapsed = time.perf_counter() - started
+    assert connection.remote_addr == live.local_addr
+    assert elapsed < 2 * node.config.connect_timeout  # the live one waited for one slot, once
+    assert node._membership.cache.get(silent_ports[0]).failures == 1  # type: ignore[union-attr]
+
+
+async def test_peers_learned_from_the_contact_enter_the_cache(make_endpoint: MakeEndpoint) -> None:
+    contact = await make_endpoint()
+    contact._membership.active = True
+    first = await make_endpoint(hard_coded_contacts=[contact.local_addr])
+    await first.bootstrap()
+    second = await make_endpoint(hard_coded_contacts=[contact.local_addr])
+    await second.bootstrap()
+    # second was told of first and dialled it; first checked second when it dialled in.
+    await eventually(lambda: first.local_addr in second._membership.cache)
+    await eventually(lambda: second.local_addr in first._membership.cache)
+    assert {first.local_addr, second.local_addr} <= {e.addr for e in contact._membership.cache.entries()}
+
+
+async def test_the_cache_is_written_on_close(make_endpoint: MakeEndpoint, tmp_path: Path) -> None:
+    contact = await make_endpoint()
+    node = await make_endpoint(
+        hard_coded_contacts=[contact.local_addr], bootstrap_cache_dir=str(tmp_path / "n")
+    )
+    await node.bootstrap()
+    await node.close()
+    reloaded = BootstrapCache()
+    CacheFile(tmp_path / "n").load(reloaded)
+    assert contact.local_addr in reloaded
+
+
+async def test_external_address_overrides_the_echo(make_endpoint: MakeEndpoint) -> None:
+    node = await make_endpoint(external_ip="192.0.2.10", external_port=4444)
+    assert node.public_addr == ("192.0.2.10", 4444)
+    port_only = await make_endpoint(external_port=4445)
+    assert port_only.public_addr == ("127.0.0.1", 4445)
