@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ("Namespace", "unavailable")
+__all__ = ("Namespace", "NatRouter", "unavailable", "wire")
 
 _counter = itertools.count()
 
@@ -86,3 +86,44 @@ class Namespace:
     @property
     def exists(self) -> bool:
         return Path("/run/netns", self.name).exists()
+
+
+def wire(a: Namespace, a_name: str, a_cidr: str, b: Namespace, b_name: str, b_cidr: str) -> None:
+    """A veth pair between two namespaces, addressed and up (never in the root namespace)."""
+    a.ip("link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name)
+    for ns, name, cidr in ((a, a_name, a_cidr), (b, b_name, b_cidr)):
+        ns.ip("addr", "add", cidr, "dev", name)
+        ns.ip("link", "set", name, "up")
+
+
+class NatRouter:
+    """A home router in ``router``: LAN behind ``lan_if``, WAN out of ``wan_if``.
+
+    It masquerades LAN traffic to its WAN address and, like a home router, drops what comes
+    from the WAN unsolicited: to the router itself, and forwarded traffic that belongs to no
+    connection the LAN opened (no ICMP answer, so no conntrack entry is left behind).
+    """
+
+    def __init__(self, router: Namespace, lan_if: str, wan_if: str) -> None:
+        router.sysctl("net.ipv4.ip_forward=1")
+        rules = [
+            ["-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE"],
+            ["-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+            ["-A", "FORWARD", "-i", lan_if, "-o", wan_if, "-j", "ACCEPT"],
+            ["-P", "FORWARD", "DROP"],
+            [
+                "-A",
+                "INPUT",
+                "-i",
+                wan_if,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            ["-A", "INPUT", "-i", wan_if, "-j", "DROP"],
+        ]
+        for rule in rules:
+            router.run(["iptables", *rule], check=True)
