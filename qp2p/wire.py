@@ -7,6 +7,7 @@ raw bytes). Sans-IO: bytes in, message objects out.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -45,14 +46,10 @@ __all__ = (
 
 Address: TypeAlias = tuple[str, int]
 
-_U64_LE = struct.Struct("<Q")
 _U32_LE = struct.Struct("<I")
 _U16_LE = struct.Struct("<H")
 _REQUEST_ID = struct.Struct(">I")
-_HELLO = struct.Struct("<QIIQHB")
-_PEER_COUNT = struct.Struct("<H")
 FINGERPRINT_SIZE = 32
-_STREAM_CANCELLED = struct.Struct("<QQ")
 _FAMILY_IPV4 = 0
 _FAMILY_IPV6 = 1
 
@@ -85,6 +82,7 @@ class EchoRequest:
     """Asks a peer which address our packets come from."""
 
     TAG: ClassVar[int] = 0
+    LAYOUT: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +90,7 @@ class EchoResponse:
     """The address the peer sees our packets come from."""
 
     TAG: ClassVar[int] = 1
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address",)
     addr: Address
 
 
@@ -100,6 +99,7 @@ class VerificationRequest:
     """Asks a peer to connect back to ``addr``, to prove it is reachable."""
 
     TAG: ClassVar[int] = 2
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address",)
     addr: Address
 
 
@@ -108,6 +108,7 @@ class VerificationResponse:
     """Whether the connection back succeeded."""
 
     TAG: ClassVar[int] = 3
+    LAYOUT: ClassVar[tuple[str, ...]] = ("bool",)
     reachable: bool
 
 
@@ -116,6 +117,7 @@ class Hello:
     """First frame each side sends on a new connection: who it is and what it accepts."""
 
     TAG: ClassVar[int] = 16
+    LAYOUT: ClassVar[tuple[str, ...]] = ("u64", "u32", "u32", "u64", "u16", "bool")
     endpoint_id: int
     max_message_size: int
     lane_threshold: int
@@ -129,6 +131,7 @@ class Credit:
     """The sender may send until its count of charged units reaches ``limit``."""
 
     TAG: ClassVar[int] = 17
+    LAYOUT: ClassVar[tuple[str, ...]] = ("u64",)
     limit: int
 
 
@@ -137,6 +140,7 @@ class StreamCancelled:
     """The sender reset ``stream_id`` after charging ``units`` for it; settles the credit."""
 
     TAG: ClassVar[int] = 18
+    LAYOUT: ClassVar[tuple[str, ...]] = ("u64", "u64")
     stream_id: int
     units: int
 
@@ -146,6 +150,7 @@ class PeersRequest:
     """Asks for up to ``limit`` nodes the peer knows to be reachable."""
 
     TAG: ClassVar[int] = 19
+    LAYOUT: ClassVar[tuple[str, ...]] = ("u16",)
     limit: int
 
 
@@ -154,6 +159,7 @@ class PeersResponse:
     """Reachable nodes: each an address and the SHA-256 fingerprint (hex) of its certificate."""
 
     TAG: ClassVar[int] = 20
+    LAYOUT: ClassVar[tuple[str, ...]] = ("peers",)
     peers: tuple[tuple[Address, str], ...]
 
 
@@ -169,6 +175,19 @@ ControlMessage: TypeAlias = (
     | PeersResponse
 )
 WireMessage: TypeAlias = UserMessage | Request | Response | ControlMessage
+CONTROL_MESSAGES: tuple[type[ControlMessage], ...] = (
+    EchoRequest,
+    EchoResponse,
+    VerificationRequest,
+    VerificationResponse,
+    Hello,
+    Credit,
+    StreamCancelled,
+    PeersRequest,
+    PeersResponse,
+)
+_BY_TAG: dict[int, type[ControlMessage]] = {cls.TAG: cls for cls in CONTROL_MESSAGES}
+_SCALARS = {"u16": struct.Struct("<H"), "u32": struct.Struct("<I"), "u64": struct.Struct("<Q")}
 
 
 def _encode_address(addr: Address) -> bytes:
@@ -180,36 +199,30 @@ def _encode_address(addr: Address) -> bytes:
     return _U32_LE.pack(family) + ip.packed + _U16_LE.pack(port)
 
 
+def _encode_fingerprint(fingerprint: str) -> bytes:
+    digest = bytes.fromhex(fingerprint)
+    if len(digest) != FINGERPRINT_SIZE:
+        raise ValueError(f"not a SHA-256 fingerprint: {fingerprint!r}")
+    return digest
+
+
+def _encode_field(kind: str, value: Any) -> bytes:
+    if kind in _SCALARS:
+        return _SCALARS[kind].pack(value)
+    if kind == "bool":
+        return b"\x01" if value else b"\x00"
+    if kind == "address":
+        return _encode_address(value)
+    if kind == "blob":
+        return _U16_LE.pack(len(value)) + bytes(value)
+    peers: tuple[tuple[Address, str], ...] = value  # "peers"
+    return _U16_LE.pack(len(peers)) + b"".join(_encode_address(a) + _encode_fingerprint(f) for a, f in peers)
+
+
 def _encode_control(msg: ControlMessage) -> bytes:
-    tag = _U32_LE.pack(msg.TAG)
-    if isinstance(msg, EchoRequest):
-        return tag
-    if isinstance(msg, EchoResponse | VerificationRequest):
-        return tag + _encode_address(msg.addr)
-    if isinstance(msg, VerificationResponse):
-        return tag + bytes((1 if msg.reachable else 0,))
-    if isinstance(msg, Hello):
-        return tag + _HELLO.pack(
-            msg.endpoint_id,
-            msg.max_message_size,
-            msg.lane_threshold,
-            msg.receive_window,
-            msg.large_message_slots,
-            1 if msg.node else 0,
-        )
-    if isinstance(msg, Credit):
-        return tag + _U64_LE.pack(msg.limit)
-    if isinstance(msg, PeersRequest):
-        return tag + _PEER_COUNT.pack(msg.limit)
-    if isinstance(msg, PeersResponse):
-        parts = [tag, _PEER_COUNT.pack(len(msg.peers))]
-        for addr, fingerprint in msg.peers:
-            digest = bytes.fromhex(fingerprint)
-            if len(digest) != FINGERPRINT_SIZE:
-                raise ValueError(f"not a SHA-256 fingerprint: {fingerprint!r}")
-            parts += [_encode_address(addr), digest]
-        return b"".join(parts)
-    return tag + _STREAM_CANCELLED.pack(msg.stream_id, msg.units)
+    values = [getattr(msg, field.name) for field in dataclasses.fields(msg)]
+    fields = (_encode_field(kind, value) for kind, value in zip(msg.LAYOUT, values, strict=True))
+    return _U32_LE.pack(msg.TAG) + b"".join(fields)
 
 
 def encode(msg: WireMessage) -> bytes:
@@ -239,26 +252,34 @@ class _Reader:
         self._pos = end
         return chunk
 
-    def unpack(self, layout: struct.Struct, what: str) -> tuple[Any, ...]:
-        return layout.unpack(self.take(layout.size, what))
-
-    def u32(self, what: str) -> int:
-        value: int = self.unpack(_U32_LE, what)[0]
+    def scalar(self, kind: str) -> int:
+        value: int = _SCALARS[kind].unpack(self.take(_SCALARS[kind].size, kind))[0]
         return value
 
     def address(self) -> Address:
-        family = self.u32("address family")
+        family = self.scalar("u32")
         if family == _FAMILY_IPV4:
             host = str(ipaddress.IPv4Address(self.take(4, "IPv4 address")))
         elif family == _FAMILY_IPV6:
             host = str(ipaddress.IPv6Address(self.take(16, "IPv6 address")))
         else:
             raise MalformedMessage(f"unknown address family {family}")
-        port: int = _U16_LE.unpack(self.take(2, "port"))[0]
-        return host, port
+        return host, self.scalar("u16")
 
-    def fingerprint(self) -> str:
-        return self.take(FINGERPRINT_SIZE, "fingerprint").hex()
+    def field(self, kind: str) -> Any:
+        if kind in _SCALARS:
+            return self.scalar(kind)
+        if kind == "bool":
+            value = self.take(1, "boolean")[0]
+            if value > 1:
+                raise MalformedMessage(f"boolean byte is {value}, not 0 or 1")
+            return value == 1
+        if kind == "address":
+            return self.address()
+        if kind == "blob":
+            return self.take(self.scalar("u16"), "blob")
+        count = self.scalar("u16")  # "peers"
+        return tuple((self.address(), self.take(FINGERPRINT_SIZE, "fingerprint").hex()) for _ in range(count))
 
     def end(self) -> None:
         left = len(self._body) - self._pos
@@ -268,39 +289,11 @@ class _Reader:
 
 def _decode_control(body: bytes) -> ControlMessage:
     reader = _Reader(body)
-    tag = reader.u32("tag")
-    msg: ControlMessage
-    if tag == EchoRequest.TAG:
-        msg = EchoRequest()
-    elif tag == EchoResponse.TAG:
-        msg = EchoResponse(reader.address())
-    elif tag == VerificationRequest.TAG:
-        msg = VerificationRequest(reader.address())
-    elif tag == VerificationResponse.TAG:
-        value = reader.take(1, "verdict")[0]
-        if value > 1:
-            raise MalformedMessage(f"boolean byte is {value}, not 0 or 1")
-        msg = VerificationResponse(value == 1)
-    elif tag == Hello.TAG:
-        endpoint_id, max_size, threshold, window, slots, node = reader.unpack(_HELLO, "hello")
-        if node > 1:
-            raise MalformedMessage(f"boolean byte is {node}, not 0 or 1")
-        msg = Hello(endpoint_id, max_size, threshold, window, slots, node == 1)
-    elif tag == Credit.TAG:
-        msg = Credit(reader.unpack(_U64_LE, "credit limit")[0])
-    elif tag == StreamCancelled.TAG:
-        msg = StreamCancelled(*reader.unpack(_STREAM_CANCELLED, "stream cancellation"))
-    elif tag == PeersRequest.TAG:
-        msg = PeersRequest(reader.unpack(_PEER_COUNT, "peer count")[0])
-    elif tag == PeersResponse.TAG:
-        (count,) = reader.unpack(_PEER_COUNT, "peer count")
-        msg = PeersResponse(
-            tuple(
-                (reader.address(), reader.take(FINGERPRINT_SIZE, "fingerprint").hex()) for _ in range(count)
-            )
-        )
-    else:
+    tag = reader.scalar("u32")
+    cls = _BY_TAG.get(tag)
+    if cls is None:
         raise UnknownTag(f"unknown control tag {tag}")
+    msg = cls(*(reader.field(kind) for kind in cls.LAYOUT))
     reader.end()
     return msg
 
