@@ -4,7 +4,7 @@ aioquic 1.7 has no public way to:
 - ask how much written data is still unacknowledged (a graceful close needs it: a
   CONNECTION_CLOSE abandons whatever is still in flight);
 - learn that a connection started closing before its draining period ends;
-- read the peer's certificate;
+- read the peer's certificate, or the connection's smoothed round-trip time;
 - limit how many streams a peer may open;
 - authenticate clients: its server never asks for a client certificate, accepts an empty one
   and never checks a client's chain (``verify_mode`` is ignored on the server side).
@@ -33,6 +33,7 @@ __all__ = (
     "closing_event",
     "limit_streams",
     "peer_certificate",
+    "smoothed_rtt",
     "unacked_bytes",
 )
 
@@ -103,6 +104,12 @@ def closing_event(quic: QuicConnection) -> ConnectionTerminated | None:
     """Why the connection is closing, as soon as it starts to (aioquic reports it only after
     the closing or draining period, three probe timeouts later)."""
     return quic._close_event
+
+
+def smoothed_rtt(quic: QuicConnection) -> float:
+    """The connection's smoothed round-trip time in seconds (0 before the first sample)."""
+    rtt: float = quic._loss._rtt_smoothed
+    return rtt
 
 
 def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:

@@ -49,6 +49,7 @@ class Membership:
         self.role = config.role
         self.active = False
         self.echoed: Address | None = None
+        self.contact: Address | None = None  # the node we bootstrapped through
         self.cache = BootstrapCache(config.bootstrap_cache_size, config.bootstrap_cache_per_prefix)
         folder = config.bootstrap_cache_dir or platformdirs.user_cache_dir("qp2p")
         self.file = CacheFile(folder)
@@ -75,6 +76,7 @@ class Membership:
         if connection is None:
             summary = "; ".join(f"{host}:{port}: {outcome}" for (host, port), outcome in attempts.items())
             raise errors.BootstrapError(f"no peer answered ({summary})", attempts)
+        self.contact = connection.remote_addr
         await self._join(connection)
         return connection
 

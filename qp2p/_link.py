@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -20,7 +20,7 @@ from aioquic.quic.packet import QuicErrorCode
 
 from qp2p import errors
 from qp2p import session as s
-from qp2p.transport import Address, Transport
+from qp2p.transport import Address, PacketPath, Transport
 
 if TYPE_CHECKING:
     from qp2p.connection import Connection
@@ -38,13 +38,16 @@ class Link:
     def __init__(
         self,
         session: s.Session,
-        transport: Transport,
+        transport: PacketPath,
         remote_addr: Address,
         owner: Connection,
         keep_alive_interval: float | None,
         forgotten: Callable[[Link], None],
+        path: Literal["direct", "punched", "relayed"] = "direct",
     ) -> None:
         self.session = session
+        self.packet_path = transport
+        self.path = path  # how the datagrams travel: straight, through a punched hole, or relayed
         self._forgotten = forgotten
         self.remote_addr = remote_addr
         self.owner = owner
@@ -57,6 +60,7 @@ class Link:
         self._transmit_handle: asyncio.Handle | None = None
         self._transmit_forced = False
         self._keep_alive: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._keep_alive_interval = keep_alive_interval
         self._credit_waiters: list[asyncio.Future[None]] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -203,10 +207,10 @@ class Link:
         """The QUIC connection is over: release its routes and timers."""
         for cid in list(self._cids):
             self._remove_cid(cid)
-        for handle in (self._timer, self._keep_alive, self._transmit_handle):
+        for handle in (self._timer, self._keep_alive, self._transmit_handle, self._linger):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._keep_alive = self._transmit_handle = None
+        self._timer = self._keep_alive = self._transmit_handle = self._linger = None
         if not self.terminated.done():
             self.terminated.set_result(None)
             self._forgotten(self)
@@ -295,6 +299,11 @@ class Link:
         if not self.terminated.done():
             self.session.close(error_code, reason)
             self.transmit()
+
+    def close_later(self, delay: float) -> None:
+        """Close gracefully after ``delay`` seconds (unless over by then)."""
+        if self._linger is None and not self.terminated.done():
+            self._linger = self._loop.call_later(delay, self.close)
 
     def abort(self) -> None:
         """Send one CONNECTION_CLOSE, then forget the connection without waiting for the

@@ -152,6 +152,9 @@ class Config:
     control_timeout: float = 5.0
     external_ip: str | None = None
     external_port: int | None = None
+    # NAT traversal
+    relay_max_circuits: int = 64
+    relay_max_bytes: int = 256 * MiB
 
     def __post_init__(self) -> None:
         try:
@@ -189,6 +192,9 @@ class Config:
         )
         _check(isinstance(self.trust, Trust), "trust must be a qp2p.Trust")
         _check(isinstance(self.role, Role), "role must be a qp2p.Role")
+        _check(
+            self.relay_max_circuits >= 0 and self.relay_max_bytes >= 0, "relay limits must not be negative"
+        )
         contacts = tuple(_contact(item) for item in self.hard_coded_contacts)
         object.__setattr__(self, "hard_coded_contacts", contacts)  # a list given is kept as a tuple
         _check(1 <= self.bootstrap_cache_size <= 100_000, "bootstrap_cache_size must be 1 to 100000")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from qp2p import errors, tls
@@ -31,6 +32,8 @@ __all__ = ("Connection", "Message")
 log = logging.getLogger(__name__)
 
 BytesLike = bytes | bytearray | memoryview
+# A relayed connection that a direct one replaced stays this long for what is in flight on it.
+RELAY_LINGER = 2.0
 T = TypeVar("T")
 # QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
@@ -38,6 +41,11 @@ _FLAG_USER = framing.FLAG_USER
 # A sender that never waits for credit still yields to the event loop once this many bytes
 # are queued, so packets leave while it goes on and other tasks get their turn.
 YIELD_AFTER = 64 * 1024
+
+
+def _preference(link: Link) -> int:
+    """Lower is better: a direct or punched path before a relayed one."""
+    return 1 if link.path == "relayed" else 0
 
 
 def _size(data: BytesLike) -> int:
@@ -112,6 +120,8 @@ class Connection:
         self._announced = False
         self._requests: dict[int, asyncio.Future[bytes | bytearray]] = {}
         self._control_waiters: dict[type, list[asyncio.Future[ControlMessage]]] = {}
+        self._change: asyncio.Future[None] = self._loop.create_future()
+        self._punching = False  # a hole punch towards this peer is under way
         self._dialled_at = self._loop.time()
         self._request_ids = itertools.count(1)
         self._ready: asyncio.Future[None] = self._loop.create_future()
@@ -126,8 +136,10 @@ class Connection:
 
     @property
     def path(self) -> Literal["direct", "punched", "relayed"]:
-        """How packets reach the peer."""
-        return "direct"
+        """How packets reach the peer: ``"direct"``, through a ``"punched"`` hole in NATs, or
+        ``"relayed"`` by a node (still end-to-end encrypted); it may change while connected."""
+        link = self._current
+        return "direct" if link is None else link.path
 
     @property
     def is_closed(self) -> bool:
@@ -244,14 +256,28 @@ class Connection:
         self._links.append(link)
 
     def _link_established(self, link: Link) -> None:
+        adopter = self._endpoint._adopter(self, link)
+        if adopter is not None:  # a punched or relayed connection from an address we did not dial
+            self._links.remove(link)
+            link.owner = adopter
+            adopter._add_link(link)
+            adopter._link_established(link)
+            if not self._links:
+                self._endpoint._forget_handle(self)
+            return
+        if self._punching and link.path == "direct":
+            link.path = "punched"
         current = self._current
         if current is None or current.closed:
             self._current = link
-        elif self._client_id(link) < self._client_id(current):
+        elif _preference(link) < _preference(current) or (
+            _preference(link) == _preference(current) and self._client_id(link) < self._client_id(current)
+        ):
             self._retire(current)
             self._current = link
         else:
             self._retire(link)
+        self._changed()
         if not self._ready.done():
             self._ready.set_result(None)
         if not self._announced:
@@ -266,14 +292,35 @@ class Connection:
 
     def _retire(self, link: Link) -> None:
         link.retired = True
+        if link.path == "relayed":  # its replacement is direct: close it, freeing the relay
+            link.close_later(RELAY_LINGER)
+
+    def _changed(self) -> None:
+        """Wake whoever waits for the connection's links to change (``_wait_for``)."""
+        waiter, self._change = self._change, self._loop.create_future()
+        waiter.set_result(None)
+
+    async def _wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Until ``condition()`` holds after some change of links (True), or ``timeout`` passes."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    if self.is_closed:
+                        return False
+                    await asyncio.shield(self._change)
+        except TimeoutError:
+            return False
+        return True
 
     def _link_closed(self, link: Link, event: s.Closing) -> None:
         self._links.remove(link)
+        self._endpoint._link_closed(link)
         if not link.session.established:
             self._endpoint._handshake_failed(self, event)
         if link is self._current:
             alive = [other for other in self._links if other.established.done() and not other.closed]
             self._current = alive[0] if alive else None
+        self._changed()
         if self._current is None and all(other.closed for other in self._links):
             error = link.closed_error()
             if not self._ready.done():
@@ -319,28 +366,35 @@ class Connection:
             return
         self._endpoint._message_received(Message(self, link, event))
 
-    async def _control_request(self, request: ControlMessage, answer: type[T], timeout: float) -> T:
+    async def _control_request(
+        self, request: ControlMessage, answer: type[T], timeout: float, refusal: type | None = None
+    ) -> T:
         """Send a control request and wait for the first control message of type ``answer``
-        (these requests carry no ids: one of each kind at a time per connection)."""
+        (these requests carry no ids: one of each kind at a time per connection). A message of
+        type ``refusal`` instead raises ``ConnectionError``."""
         if not self._ready.done():
             await self.wait_ready()
         link = self._usable_link()
         waiter: asyncio.Future[ControlMessage] = self._loop.create_future()
-        self._control_waiters.setdefault(answer, []).append(waiter)
+        kinds = (answer,) if refusal is None else (answer, refusal)
+        for kind in kinds:
+            self._control_waiters.setdefault(kind, []).append(waiter)
         link.session.send_control(request)
         link.transmit_soon()
+        host, port = self.remote_addr
         try:
             async with asyncio.timeout(timeout):
-                return await waiter  # type: ignore[return-value]
+                reply = await waiter
         except TimeoutError:
-            host, port = self.remote_addr
-            raise errors.RequestTimeout(
-                f"no {answer.__name__} from {host}:{port} within {timeout} s"
-            ) from None
+            raise errors.RequestTimeout(f"no {answer.__name__} from {host}:{port} in {timeout} s") from None
         finally:
-            waiters = self._control_waiters.get(answer, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
+            for kind in kinds:
+                waiters = self._control_waiters.get(kind, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+        if not isinstance(reply, answer):
+            raise errors.ConnectionError(f"{host}:{port} refused: {reply!r}")
+        return reply
 
     def _control_received(self, link: Link, message: ControlMessage) -> None:
         waiters = self._control_waiters.get(type(message))

@@ -17,7 +17,7 @@ import ssl
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -29,8 +29,9 @@ from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._speedups import retry as retry_tokens
 from qp2p.config import Config, Role
 from qp2p.connection import BytesLike, Connection, Message
+from qp2p.nat.traversal import RelayPath, Traversal
 from qp2p.session import ALPN, Closing, Session
-from qp2p.transport import CID_LENGTH, Address, Receiver, Transport, TransportStats, normalize
+from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
 
 if TYPE_CHECKING:
     from qp2p._speedups import packet
@@ -39,6 +40,7 @@ __all__ = ("Endpoint", "EndpointStats")
 
 log = logging.getLogger(__name__)
 
+LinkPath = Literal["direct", "punched", "relayed"]
 # Connection and disconnection events nobody reads are kept up to this many, oldest dropped.
 EVENT_BACKLOG = 1024
 
@@ -77,6 +79,8 @@ class Endpoint:
             self.config.role is Role.NODE,
         )
         self._membership = Membership(self)
+        self._traversal = Traversal(self)
+        self._expected: dict[int, Connection] = {}  # endpoint id -> the connection it belongs to
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
         self._peer_check = tls.peer_check(self.config.trust)
@@ -164,6 +168,7 @@ class Endpoint:
         error = errors.ClosedError("the endpoint was closed")
         try:
             await self._membership.close()
+            await self._traversal.close()
             await asyncio.gather(*(connection._shutdown(error) for connection in connections))
         finally:
             for connection in connections:
@@ -283,7 +288,9 @@ class Endpoint:
 
     # ---- connections -----------------------------------------------------------------------
 
-    def _new_link(self, connection: Connection, transport: Transport, **quic_args: Any) -> Link:
+    def _new_link(
+        self, connection: Connection, transport: PacketPath, path: LinkPath = "direct", **quic_args: Any
+    ) -> Link:
         quic = CheckedQuicConnection(peer_check=self._peer_check, **quic_args)
         # Peers open unidirectional streams only: lanes and large messages, within a bound.
         limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
@@ -294,11 +301,56 @@ class Endpoint:
             connection.remote_addr,
             connection,
             self.config.keep_alive_interval,
-            self._links.discard,
+            self._link_forgotten,
+            path,
         )
         connection._add_link(link)
         self._links.add(link)
         return link
+
+    def _link_forgotten(self, link: Link) -> None:
+        self._links.discard(link)
+        if isinstance(link.packet_path, RelayPath):
+            self._traversal.relayed_link_gone(link.packet_path)
+
+    def _link_closed(self, link: Link) -> None:
+        self._traversal.link_closed(link)
+
+    def _relayed_link(
+        self, connection: Connection, path: RelayPath, client: bool, original_dcid: bytes | None = None
+    ) -> Link:
+        """The end-to-end QUIC connection inside a relay circuit, with its full handshake."""
+        if client:
+            link = self._new_link(connection, path, "relayed", configuration=self._client_config)
+            link.session.connect(path.peer, asyncio.get_running_loop().time())
+            link.transmit()
+        else:
+            link = self._new_link(
+                connection,
+                path,
+                "relayed",
+                configuration=self._server_config,
+                original_destination_connection_id=original_dcid,
+            )
+        return link
+
+    def _expect(self, endpoint_id: int, connection: Connection) -> None:
+        """A connection from the endpoint ``endpoint_id``, from whatever address, belongs to
+        ``connection``: set up before a punch or a relayed connection."""
+        self._expected[endpoint_id] = connection
+
+    def _adopter(self, connection: Connection, link: Link) -> Connection | None:
+        """The connection an established ``link`` belongs to, if not the one it was made for."""
+        peer = link.session.peer
+        expected = self._expected.get(peer.endpoint_id) if peer is not None else None
+        if expected is None or expected is connection or expected.is_closed:
+            return None
+        return expected
+
+    def _forget_handle(self, connection: Connection) -> None:
+        """A connection left empty after its only link was adopted elsewhere: no events."""
+        if self._pool.get(connection.remote_addr) is connection:
+            del self._pool[connection.remote_addr]
 
     def _pooled(self, addr: Address) -> Connection:
         connection = self._pool.get(addr)
@@ -326,19 +378,35 @@ class Endpoint:
         link.add_cid(header.destination_cid)  # the client uses it until it learns ours
         return link
 
-    def _dial(self, connection: Connection, transport: Transport) -> None:
-        link = self._new_link(connection, transport, configuration=self._client_config)
-        link.session.connect(connection.remote_addr, asyncio.get_running_loop().time())
+    def _dial(
+        self,
+        connection: Connection,
+        transport: Transport,
+        addr: Address | None = None,
+        path: LinkPath = "direct",
+    ) -> None:
+        link = self._new_link(connection, transport, path, configuration=self._client_config)
+        link.session.connect(addr or connection.remote_addr, asyncio.get_running_loop().time())
         link.transmit()
 
-    async def connect_to(self, addr: tuple[str, int]) -> Connection:
+    async def connect_to(self, addr: tuple[str, int], via: tuple[str, int] | None = None) -> Connection:
         """The connection to ``addr``: the pooled one (whoever opened it), else a new one.
 
-        Concurrent calls for one peer share one handshake. Raises ``ConnectionError`` when no
-        connection is established within ``config.connect_timeout`` seconds.
+        Concurrent calls for one peer share one handshake. With ``via`` (a node both peers are
+        connected to; by default the node we bootstrapped through) a peer behind a NAT is
+        reached too: directly if it answers, else through a hole punched in both NATs, else
+        relayed by ``via`` (``conn.path`` says which; a relayed connection moves to a punched
+        path when a later attempt succeeds). Raises ``ConnectionError`` when no connection is
+        established, within ``config.connect_timeout`` seconds when there is no ``via``.
         """
         transport = self._check_open()
         peer = await self._resolve(addr)
+        existing = self._pool.get(peer)
+        relay = via or self._membership.contact
+        if relay is not None and (existing is None or not existing._ready.done()):
+            relay = await self._resolve(relay)
+            if relay != peer:
+                return await self._traversal.connect(peer, relay)
         connection = self._pool.get(peer)
         if connection is None or connection.is_closed:
             connection = self._pooled(peer)
@@ -405,7 +473,8 @@ class Endpoint:
         self._messages.put(message)
 
     def _control_received(self, connection: Connection, link: Link, message: wire.ControlMessage) -> None:
-        self._membership.control(connection, link, message)
+        if not self._traversal.control(connection, link, message):
+            self._membership.control(connection, link, message)
 
     def _abandon_dial(self, addr: Address) -> None:
         """Nobody waits for this dial any more: close it unless it already connected."""

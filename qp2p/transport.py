@@ -26,6 +26,7 @@ __all__ = (
     "CID_LENGTH",
     "SUPPORTED_VERSIONS",
     "Address",
+    "PacketPath",
     "Receiver",
     "Transport",
     "TransportStats",
@@ -54,6 +55,16 @@ class Receiver(Protocol):
     """Whatever a connection id routes to."""
 
     def datagram_received(self, data: bytes, addr: Address) -> None: ...
+
+
+class PacketPath(Protocol):
+    """Where a QUIC connection's datagrams go: the socket (``Transport``) or a relay circuit."""
+
+    def sendto(self, data: bytes, addr: Address) -> None: ...
+
+    def add_route(self, cid: bytes, receiver: Receiver) -> None: ...
+
+    def remove_route(self, cid: bytes) -> None: ...
 
 
 @dataclass(slots=True)

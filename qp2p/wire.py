@@ -33,6 +33,13 @@ __all__ = (
     "StreamCancelled",
     "PeersRequest",
     "PeersResponse",
+    "Punch",
+    "PunchFailed",
+    "PunchRequest",
+    "RelayClose",
+    "RelayData",
+    "RelayIncoming",
+    "RelayOpen",
     "Request",
     "Response",
     "UserMessage",
@@ -163,6 +170,75 @@ class PeersResponse:
     peers: tuple[tuple[Address, str], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class PunchRequest:
+    """Asks a node both peers are connected to for a hole punch to ``target``."""
+
+    TAG: ClassVar[int] = 21
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address",)
+    target: Address
+
+
+@dataclass(frozen=True, slots=True)
+class Punch:
+    """From the coordinating node to each side: dial ``peer`` (endpoint ``peer_id``) in ``delay_ms``."""
+
+    TAG: ClassVar[int] = 22
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "u64", "u32")
+    peer: Address
+    peer_id: int
+    delay_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PunchFailed:
+    """The coordinating node has no connection to ``target``."""
+
+    TAG: ClassVar[int] = 23
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address",)
+    target: Address
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOpen:
+    """Asks a node to relay circuit ``circuit`` (ours on this connection) to ``target``."""
+
+    TAG: ClassVar[int] = 24
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "u32")
+    target: Address
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelayIncoming:
+    """From the relay: ``peer`` (endpoint ``peer_id``) reaches us through circuit ``circuit``."""
+
+    TAG: ClassVar[int] = 25
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "u64", "u32")
+    peer: Address
+    peer_id: int
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelayData:
+    """One QUIC datagram of the end-to-end connection the circuit carries (ciphertext to the relay)."""
+
+    TAG: ClassVar[int] = 26
+    LAYOUT: ClassVar[tuple[str, ...]] = ("u32", "blob")
+    circuit: int
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RelayClose:
+    """The circuit is over (or was refused)."""
+
+    TAG: ClassVar[int] = 27
+    LAYOUT: ClassVar[tuple[str, ...]] = ("u32",)
+    circuit: int
+
+
 ControlMessage: TypeAlias = (
     EchoRequest
     | EchoResponse
@@ -173,6 +249,13 @@ ControlMessage: TypeAlias = (
     | StreamCancelled
     | PeersRequest
     | PeersResponse
+    | PunchRequest
+    | Punch
+    | PunchFailed
+    | RelayOpen
+    | RelayIncoming
+    | RelayData
+    | RelayClose
 )
 WireMessage: TypeAlias = UserMessage | Request | Response | ControlMessage
 CONTROL_MESSAGES: tuple[type[ControlMessage], ...] = (
@@ -185,6 +268,13 @@ CONTROL_MESSAGES: tuple[type[ControlMessage], ...] = (
     StreamCancelled,
     PeersRequest,
     PeersResponse,
+    PunchRequest,
+    Punch,
+    PunchFailed,
+    RelayOpen,
+    RelayIncoming,
+    RelayData,
+    RelayClose,
 )
 _BY_TAG: dict[int, type[ControlMessage]] = {cls.TAG: cls for cls in CONTROL_MESSAGES}
 _SCALARS = {"u16": struct.Struct("<H"), "u32": struct.Struct("<I"), "u64": struct.Struct("<Q")}

@@ -6,7 +6,7 @@ import aioquic
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
-from qp2p._aioquic_hooks import unacked_bytes
+from qp2p._aioquic_hooks import smoothed_rtt, unacked_bytes
 
 
 def test_pinned_aioquic_version() -> None:
@@ -25,3 +25,7 @@ def test_unacked_bytes_reads_the_send_buffers() -> None:
     quic.send_stream_data(other, b"y" * 10)
     quic.reset_stream(other, 1)
     assert unacked_bytes(quic) == 1001  # a reset stream will deliver nothing more
+
+
+def test_smoothed_rtt_is_zero_before_the_first_sample() -> None:
+    assert smoothed_rtt(QuicConnection(configuration=QuicConfiguration(is_client=True))) == 0.0

@@ -44,7 +44,7 @@ def control(body_hex: str) -> bytes:
     ("frame", "error"),
     [
         (control("04000000"), errors.UnknownTag),
-        (control("15000000"), errors.UnknownTag),
+        (control("30000000"), errors.UnknownTag),
         (control("ffffffff"), errors.UnknownTag),
         (control(""), errors.TruncatedMessage),
         (control("000000"), errors.TruncatedMessage),
