@@ -29,6 +29,7 @@ from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._speedups import retry as retry_tokens
 from qp2p.config import Config, Role
 from qp2p.connection import BytesLike, Connection, Message
+from qp2p.nat.igd import PortMapping
 from qp2p.nat.traversal import RelayPath, Traversal
 from qp2p.session import ALPN, Closing, Session
 from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
@@ -80,6 +81,8 @@ class Endpoint:
         )
         self._membership = Membership(self)
         self._traversal = Traversal(self)
+        self._mapping: PortMapping | None = None
+        self._mapping_task: asyncio.Task[Address | None] | None = None
         self._expected: dict[int, Connection] = {}  # endpoint id -> the connection it belongs to
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
@@ -141,6 +144,9 @@ class Endpoint:
         self._size_buffers(transport)
         self._transport = transport
         self._state = "open"
+        if self.config.forward_port:  # in the background: discovery takes seconds
+            self._mapping = PortMapping(transport.local_addr, self.config.upnp_lease_duration)
+            self._mapping_task = asyncio.create_task(self._mapping.start())
 
     def _size_buffers(self, transport: Transport) -> None:
         """Ask for large socket buffers: bursts of handshakes or data otherwise overflow the
@@ -169,6 +175,11 @@ class Endpoint:
         try:
             await self._membership.close()
             await self._traversal.close()
+            if self._mapping_task is not None:
+                self._mapping_task.cancel()
+                await asyncio.gather(self._mapping_task, return_exceptions=True)
+            if self._mapping is not None:
+                await self._mapping.close()
             await asyncio.gather(*(connection._shutdown(error) for connection in connections))
         finally:
             for connection in connections:
@@ -206,9 +217,11 @@ class Endpoint:
     @property
     def public_addr(self) -> Address:
         """The address peers reach us at: ``external_ip``/``external_port`` where configured,
-        else what the node we bootstrapped through saw, else the bound address."""
+        else the gateway's mapping (``forward_port``), else what the node we bootstrapped
+        through saw, else the bound address."""
         local = self.local_addr
-        echoed = self._membership.echoed or local
+        mapped = self._mapping.external if self._mapping is not None else None
+        echoed = mapped or self._membership.echoed or local
         host = self.config.external_ip or echoed[0]
         port = self.config.external_port or (echoed[1] if self.config.external_ip is None else local[1])
         return host, port
@@ -228,7 +241,14 @@ class Endpoint:
         Raises ``BootstrapError``, naming what each attempt got, when none answers in time.
         """
         self._check_open()
+        if self._mapping_task is not None:
+            await self._mapping_task  # our public address may come from the gateway
         return await self._membership.bootstrap()
+
+    async def wait_port_mapped(self) -> Address | None:
+        """With ``forward_port``: until the gateway mapped our port (its public address) or
+        could not (None, and the endpoint carries on without)."""
+        return await self._mapping_task if self._mapping_task is not None else None
 
     async def is_reachable(self, addr: tuple[str, int]) -> bool:
         """Whether a connection to ``addr`` can be made from a fresh socket (a new port, so no
