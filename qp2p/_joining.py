@@ -125,14 +125,14 @@ class Membership:
         return (winner.result() if winner.done() else None), attempts
 
     async def _join(self, connection: Connection) -> None:
-        """As a node: learn our public address, have the contact check it can reach us there,
-        then learn of other nodes. A client only does the last."""
+        """Learn our public address; as a node, have the contact check it can reach us there;
+        then learn of other nodes."""
         config = self._endpoint.config
+        echo = await connection._control_request(
+            wire.EchoRequest(), wire.EchoResponse, config.control_timeout
+        )
+        self.echoed = echo.addr
         if self.role is Role.NODE:
-            echo = await connection._control_request(
-                wire.EchoRequest(), wire.EchoResponse, config.control_timeout
-            )
-            self.echoed = echo.addr
             public = self._endpoint.public_addr
             verdict = await connection._control_request(  # the verifier gives up after its control_timeout
                 wire.VerificationRequest(public), wire.VerificationResponse, 3 * config.control_timeout

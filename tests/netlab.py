@@ -1,22 +1,82 @@
 """Network namespaces for tests that need a network of their own (root only; not a test module).
 
-Every namespace is named ``qp2p-<pid>-<n>`` and deleted on exit together with whatever still
-runs in it, so a failing test leaves nothing behind.
+Two levels:
+
+* ``Namespace``, ``wire`` and ``NatRouter``: single namespaces, veth pairs and a NAT router, for
+  small setups built by hand.
+* ``Network``: "the internet" (a bridge in a namespace of its own, 198.18.0.0/16, with a STUN
+  server) and sites attached to it: public hosts, and hosts behind a home router of one of the
+  ``NAT_KINDS``, each site with optional packet loss and delay on its link. From a shell,
+  ``python tests/netlab.py up|down|list`` builds and removes the same networks.
+
+Every namespace is named ``qp2p-...`` and deleted on exit together with whatever still runs in it;
+every rule lives inside a namespace, so a failing test leaves nothing behind. docs/netlab.md
+describes the topology and how each NAT kind is made.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ("Namespace", "NatRouter", "unavailable", "wire")
+__all__ = (
+    "NAT_KINDS",
+    "STUN_ADDRESSES",
+    "STUN_PORTS",
+    "TOPOLOGIES",
+    "Namespace",
+    "NatRouter",
+    "Network",
+    "Site",
+    "down",
+    "unavailable",
+    "wire",
+)
 
 _counter = itertools.count()
+
+HERE = Path(__file__).resolve().parent
+DELAY_LINE = HERE / "delay_line.py"
+STUN_SERVER = HERE / "stun_server.py"
+RUN_DIR = Path("/run/qp2p-netlab")  # one <network>.json state file and one <network>/ folder per network
+NAT_KINDS = ("full_cone", "port_restricted", "symmetric", "igd")
+SITE_KINDS = ("public", *NAT_KINDS)
+INTERNET_PREFIX_LENGTH = 16  # every WAN and public address is in 198.18.0.0/16, on one bridge
+STUN_ADDRESSES = ("198.18.0.1", "198.18.0.2")  # the internet namespace's own addresses
+STUN_PORTS = (3478, 3479)
+MAX_SITES = 250
+START_TIMEOUT = 15.0  # seconds for a helper process to say it is ready
+STOP_TIMEOUT = 3.0  # seconds for helper processes to exit after SIGTERM, before SIGKILL
+IGD_HTTP_PORT = 5555
+_NAME = re.compile(r"[a-z][a-z0-9]{0,11}")  # a site name; "s-" + name must fit in 15 characters
+_NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,23}")
+
+# Named topologies for ``Network.build`` and the command line: site name -> kind, in order.
+TOPOLOGIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "all": (
+        ("cone", "full_cone"),
+        ("restricted", "port_restricted"),
+        ("symmetric", "symmetric"),
+        ("igd", "igd"),
+        ("p1", "public"),
+        ("p2", "public"),
+    ),
+    "public": (("p1", "public"), ("p2", "public")),
+    # Two hosts behind the same kind of NAT and a public contact: the hole-punching case.
+    **{kind: (("a", kind), ("b", kind), ("p", "public")) for kind in NAT_KINDS},
+}
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -40,20 +100,24 @@ def unavailable() -> str | None:
 class Namespace:
     """One network namespace with its loopback up; ``with Namespace() as ns: ns.run([...])``."""
 
-    def __init__(self) -> None:
-        self.name = f"qp2p-{os.getpid()}-{next(_counter)}"
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"qp2p-{os.getpid()}-{next(_counter)}"
 
     def __enter__(self) -> Namespace:
+        self.create()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.delete()
+
+    def create(self) -> None:
+        """Adds the namespace and brings its loopback up (deleting it again if that fails)."""
         _ip("netns", "add", self.name)
         try:
             self.ip("link", "set", "lo", "up")
         except BaseException:
             self.delete()
             raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.delete()
 
     def ip(self, *args: str) -> None:
         """``ip -n NAME ...``; raises on failure."""
@@ -67,11 +131,17 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def run(
-        self, argv: Sequence[str], timeout: float = 120, check: bool = False
+        self, argv: Sequence[str], timeout: float = 120, check: bool = False, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.command(argv), capture_output=True, text=True, timeout=timeout, check=check
+            self.command(argv), capture_output=True, text=True, timeout=timeout, check=check, input=input
         )
+
+    def iptables_restore(self, rules: str) -> None:
+        """Adds ``rules`` (iptables-restore syntax) to the tables they name, keeping what is there."""
+        done = self.run(["iptables-restore", "--noflush"], input=rules, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"iptables-restore in {self.name}: {done.stderr.strip()}\n{rules}")
 
     def delete(self) -> None:
         """Kill every process still in the namespace, then delete it (idempotent)."""
@@ -96,34 +166,508 @@ def wire(a: Namespace, a_name: str, a_cidr: str, b: Namespace, b_name: str, b_ci
         ns.ip("link", "set", name, "up")
 
 
+def _home_router_filter(lan_if: str, wan_if: str, extra_forward: Sequence[str] = ()) -> str:
+    """The filter table every iptables router shares: what the LAN opened comes back, nothing else.
+
+    Unsolicited traffic from the WAN is dropped, never answered with ICMP: an ICMP error to an early
+    peer packet would leave a conntrack entry that moves the LAN's next mapping to another port.
+    """
+    return "\n".join(
+        [
+            "*filter",
+            ":FORWARD DROP [0:0]",
+            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            f"-A FORWARD -i {lan_if} -o {wan_if} -j ACCEPT",
+            *extra_forward,
+            f"-A INPUT -i {wan_if} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            f"-A INPUT -i {wan_if} -j DROP",
+            "COMMIT",
+            "",
+        ]
+    )
+
+
 class NatRouter:
     """A home router in ``router``: LAN behind ``lan_if``, WAN out of ``wan_if``.
 
-    It masquerades LAN traffic to its WAN address and, like a home router, drops what comes
-    from the WAN unsolicited: to the router itself, and forwarded traffic that belongs to no
-    connection the LAN opened (no ICMP answer, so no conntrack entry is left behind).
+    ``kind`` is how it maps and filters UDP (see docs/netlab.md):
+
+    * ``port_restricted``: MASQUERADE, which keeps a LAN port whenever it is free, so one mapping
+      serves every destination; only an address:port the LAN host sent to may answer.
+    * ``symmetric``: MASQUERADE --random-fully, a new random port for every destination.
+    * ``full_cone``: a static 1:1 NAT for ``host_ip`` behind ``wan_ip``: SNAT keeping ports, and
+      every UDP datagram to ``wan_ip`` DNATed to the host, from anyone.
+
+    Like a home router it drops what comes from the WAN unsolicited: to the router itself, and
+    forwarded traffic that belongs to no connection the LAN opened (full cone's DNAT aside), with
+    no ICMP answer, so no conntrack entry is left behind. (The ``igd`` kind is not made here: its
+    rules are an nftables ruleset that miniupnpd edits, see ``Network``.)
     """
 
-    def __init__(self, router: Namespace, lan_if: str, wan_if: str) -> None:
+    def __init__(
+        self,
+        router: Namespace,
+        lan_if: str,
+        wan_if: str,
+        kind: str = "port_restricted",
+        *,
+        host_ip: str | None = None,
+        wan_ip: str | None = None,
+    ) -> None:
         router.sysctl("net.ipv4.ip_forward=1")
-        rules = [
-            ["-t", "nat", "-A", "POSTROUTING", "-o", wan_if, "-j", "MASQUERADE"],
-            ["-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-            ["-A", "FORWARD", "-i", lan_if, "-o", wan_if, "-j", "ACCEPT"],
-            ["-P", "FORWARD", "DROP"],
-            [
-                "-A",
-                "INPUT",
-                "-i",
-                wan_if,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-            ["-A", "INPUT", "-i", wan_if, "-j", "DROP"],
+        if kind == "port_restricted":
+            nat = [f"-A POSTROUTING -o {wan_if} -j MASQUERADE"]
+            forward: list[str] = []
+        elif kind == "symmetric":
+            nat = [f"-A POSTROUTING -o {wan_if} -j MASQUERADE --random-fully"]
+            forward = []
+        elif kind == "full_cone":
+            if host_ip is None or wan_ip is None:
+                raise ValueError("a full cone NAT needs host_ip and wan_ip")
+            nat = [
+                f"-A POSTROUTING -o {wan_if} -s {host_ip} -j SNAT --to-source {wan_ip}",
+                f"-A PREROUTING -i {wan_if} -d {wan_ip} -p udp -j DNAT --to-destination {host_ip}",
+            ]
+            forward = [f"-A FORWARD -i {wan_if} -o {lan_if} -m conntrack --ctstate DNAT -j ACCEPT"]
+        else:
+            raise ValueError(f"NatRouter makes port_restricted, symmetric or full_cone, not {kind!r}")
+        router.iptables_restore("\n".join(["*nat", *nat, "COMMIT", ""]))
+        router.iptables_restore(_home_router_filter(lan_if, wan_if, forward))
+
+
+def _igd_ruleset(lan_if: str, wan_if: str) -> str:
+    """The igd router's nftables ruleset, in the table and chains miniupnpd's config names.
+
+    It is a port-restricted home router; miniupnpd adds a DNAT rule to ``prerouting_miniupnpd``
+    and an accept rule to ``miniupnpd`` for each mapping. The input chain lets in the STUN
+    server's answers (miniupnpd's startup check, from addresses and ports it did not send to).
+    """
+    stun_from = ", ".join(STUN_ADDRESSES)
+    stun_ports = ", ".join(str(port) for port in STUN_PORTS)
+    return f"""table inet filter {{
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        ct state established,related accept
+        iifname "{wan_if}" ip saddr {{ {stun_from} }} udp sport {{ {stun_ports} }} accept
+        iifname "{wan_if}" drop
+    }}
+    chain forward {{
+        type filter hook forward priority 0; policy drop;
+        ct state established,related accept
+        iifname "{lan_if}" oifname "{wan_if}" accept
+        jump miniupnpd
+    }}
+    chain miniupnpd {{ }}
+    chain prerouting {{
+        type nat hook prerouting priority -100; policy accept;
+        jump prerouting_miniupnpd
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority 100; policy accept;
+        jump postrouting_miniupnpd
+        oifname "{wan_if}" masquerade
+    }}
+    chain prerouting_miniupnpd {{ }}
+    chain postrouting_miniupnpd {{ }}
+}}
+"""
+
+
+def _miniupnpd_config(run_dir: Path, site: str, lan_if: str, wan_if: str, lan_prefix: str) -> str:
+    """miniupnpd's configuration: UPnP IGD and NAT-PMP on the LAN, STUN for the external address.
+
+    198.18.0.0/15 is on miniupnpd's list of reserved addresses, so it only enables port forwarding
+    after a STUN check against the internet's server shows the WAN address is unfiltered.
+    """
+    return "\n".join(
+        [
+            f"ext_ifname={wan_if}",
+            f"listening_ip={lan_if}",
+            f"http_port={IGD_HTTP_PORT}",
+            "enable_upnp=yes",
+            "enable_natpmp=yes",
+            "secure_mode=yes",
+            "system_uptime=yes",
+            "notify_interval=60",
+            f"uuid={uuid.uuid4()}",
+            f"friendly_name=netlab igd {site}",
+            f"lease_file={run_dir / f'{site}-upnp.leases'}",
+            f"minissdpdsocket={run_dir / f'{site}-minissdpd.sock'}",
+            "ext_perform_stun=yes",
+            f"ext_stun_host={STUN_ADDRESSES[0]}",
+            f"ext_stun_port={STUN_PORTS[0]}",
+            "upnp_table_name=filter",
+            "upnp_nat_table_name=filter",
+            "upnp_forward_chain=miniupnpd",
+            "upnp_nat_chain=prerouting_miniupnpd",
+            "upnp_nat_postrouting_chain=postrouting_miniupnpd",
+            f"allow 1024-65535 {lan_prefix} 1024-65535",
+            "deny 0-65535 0.0.0.0/0 0-65535",
+            "",
         ]
-        for rule in rules:
-            router.run(["iptables", *rule], check=True)
+    )
+
+
+@dataclass
+class Site:
+    """One place on the internet: a public host, or a host behind a router.
+
+    ``host`` is the namespace to run programs in (``site.host.command(argv)``); ``ip`` is the
+    site's address on the internet (the router's WAN address behind a NAT); ``host_ip`` is the
+    host's own address (a 10.n.0.2 LAN address behind a NAT); ``router_lan_ip`` is the router's
+    LAN address (where an igd router's miniupnpd answers), None for a public site.
+    """
+
+    name: str
+    kind: str
+    host: Namespace
+    ip: str
+    host_ip: str
+    router: Namespace | None = None
+    router_lan_ip: str | None = None
+    loss: float = 0.0
+    delay_ms: float = 0.0
+
+    @property
+    def wan_ip(self) -> str:
+        """The address the internet sees (the same as ``ip``)."""
+        return self.ip
+
+    def describe(self) -> dict[str, object]:
+        described: dict[str, object] = {
+            "kind": self.kind,
+            "ip": self.ip,
+            "host": {"namespace": self.host.name, "interface": "eth0", "ip": self.host_ip},
+            "link": {"internet_interface": f"s-{self.name}", "loss": self.loss, "delay_ms": self.delay_ms},
+        }
+        if self.router is not None:
+            described["router"] = {
+                "namespace": self.router.name,
+                "wan": {"interface": "wan0", "ip": self.ip},
+                "lan": {"interface": "lan0", "ip": self.router_lan_ip},
+            }
+        return described
+
+
+class Network:
+    """The internet namespace and the sites attached to it; removed whole on ``close``.
+
+    ``with Network() as net: a = net.nat_site("a", "port_restricted", delay_ms=40)`` and
+    ``b = net.public_site("b")``; then ``a.host.command([...])`` reaches ``b.ip``. A STUN server
+    answers on ``STUN_ADDRESSES`` x ``STUN_PORTS``. While the network is up, its state is kept in
+    ``/run/qp2p-netlab/<name>.json`` so that ``down`` finds it even if this process dies.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"{os.getpid()}-net{next(_counter)}"
+        if not _NETWORK_NAME.fullmatch(self.name):
+            raise ValueError(f"network name {self.name!r} is not {_NETWORK_NAME.pattern}")
+        self.run_dir = RUN_DIR / self.name
+        self.state_file = RUN_DIR / f"{self.name}.json"
+        self.internet = Namespace(f"qp2p-{self.name}-internet")
+        self.namespaces: list[Namespace] = []
+        self.sites: dict[str, Site] = {}
+        self.processes: list[tuple[str, Namespace, subprocess.Popen[bytes]]] = []
+
+    def __enter__(self) -> Network:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Creates the internet namespace, its bridge and its STUN server."""
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        if self.state_file.exists():
+            raise FileExistsError(f"network {self.name} is already up; `netlab.py down --name {self.name}`")
+        self.run_dir.mkdir()
+        try:
+            self._add_namespace(self.internet)
+            self.internet.ip("link", "add", "br0", "type", "bridge")
+            for address in STUN_ADDRESSES:
+                self.internet.ip("addr", "add", f"{address}/{INTERNET_PREFIX_LENGTH}", "dev", "br0")
+            self.internet.ip("link", "set", "br0", "up")
+            stun = [sys.executable, str(STUN_SERVER)]
+            stun += [arg for address in STUN_ADDRESSES for arg in ("--address", address)]
+            stun += [arg for port in STUN_PORTS for arg in ("--port", str(port))]
+            self._spawn("stun", self.internet, stun, ready=("ready",))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stops the helper processes, deletes every namespace (and so every veth and rule)."""
+        for _label, _ns, process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for _label, _ns, process in self.processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT)
+        self.processes.clear()
+        for ns in reversed(self.namespaces):
+            ns.delete()
+        self.namespaces.clear()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.state_file.unlink(missing_ok=True)
+
+    def public_site(self, name: str, *, loss: float = 0.0, delay_ms: float = 0.0) -> Site:
+        """A host directly on the internet at 198.18.<n>.1, its link impaired at the bridge port."""
+        index = self._next_index(name, loss, delay_ms)
+        host = self._add_namespace(Namespace(f"qp2p-{self.name}-{name}"))
+        address = f"198.18.{index}.1"
+        port = f"s-{name}"
+        host.ip("link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", self.internet.name)
+        self.internet.ip("link", "set", port, "master", "br0", "up")
+        host.ip("addr", "add", f"{address}/{INTERNET_PREFIX_LENGTH}", "dev", "eth0")
+        host.ip("link", "set", "eth0", "up")
+        site = Site(name, "public", host, address, address, loss=loss, delay_ms=delay_ms)
+        self._add_site(site)
+        if loss or delay_ms:
+            # Not in the host's namespace: a DROP in its own OUTPUT chain would fail sendto() with
+            # EPERM, which no lossy link does. Bridged packets pass iptables in the internet
+            # namespace, where physdev names the host's port in either direction.
+            self.internet.sysctl("net.bridge.bridge-nf-call-iptables=1")
+            self._impair(
+                self.internet,
+                f"public-{name}",
+                index,
+                (("raw", "PREROUTING", f"-m physdev --physdev-in {port}"),
+                 ("mangle", "FORWARD", f"-m physdev --physdev-out {port}")),
+                loss,
+                delay_ms,
+            )  # fmt: skip
+        return site
+
+    def nat_site(self, name: str, kind: str, *, loss: float = 0.0, delay_ms: float = 0.0) -> Site:
+        """A host at 10.<n>.0.2 behind a home router of ``kind`` whose WAN address is 198.18.<n>.1."""
+        if kind not in NAT_KINDS:
+            raise ValueError(f"kind must be one of {NAT_KINDS}, not {kind!r}")
+        index = self._next_index(name, loss, delay_ms)
+        router = self._add_namespace(Namespace(f"qp2p-{self.name}-{name}-router"))
+        host = self._add_namespace(Namespace(f"qp2p-{self.name}-{name}"))
+        wan_ip, lan_ip, host_ip = f"198.18.{index}.1", f"10.{index}.0.1", f"10.{index}.0.2"
+        port = f"s-{name}"
+        router.ip("link", "add", "wan0", "type", "veth", "peer", "name", port, "netns", self.internet.name)
+        self.internet.ip("link", "set", port, "master", "br0", "up")
+        router.ip("addr", "add", f"{wan_ip}/{INTERNET_PREFIX_LENGTH}", "dev", "wan0")
+        router.ip("link", "set", "wan0", "up")
+        wire(router, "lan0", f"{lan_ip}/24", host, "eth0", f"{host_ip}/24")
+        host.ip("route", "add", "default", "via", lan_ip)
+        site = Site(name, kind, host, wan_ip, host_ip, router, lan_ip, loss, delay_ms)
+        self._add_site(site)
+        if kind == "igd":
+            self._igd(site, f"10.{index}.0.0/24")
+        else:
+            NatRouter(router, "lan0", "wan0", kind, host_ip=host_ip, wan_ip=wan_ip)
+        if loss or delay_ms:
+            # Raw PREROUTING comes before conntrack and NAT: a dropped packet never makes a mapping,
+            # and delayed packets reach the NAT one by one in their order.
+            self._impair(
+                router,
+                f"router-{name}",
+                0,
+                (("raw", "PREROUTING", "-i lan0"), ("raw", "PREROUTING", "-i wan0")),
+                loss,
+                delay_ms,
+            )
+        return site
+
+    def build(self, topology: str, *, loss: float = 0.0, delay_ms: float = 0.0) -> None:
+        """Adds the sites of ``topology``: a name in ``TOPOLOGIES`` or ``name=kind,name=kind,...``."""
+        for name, kind in parse_topology(topology):
+            if kind == "public":
+                self.public_site(name, loss=loss, delay_ms=delay_ms)
+            else:
+                self.nat_site(name, kind, loss=loss, delay_ms=delay_ms)
+
+    def describe(self) -> dict[str, object]:
+        """Namespaces, interfaces, addresses and helper processes, as plain JSON-ready data."""
+        return {
+            "name": self.name,
+            "internet": {
+                "namespace": self.internet.name,
+                "bridge": "br0",
+                "prefix": f"198.18.0.0/{INTERNET_PREFIX_LENGTH}",
+                "stun": [f"{address}:{port}" for address in STUN_ADDRESSES for port in STUN_PORTS],
+            },
+            "sites": {name: site.describe() for name, site in self.sites.items()},
+            "processes": [
+                {"name": label, "namespace": ns.name, "pid": process.pid}
+                for label, ns, process in self.processes
+            ],
+            "run_dir": str(self.run_dir),
+        }
+
+    def _next_index(self, name: str, loss: float, delay_ms: float) -> int:
+        """The number of a new site (its addresses derive from it), once its settings are checked."""
+        if not 0.0 <= loss < 1.0 or delay_ms < 0:
+            raise ValueError(f"loss must be in [0, 1) and delay_ms >= 0, not {loss} and {delay_ms}")
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"site name {name!r} is not {_NAME.pattern}")
+        if name in self.sites or name == "internet":
+            raise ValueError(f"site {name!r} exists already")
+        if len(self.sites) >= MAX_SITES:
+            raise ValueError(f"at most {MAX_SITES} sites")
+        return len(self.sites) + 1
+
+    def _add_namespace(self, ns: Namespace) -> Namespace:
+        self.namespaces.append(ns)  # before it exists, so that close() deletes a half-made one too
+        self._save()
+        ns.create()
+        return ns
+
+    def _add_site(self, site: Site) -> None:
+        self.sites[site.name] = site
+        self._save()
+
+    def _save(self) -> None:
+        namespaces = [ns.name for ns in self.namespaces]
+        state = {"creator": os.getpid(), "namespaces": namespaces, **self.describe()}
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2) + "\n")
+        temporary.replace(self.state_file)
+
+    def _spawn(
+        self, label: str, ns: Namespace, argv: Sequence[str], ready: Sequence[str]
+    ) -> subprocess.Popen[bytes]:
+        """Starts ``argv`` in ``ns`` (its own session, output in the run folder) and waits until its
+        output contains every string in ``ready``; raises with the output if it exits or is late."""
+        log = self.run_dir / f"{label}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                ns.command(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.processes.append((label, ns, process))
+        self._save()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # polls at most START_TIMEOUT seconds
+            output = log.read_text(errors="replace")
+            if all(text in output for text in ready):
+                return process
+            if process.poll() is not None or time.monotonic() > deadline:
+                state = "exited" if process.poll() is not None else "was not ready in time"
+                raise RuntimeError(f"{label} {state}: {' '.join(argv)}\n{output[-3000:]}")
+            time.sleep(0.02)
+
+    def _igd(self, site: Site, lan_prefix: str) -> None:
+        """The igd router: its nftables ruleset, then miniupnpd in the foreground."""
+        assert site.router is not None
+        site.router.sysctl("net.ipv4.ip_forward=1")
+        done = site.router.run(["nft", "-f", "-"], input=_igd_ruleset("lan0", "wan0"), timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"nft in {site.router.name}: {done.stderr.strip()}")
+        config = self.run_dir / f"{site.name}-miniupnpd.conf"
+        config.write_text(_miniupnpd_config(self.run_dir, site.name, "lan0", "wan0", lan_prefix))
+        pid_file = self.run_dir / f"{site.name}-miniupnpd.pid"
+        argv = ["miniupnpd", "-d", "-f", str(config), "-P", str(pid_file)]
+        self._spawn(f"miniupnpd-{site.name}", site.router, argv, ready=("Port forwarding is now enabled",))
+
+    def _impair(
+        self,
+        ns: Namespace,
+        label: str,
+        queue: int,
+        directions: Sequence[tuple[str, str, str]],
+        loss: float,
+        delay_ms: float,
+    ) -> None:
+        """Random loss and a delay line on each of ``directions`` (table, chain, match), in ``ns``.
+
+        Loss comes first, so a dropped packet is not delayed. The delay line is bound before its
+        rules exist; ``--queue-bypass`` lets packets through should it ever be gone.
+        """
+        if delay_ms:
+            argv = [sys.executable, str(DELAY_LINE), "--queue", str(queue), "--delay-ms", str(delay_ms)]
+            self._spawn(f"delay-{label}", ns, argv, ready=("ready",))
+        rules: dict[str, list[str]] = {}
+        for table, chain, match in directions:
+            if loss:
+                statistic = f"-m statistic --mode random --probability {loss}"
+                rules.setdefault(table, []).append(f"-A {chain} {match} {statistic} -j DROP")
+            if delay_ms:
+                target = f"-j NFQUEUE --queue-num {queue} --queue-bypass"
+                rules.setdefault(table, []).append(f"-A {chain} {match} {target}")
+        tables = [f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n" for table, lines in rules.items()]
+        ns.iptables_restore("".join(tables))
+
+
+def parse_topology(topology: str) -> list[tuple[str, str]]:
+    """(site name, kind) pairs of a named topology or of ``name=kind,name=kind,...``."""
+    if topology in TOPOLOGIES:
+        return list(TOPOLOGIES[topology])
+    sites = []
+    for item in topology.split(","):
+        name, _, kind = item.partition("=")
+        if kind not in SITE_KINDS:
+            raise ValueError(f"{item!r}: expected name=kind with a kind in {SITE_KINDS}")
+        sites.append((name, kind))
+    return sites
+
+
+def down(name: str | None = None) -> list[str]:
+    """Removes the network ``name`` from its state file under /run/qp2p-netlab: kills what runs in
+    its namespaces and deletes them. Without a name, removes every recorded network whose creator
+    has exited (so not one a running test still uses). Returns the names removed."""
+    removed = []
+    for state_file in sorted(RUN_DIR.glob("*.json")):
+        state = json.loads(state_file.read_text())
+        if state["name"] != name and (name is not None or _alive(state["creator"])):
+            continue
+        for ns_name in reversed(state["namespaces"]):
+            Namespace(ns_name).delete()
+        shutil.rmtree(RUN_DIR / state["name"], ignore_errors=True)
+        state_file.unlink(missing_ok=True)
+        removed.append(state["name"])
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Test networks in namespaces (see docs/netlab.md).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="build a network, print it as JSON and leave it running")
+    up.add_argument("topology", help=f"one of {', '.join(TOPOLOGIES)}, or name=kind,name=kind,...")
+    up.add_argument("--name", default="netlab", help="network name (default netlab)")
+    up.add_argument("--loss", type=float, default=0.0, help="random loss on every site's link, each way")
+    up.add_argument("--delay-ms", type=float, default=0.0, help="delay on every site's link, each way")
+    remove = commands.add_parser("down", help="remove a network (default: all whose creator has exited)")
+    remove.add_argument("--name", help="only this network")
+    commands.add_parser("list", help="print the named topologies and the networks that are up")
+    args = parser.parse_args(argv)
+    reason = unavailable()
+    if reason is not None:
+        parser.error(reason)
+    if args.command == "up":
+        network = Network(args.name)
+        network.start()
+        try:
+            network.build(args.topology, loss=args.loss, delay_ms=args.delay_ms)
+        except BaseException:
+            network.close()
+            raise
+        print(json.dumps(network.describe(), indent=2))
+    elif args.command == "down":
+        for name in down(args.name):
+            print(f"removed {name}")
+    else:
+        running = [json.loads(path.read_text())["name"] for path in sorted(RUN_DIR.glob("*.json"))]
+        topologies = {name: dict(sites) for name, sites in TOPOLOGIES.items()}
+        print(json.dumps({"topologies": topologies, "up": running}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

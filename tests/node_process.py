@@ -9,7 +9,12 @@ It prints ``{"ready": [host, port]}``, then answers one JSON line per command re
   ``{"error": "<class name>", "message": ...}``;
 - ``"cache"`` -> ``{"cache": [[host, port], ...]}`` (what is in memory; saved on exit);
 - ``"public"`` -> ``{"public": [host, port]}``;
+- ``{"connect": [host, port], "via": [host, port] or null}`` -> ``connect_to`` (through ``via``
+  when given), then one request over the connection to prove it carries data ->
+  ``{"connected": path, "seconds": ..., "punch_attempts": n}`` or an error;
 - ``"quit"`` (or the end of stdin) closes the endpoint, which writes the cache, and exits.
+
+Requests it receives are answered with their own bytes reversed.
 """
 
 from __future__ import annotations
@@ -41,10 +46,13 @@ async def run(args: argparse.Namespace) -> int:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     async with qp2p.Endpoint(config) as endpoint:
+        answering = asyncio.create_task(answer(endpoint))
         emit({"ready": list(endpoint.local_addr)})
         while line := (await reader.readline()).strip():
             command = json.loads(line)
-            if command == "bootstrap":
+            if isinstance(command, dict) and "connect" in command:
+                emit(await connect(endpoint, command))
+            elif command == "bootstrap":
                 try:
                     connection = await endpoint.bootstrap()
                 except qp2p.Error as exc:
@@ -63,7 +71,31 @@ async def run(args: argparse.Namespace) -> int:
                 emit({"public": list(endpoint.public_addr)})
             elif command == "quit":
                 break
+        answering.cancel()
     return 0
+
+
+async def answer(endpoint: qp2p.Endpoint) -> None:
+    async for message in endpoint.incoming_messages():
+        if message.is_request:
+            await message.reply(bytes(message.data)[::-1])
+
+
+async def connect(endpoint: qp2p.Endpoint, command: dict[str, Any]) -> dict[str, Any]:
+    host, port = command["connect"]
+    via = tuple(command["via"]) if command.get("via") else None
+    started = asyncio.get_running_loop().time()
+    try:
+        connection = await endpoint.connect_to((host, port), via=via)  # type: ignore[arg-type]
+        if await connection.request(b"are you there?", timeout=10) != b"?ereht uoy era":
+            return {"error": "WrongReply", "message": "the request's answer was wrong"}
+    except qp2p.Error as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+    return {
+        "connected": connection.path,
+        "seconds": round(asyncio.get_running_loop().time() - started, 3),
+        "punch_attempts": endpoint._traversal.punch_attempts,
+    }
 
 
 def main() -> int:

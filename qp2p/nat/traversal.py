@@ -93,6 +93,7 @@ class Traversal:
         self._circuits: dict[tuple[Link, int], _Circuit] = {}  # as a relay: both ends of each
         self._paths: dict[tuple[Link, int], RelayPath] = {}  # as a relayed peer: our circuits
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.punch_attempts = 0  # punch attempts the last connect() made (for the connectivity matrix)
 
     # ---- dialling through a coordinator ----------------------------------------------------
 
@@ -102,15 +103,18 @@ class Traversal:
         handle = endpoint._pooled(addr)
         if not handle._ready.done() and not handle._links:
             endpoint._dial(handle, endpoint._check_open())
+        self.punch_attempts = 0
         try:
             async with asyncio.timeout(min(DIRECT_FIRST, endpoint.config.connect_timeout)):
                 await handle.wait_ready()
             return handle
         except (TimeoutError, errors.Error):
             pass
+        self.punch_attempts = 0
         coordinator = await endpoint.connect_to(via)
         handle = endpoint._pooled(addr)
         for _ in range(PUNCH_ATTEMPTS):
+            self.punch_attempts += 1
             if await self._punch(handle, coordinator):
                 return handle
         await self._relay(handle, coordinator)
