@@ -197,7 +197,7 @@ class Config:
         _check(
             self.relay_max_circuits >= 0 and self.relay_max_bytes >= 0, "relay limits must not be negative"
         )
-        _check(30 <= self.upnp_lease_duration <= 86400, "upnp_lease_duration must be 30 s to a day")
+        _check(4 <= self.upnp_lease_duration <= 86400, "upnp_lease_duration must be 4 s to a day")
         contacts = tuple(_contact(item) for item in self.hard_coded_contacts)
         object.__setattr__(self, "hard_coded_contacts", contacts)  # a list given is kept as a tuple
         _check(1 <= self.bootstrap_cache_size <= 100_000, "bootstrap_cache_size must be 1 to 100000")

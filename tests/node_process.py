@@ -1,7 +1,8 @@
 """One qp2p endpoint in a process of its own, driven over stdin/stdout (not a test module).
 
     python node_process.py [--ip IP] [--port N] [--cache DIR] [--contact HOST:PORT ...]
-                           [--role node|client] [--client-fallback] [--connect-timeout S]
+                           [--role node|client] [--client-fallback] [--forward-port]
+                           [--connect-timeout S]
 
 It prints ``{"ready": [host, port]}``, then answers one JSON line per command read:
 
@@ -12,6 +13,9 @@ It prints ``{"ready": [host, port]}``, then answers one JSON line per command re
 - ``{"connect": [host, port], "via": [host, port] or null}`` -> ``connect_to`` (through ``via``
   when given), then one request over the connection to prove it carries data ->
   ``{"connected": path, "seconds": ..., "punch_attempts": n}`` or an error;
+- ``{"path": [host, port]}`` -> ``{"path": ...}``: how the pooled connection to it travels now;
+- ``"renew"`` -> closes the endpoint and opens a new one on a fresh port (fresh NAT mappings
+  too), answering ``{"ready": [host, port]}``;
 - ``"quit"`` (or the end of stdin) closes the endpoint, which writes the cache, and exits.
 
 Requests it receives are answered with their own bytes reversed.
@@ -40,39 +44,53 @@ async def run(args: argparse.Namespace) -> int:
         hard_coded_contacts=args.contact,
         role=qp2p.Role(args.role),
         client_fallback=args.client_fallback,
+        forward_port=args.forward_port,
+        upnp_lease_duration=args.lease,
         connect_timeout=args.connect_timeout,
     )
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    async with qp2p.Endpoint(config) as endpoint:
-        answering = asyncio.create_task(answer(endpoint))
-        emit({"ready": list(endpoint.local_addr)})
-        while line := (await reader.readline()).strip():
-            command = json.loads(line)
-            if isinstance(command, dict) and "connect" in command:
-                emit(await connect(endpoint, command))
-            elif command == "bootstrap":
-                try:
-                    connection = await endpoint.bootstrap()
-                except qp2p.Error as exc:
-                    emit({"error": type(exc).__name__, "message": str(exc)})
-                else:
-                    emit(
-                        {
-                            "bootstrapped": list(connection.remote_addr),
-                            "public": list(endpoint.public_addr),
-                            "role": endpoint.role.value,
-                        }
-                    )
-            elif command == "cache":
-                emit({"cache": [list(e.addr) for e in endpoint._membership.cache.entries()]})
-            elif command == "public":
-                emit({"public": list(endpoint.public_addr)})
-            elif command == "quit":
-                break
-        answering.cancel()
-    return 0
+    while True:
+        async with qp2p.Endpoint(config) as endpoint:
+            answering = asyncio.create_task(answer(endpoint))
+            emit({"ready": list(endpoint.local_addr)})
+            command = await serve(endpoint, reader)
+            answering.cancel()
+        if command != "renew":
+            return 0
+        config = config.replace(local_port=0)
+
+
+async def serve(endpoint: qp2p.Endpoint, reader: asyncio.StreamReader) -> str:
+    """Answers commands until "quit" or "renew" (returned), or the end of stdin."""
+    while line := (await reader.readline()).strip():
+        command = json.loads(line)
+        if isinstance(command, dict) and "connect" in command:
+            emit(await connect(endpoint, command))
+        elif isinstance(command, dict) and "path" in command:
+            connection = endpoint._pool.get(tuple(command["path"]))  # type: ignore[arg-type]
+            emit({"path": None if connection is None or connection.is_closed else connection.path})
+        elif command == "bootstrap":
+            try:
+                connection = await endpoint.bootstrap()
+            except qp2p.Error as exc:
+                emit({"error": type(exc).__name__, "message": str(exc)})
+            else:
+                emit(
+                    {
+                        "bootstrapped": list(connection.remote_addr),
+                        "public": list(endpoint.public_addr),
+                        "role": endpoint.role.value,
+                    }
+                )
+        elif command == "cache":
+            emit({"cache": [list(e.addr) for e in endpoint._membership.cache.entries()]})
+        elif command == "public":
+            emit({"public": list(endpoint.public_addr)})
+        elif command in ("quit", "renew"):
+            return str(command)
+    return "quit"
 
 
 async def answer(endpoint: qp2p.Endpoint) -> None:
@@ -106,6 +124,8 @@ def main() -> int:
     parser.add_argument("--contact", action="append", default=[])
     parser.add_argument("--role", default="node", choices=["node", "client"])
     parser.add_argument("--client-fallback", action="store_true")
+    parser.add_argument("--forward-port", action="store_true")
+    parser.add_argument("--lease", type=int, default=120)
     parser.add_argument("--connect-timeout", type=float, default=5.0)
     return asyncio.run(run(parser.parse_args()))
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 SPRAY = 5
 SPRAY_GAP = 0.02
 # How long one punch attempt may take, and how many are made before relaying.
-PUNCH_TIMEOUT = 3.0
+PUNCH_TIMEOUT = 2.0
 PUNCH_ATTEMPTS = 2
 # When a relayed connection tries again to punch through (seconds after it was relayed).
 UPGRADE_AFTER = (2.0, 10.0, 30.0)

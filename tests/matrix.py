@@ -1,0 +1,161 @@
+"""The connectivity matrix: every pair of NAT kinds, through real NATs (not a test module).
+
+Used by tests/test_nat_traversal.py and scripts/connectivity_matrix.py. One network holds a
+public coordinator ``r`` and, for each kind, one site on each side of the pairs; every site
+runs tests/node_process.py. Each side joins through ``r`` as a client (behind most NATs it
+could not be a node), and every ``a`` site then connects to every ``b`` site's public address
+through ``r``: directly, punched, or relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import netlab
+
+__all__ = ("KINDS", "Node", "Outcome", "expected", "matrix_network", "punch_trials")
+
+NODE_PROCESS = Path(__file__).with_name("node_process.py")
+KINDS = ("public", "full_cone", "port_restricted", "symmetric", "igd")
+SHORT = {"public": "pub", "full_cone": "cone", "port_restricted": "restr", "symmetric": "sym", "igd": "igd"}
+REPLY_TIMEOUT = 90.0
+
+
+def expected(a: str, b: str) -> str:
+    """How ``a`` reaches ``b``: a peer that accepts unsolicited packets (public, full cone, a
+    mapped port) is dialled directly; a port-restricted one is punched unless ``a`` is
+    symmetric; a symmetric one can only be punched by a peer it can dial (public, cone, igd)."""
+    if b in ("public", "full_cone", "igd"):
+        return "direct"
+    if b == "port_restricted":
+        return "relayed" if a == "symmetric" else "punched"
+    return "punched" if a in ("public", "full_cone", "igd") else "relayed"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    path: str  # direct, punched, relayed, or failed
+    seconds: float
+    punch_attempts: int
+    error: str = ""
+
+
+class Node:
+    """tests/node_process.py inside a site's host namespace, spoken to in JSON lines."""
+
+    def __init__(self, site: netlab.Site, cache: Path, *args: str) -> None:
+        argv = [sys.executable, "-P", str(NODE_PROCESS), "--ip", site.host_ip, "--cache", str(cache), *args]
+        self.process = subprocess.Popen(
+            site.host.command(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        self.site = site
+        self.addr = tuple(self.read()["ready"])
+
+    def read(self) -> Any:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the node in {self.site.name} exited with {self.process.wait(timeout=10)}")
+        return json.loads(line)
+
+    def ask(self, command: object) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def join(self) -> tuple[str, int]:
+        """Bootstrap through the contact; our public address as the contact sees it."""
+        joined = self.ask("bootstrap")
+        if "error" in joined:
+            raise RuntimeError(f"{self.site.name} could not join: {joined}")
+        return tuple(joined["public"])  # type: ignore[return-value]
+
+    def connect(self, target: tuple[str, int], via: tuple[str, int]) -> Outcome:
+        reply = self.ask({"connect": list(target), "via": list(via)})
+        if "error" in reply:
+            return Outcome("failed", 0.0, 0, f"{reply['error']}: {reply['message']}")
+        return Outcome(reply["connected"], reply["seconds"], reply["punch_attempts"])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate(timeout=10)
+
+
+def _site(net: netlab.Network, name: str, kind: str, loss: float, delay_ms: float) -> netlab.Site:
+    if kind == "public":
+        return net.public_site(name, loss=loss, delay_ms=delay_ms)
+    return net.nat_site(name, kind, loss=loss, delay_ms=delay_ms)
+
+
+def _peer(site: netlab.Site, folder: Path, contact: tuple[str, int]) -> Node:
+    """A client that joins through ``contact``; behind an igd router it maps its port."""
+    extra = ["--forward-port"] if site.kind == "igd" else []
+    return Node(
+        site, folder / site.name, "--contact", f"{contact[0]}:{contact[1]}", "--role", "client", *extra
+    )
+
+
+@contextmanager
+def matrix_network(
+    folder: Path, kinds: tuple[str, ...] = KINDS, *, loss: float = 0.0, delay_ms: float = 0.0
+) -> Iterator[tuple[tuple[str, int], dict[str, Node], dict[str, Node]]]:
+    """A network with coordinator ``r`` and an ``a`` and a ``b`` site of every kind, all joined:
+    yields r's address and the nodes of the a and b sites by kind."""
+    nodes: list[Node] = []
+    with netlab.Network() as net:
+        try:
+            r = Node(_site(net, "r", "public", loss, delay_ms), folder / "r")
+            nodes.append(r)
+            sides: dict[str, dict[str, Node]] = {"a": {}, "b": {}}
+            for side, kind in ((side, kind) for side in ("a", "b") for kind in kinds):
+                node = _peer(_site(net, f"{side}{SHORT[kind]}", kind, loss, delay_ms), folder, r.addr)  # type: ignore[arg-type]
+                nodes.append(node)
+                sides[side][kind] = node
+            for node in nodes[1:]:
+                node.join()
+            yield r.addr, sides["a"], sides["b"]  # type: ignore[misc]
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+def punch_trials(
+    folder: Path, a_kind: str, b_kind: str, trials: int, *, delay_ms: float = 40.0, loss: float = 0.0
+) -> list[Outcome]:
+    """``trials`` fresh connections from an ``a_kind`` peer to a ``b_kind`` one through a
+    coordinator: before each, both start a new endpoint (new ports, so new NAT mappings) and
+    join again."""
+    outcomes = []
+    nodes: list[Node] = []
+    with netlab.Network() as net:
+        try:
+            coordinator = Node(_site(net, "r", "public", loss, delay_ms), folder / "r")
+            nodes.append(coordinator)
+            a, b = (
+                _peer(_site(net, name, kind, loss, delay_ms), folder, coordinator.addr)
+                for name, kind in (("a", a_kind), ("b", b_kind))
+            )  # type: ignore[arg-type]
+            nodes += [a, b]
+            for _ in range(trials):
+                for node in (a, b):
+                    node.ask("renew")
+                a.join()
+                outcomes.append(a.connect(b.join(), coordinator.addr))  # type: ignore[arg-type]
+        finally:
+            for node in nodes:
+                node.stop()
+    return outcomes
