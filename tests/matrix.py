@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,12 +22,12 @@ from typing import Any
 
 import netlab
 
-__all__ = ("KINDS", "Node", "Outcome", "expected", "matrix_network", "punch_trials")
+__all__ = ("KINDS", "Node", "Outcome", "connect_all", "expected", "matrix_network", "punch_trials")
 
 NODE_PROCESS = Path(__file__).with_name("node_process.py")
 KINDS = ("public", "full_cone", "port_restricted", "symmetric", "igd")
 SHORT = {"public": "pub", "full_cone": "cone", "port_restricted": "restr", "symmetric": "sym", "igd": "igd"}
-REPLY_TIMEOUT = 90.0
+REPLY_TIMEOUT = 90.0  # the longest a node may take over one command
 
 
 def expected(a: str, b: str) -> str:
@@ -62,29 +63,44 @@ class Node:
         )
         self.site = site
         self.addr = tuple(self.read()["ready"])
+        self.public: tuple[str, int] | None = None  # as the contact saw it, once joined
 
     def read(self) -> Any:
+        """The node's next line (it writes one per command), within REPLY_TIMEOUT."""
         assert self.process.stdout is not None
+        if not select.select([self.process.stdout], [], [], REPLY_TIMEOUT)[0]:
+            raise RuntimeError(f"the node in {self.site.name} did not answer in {REPLY_TIMEOUT} s")
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the node in {self.site.name} exited with {self.process.wait(timeout=10)}")
         return json.loads(line)
 
-    def ask(self, command: object) -> Any:
+    def tell(self, command: object) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
+
+    def ask(self, command: object) -> Any:
+        self.tell(command)
         return self.read()
+
+    def quit(self) -> int:
+        """Closes the endpoint (it saves its cache, removes its port mapping) and ends the node."""
+        self.tell("quit")
+        return self.process.wait(timeout=REPLY_TIMEOUT)
 
     def join(self) -> tuple[str, int]:
         """Bootstrap through the contact; our public address as the contact sees it."""
         joined = self.ask("bootstrap")
         if "error" in joined:
             raise RuntimeError(f"{self.site.name} could not join: {joined}")
-        return tuple(joined["public"])  # type: ignore[return-value]
+        self.public = tuple(joined["public"])  # type: ignore[assignment]
+        assert self.public is not None
+        return self.public
 
-    def connect(self, target: tuple[str, int], via: tuple[str, int]) -> Outcome:
-        reply = self.ask({"connect": list(target), "via": list(via)})
+    def connect(self, target: tuple[str, int], via: tuple[str, int] | None) -> Outcome:
+        """``connect_to(target, via=via)`` in the node, and a request over the connection."""
+        reply = self.ask({"connect": list(target), "via": None if via is None else list(via)})
         if "error" in reply:
             return Outcome("failed", 0.0, 0, f"{reply['error']}: {reply['message']}")
         return Outcome(reply["connected"], reply["seconds"], reply["punch_attempts"])
@@ -131,6 +147,19 @@ def matrix_network(
         finally:
             for node in nodes:
                 node.stop()
+
+
+def connect_all(
+    coordinator: tuple[str, int], a_nodes: dict[str, Node], b_nodes: dict[str, Node]
+) -> dict[tuple[str, str], Outcome]:
+    """Every ``a`` node connects to every ``b`` node's public address through ``coordinator``,
+    one pair at a time: the outcome of each, by (a kind, b kind)."""
+    outcomes = {}
+    for a_kind, a in a_nodes.items():
+        for b_kind, b in b_nodes.items():
+            assert b.public is not None
+            outcomes[a_kind, b_kind] = a.connect(b.public, coordinator)
+    return outcomes
 
 
 def punch_trials(

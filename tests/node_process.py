@@ -2,7 +2,7 @@
 
     python node_process.py [--ip IP] [--port N] [--cache DIR] [--contact HOST:PORT ...]
                            [--role node|client] [--client-fallback] [--forward-port]
-                           [--connect-timeout S]
+                           [--lease S] [--connect-timeout S]
 
 It prints ``{"ready": [host, port]}``, then answers one JSON line per command read:
 
@@ -10,6 +10,8 @@ It prints ``{"ready": [host, port]}``, then answers one JSON line per command re
   ``{"error": "<class name>", "message": ...}``;
 - ``"cache"`` -> ``{"cache": [[host, port], ...]}`` (what is in memory; saved on exit);
 - ``"public"`` -> ``{"public": [host, port]}``;
+- ``"mapped"`` -> ``{"mapped": [host, port] or null}``: waits for the UPnP mapping
+  (``--forward-port``), the gateway's address and port forwarded to us;
 - ``{"connect": [host, port], "via": [host, port] or null}`` -> ``connect_to`` (through ``via``
   when given), then one request over the connection to prove it carries data ->
   ``{"connected": path, "seconds": ..., "punch_attempts": n}`` or an error;
@@ -86,6 +88,9 @@ async def serve(endpoint: qp2p.Endpoint, reader: asyncio.StreamReader) -> str:
                 )
         elif command == "cache":
             emit({"cache": [list(e.addr) for e in endpoint._membership.cache.entries()]})
+        elif command == "mapped":
+            mapped = await endpoint.wait_port_mapped()
+            emit({"mapped": None if mapped is None else list(mapped)})
         elif command == "public":
             emit({"public": list(endpoint.public_addr)})
         elif command in ("quit", "renew"):

@@ -48,7 +48,7 @@ PUNCH_ATTEMPTS = 2
 # When a relayed connection tries again to punch through (seconds after it was relayed).
 UPGRADE_AFTER = (2.0, 10.0, 30.0)
 # How long the direct attempt gets when a coordinator is at hand to fall back on.
-DIRECT_FIRST = 2.0
+DIRECT_FIRST = 1.0
 
 
 @dataclass(eq=False)

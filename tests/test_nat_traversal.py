@@ -1,0 +1,157 @@
+"""NAT traversal through real NATs: the connectivity matrix with and without loss, punching
+under latency, a relayed connection that moves to a punched one, and UPnP port mapping against
+a real miniupnpd. Every peer is a process of its own in a site of netlab's test network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matrix
+import netlab
+import pytest
+
+MISSING = [tool for tool in ("iptables", "iptables-restore") if shutil.which(tool) is None]
+REASON = netlab.unavailable() or (f"not installed: {', '.join(MISSING)}" if MISSING else None)
+IGD_REASON = (
+    "miniupnpd and nft are needed (Debian packages miniupnpd and nftables)"
+    if shutil.which("miniupnpd") is None or shutil.which("nft") is None
+    else "the miniupnpc Python binding is not installed (pip install miniupnpc)"
+    if importlib.util.find_spec("miniupnpc") is None
+    else None
+)
+pytestmark = [
+    pytest.mark.skipif(REASON is not None, reason=REASON or ""),
+    pytest.mark.skipif(IGD_REASON is not None, reason=IGD_REASON or ""),  # every matrix has an igd site
+]
+
+
+def test_every_pair_of_nat_kinds_connects_the_expected_way(tmp_path: Path) -> None:
+    with matrix.matrix_network(tmp_path) as (coordinator, a_nodes, b_nodes):
+        outcomes = matrix.connect_all(coordinator, a_nodes, b_nodes)
+    got = {pair: outcome.path for pair, outcome in outcomes.items()}
+    assert got == {pair: matrix.expected(*pair) for pair in outcomes}, outcomes
+    assert len(got) == len(matrix.KINDS) ** 2
+
+
+def test_with_five_percent_loss_every_pair_connects_and_only_the_hard_ones_are_relayed(
+    tmp_path: Path,
+) -> None:
+    with matrix.matrix_network(tmp_path, loss=0.05) as (coordinator, a_nodes, b_nodes):
+        outcomes = matrix.connect_all(coordinator, a_nodes, b_nodes)
+    for (a, b), outcome in outcomes.items():
+        want = matrix.expected(a, b)
+        # A lost handshake packet can push a direct pair past its head start into a punch.
+        allowed = {"direct", "punched"} if want == "direct" else {want}
+        assert outcome.path in allowed, ((a, b), outcome)
+
+
+def test_punching_through_port_restricted_nats_with_latency_succeeds_at_the_first_attempt(
+    tmp_path: Path,
+) -> None:
+    """A sample of what scripts/connectivity_matrix.py measures over 50 trials per pair."""
+    outcomes = matrix.punch_trials(tmp_path, "port_restricted", "port_restricted", 8, delay_ms=40.0)
+    assert [outcome.path for outcome in outcomes] == ["punched"] * 8, outcomes
+    assert sum(outcome.punch_attempts == 1 for outcome in outcomes) >= 7, outcomes
+
+
+def test_a_relayed_connection_moves_to_a_punched_one_when_the_way_opens(tmp_path: Path) -> None:
+    with netlab.Network() as net:
+        r = matrix.Node(net.public_site("r"), tmp_path / "r")
+        a_site, b_site = net.nat_site("a", "port_restricted"), net.nat_site("b", "port_restricted")
+        a = matrix.Node(a_site, tmp_path / "a", "--contact", f"{r.addr[0]}:{r.addr[1]}", "--role", "client")
+        b = matrix.Node(b_site, tmp_path / "b", "--contact", f"{r.addr[0]}:{r.addr[1]}", "--role", "client")
+        try:
+            a.join()
+            b_public = b.join()
+            # b's router drops everything from a's: no punch gets through, so the relay carries it.
+            block = ["-I", "FORWARD", "1", "-i", "wan0", "-s", a_site.ip, "-j", "DROP"]
+            assert b_site.router is not None
+            b_site.router.run(["iptables", *block], check=True)
+            relayed = a.connect(b_public, r.addr)  # type: ignore[arg-type]
+            assert relayed.path == "relayed", relayed
+            assert relayed.punch_attempts == 2
+            b_site.router.run(["iptables", "-D", *block[1:2], *block[3:]], check=True)
+            deadline = time.monotonic() + 20
+            path = "relayed"
+            while path == "relayed" and time.monotonic() < deadline:
+                time.sleep(0.5)
+                path = a.ask({"path": list(b_public)})["path"]
+            assert path == "punched"
+            # The same connection carries requests on its new path.
+            assert a.connect(b_public, r.addr).path == "punched"  # type: ignore[arg-type]
+        finally:
+            for node in (r, a, b):
+                node.stop()
+
+
+def ask_gateway(site: netlab.Site, call: str) -> object:
+    """``call`` on a miniupnpc UPnP object (``upnp``) bound to the site's gateway, made from the
+    site's host; what it returned."""
+    script = f"""
+import json, miniupnpc
+upnp = miniupnpc.UPnP()
+upnp.discoverdelay = 1000
+upnp.discover()
+upnp.selectigd()
+print(json.dumps({call}))
+"""
+    argv = site.host.command([sys.executable, "-c", script])
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout)
+
+
+def gateway_mapping(site: netlab.Site, external_port: int) -> list[object] | None:
+    """What the gateway forwards from ``external_port`` (UDP): [internal host, internal port,
+    description, enabled, lease left] or None."""
+    return ask_gateway(site, f'upnp.getspecificportmapping({external_port}, "UDP")')  # type: ignore[return-value]
+
+
+def test_forward_port_maps_renews_and_removes_the_mapping_on_a_real_gateway(tmp_path: Path) -> None:
+    with netlab.Network() as net:
+        site, outside = net.nat_site("g", "igd"), net.public_site("p")
+        peer = matrix.Node(outside, tmp_path / "p")
+        node = matrix.Node(site, tmp_path / "g", "--forward-port", "--lease", "4")
+        try:
+            mapped = node.ask("mapped")["mapped"]
+            assert mapped is not None and mapped[0] == site.ip, mapped
+            assert node.ask("public")["public"] == mapped  # the endpoint's public address
+            # A peer outside connects in through the mapping, with no coordinator.
+            inbound = peer.connect(tuple(mapped), None)  # type: ignore[arg-type]
+            assert inbound.path == "direct", inbound
+            internal = [site.host_ip, node.addr[1]]
+            assert gateway_mapping(site, mapped[1])[:2] == internal  # type: ignore[index]
+            # A mapping made by hand with the same 4 s lease and never renewed, for comparison.
+            unrenewed = 40999 if mapped[1] != 40999 else 40998
+            assert ask_gateway(
+                site, f'upnp.addportmapping({unrenewed}, "UDP", upnp.lanaddr, {unrenewed}, "x", "", 4)'
+            )
+            time.sleep(9)  # over twice the lease
+            assert gateway_mapping(site, unrenewed) is None  # the gateway let it lapse ...
+            renewed = gateway_mapping(site, mapped[1])
+            assert renewed is not None and renewed[:2] == internal, renewed  # ... and kept ours
+            assert node.quit() == 0
+            assert gateway_mapping(site, mapped[1]) is None  # removed on close
+        finally:
+            for each in (peer, node):
+                each.stop()
+
+
+def test_forward_port_without_a_gateway_carries_on_quietly(tmp_path: Path) -> None:
+    with netlab.Network() as net:
+        r = matrix.Node(net.public_site("r"), tmp_path / "r")
+        node = matrix.Node(
+            net.nat_site("n", "port_restricted"), tmp_path / "n", "--forward-port",
+            "--contact", f"{r.addr[0]}:{r.addr[1]}", "--role", "client",
+        )  # fmt: skip
+        try:
+            assert node.ask("mapped") == {"mapped": None}
+            assert node.join()[0] == node.site.ip  # joined, with the address the NAT gave it
+        finally:
+            for each in (r, node):
+                each.stop()
