@@ -17,6 +17,7 @@ describes the topology and how each NAT kind is made.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import os
@@ -41,6 +42,8 @@ __all__ = (
     "Network",
     "Site",
     "down",
+    "igd_unavailable",
+    "nat_unavailable",
     "unavailable",
     "wire",
 )
@@ -94,6 +97,21 @@ def unavailable() -> str | None:
     if done.returncode != 0:
         return f"the kernel refuses network namespaces: {done.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
+    return None
+
+
+def nat_unavailable() -> str | None:
+    """Why NAT routers cannot be built here (no namespaces, or no iptables), or None."""
+    missing = [tool for tool in ("iptables", "iptables-restore") if shutil.which(tool) is None]
+    return unavailable() or (f"not installed: {', '.join(missing)}" if missing else None)
+
+
+def igd_unavailable() -> str | None:
+    """Why an igd site (miniupnpd) and its UPnP client cannot run here, or None."""
+    if shutil.which("miniupnpd") is None or shutil.which("nft") is None:
+        return "miniupnpd and nft are needed (Debian packages miniupnpd and nftables)"
+    if importlib.util.find_spec("miniupnpc") is None:
+        return "the miniupnpc Python binding is not installed (pip install miniupnpc)"
     return None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import netlab
 import pytest
 
-REASON = netlab.unavailable() or (None if shutil.which("iptables") else "iptables is not installed")
+REASON = netlab.nat_unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 NODE_PROCESS = Path(__file__).with_name("node_process.py")

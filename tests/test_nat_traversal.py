@@ -5,9 +5,7 @@ a real miniupnpd. Every peer is a process of its own in a site of netlab's test 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -17,21 +15,13 @@ import matrix
 import netlab
 import pytest
 
-MISSING = [tool for tool in ("iptables", "iptables-restore") if shutil.which(tool) is None]
-REASON = netlab.unavailable() or (f"not installed: {', '.join(MISSING)}" if MISSING else None)
-IGD_REASON = (
-    "miniupnpd and nft are needed (Debian packages miniupnpd and nftables)"
-    if shutil.which("miniupnpd") is None or shutil.which("nft") is None
-    else "the miniupnpc Python binding is not installed (pip install miniupnpc)"
-    if importlib.util.find_spec("miniupnpc") is None
-    else None
-)
-pytestmark = [
-    pytest.mark.skipif(REASON is not None, reason=REASON or ""),
-    pytest.mark.skipif(IGD_REASON is not None, reason=IGD_REASON or ""),  # every matrix has an igd site
-]
+REASON = netlab.nat_unavailable()
+IGD_REASON = netlab.igd_unavailable()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+needs_igd = pytest.mark.skipif(IGD_REASON is not None, reason=IGD_REASON or "")
 
 
+@needs_igd  # every matrix has an igd site
 def test_every_pair_of_nat_kinds_connects_the_expected_way(tmp_path: Path) -> None:
     with matrix.matrix_network(tmp_path) as (coordinator, a_nodes, b_nodes):
         outcomes = matrix.connect_all(coordinator, a_nodes, b_nodes)
@@ -40,6 +30,7 @@ def test_every_pair_of_nat_kinds_connects_the_expected_way(tmp_path: Path) -> No
     assert len(got) == len(matrix.KINDS) ** 2
 
 
+@needs_igd  # every matrix has an igd site
 def test_with_five_percent_loss_every_pair_connects_and_only_the_hard_ones_are_relayed(
     tmp_path: Path,
 ) -> None:
@@ -112,6 +103,7 @@ def gateway_mapping(site: netlab.Site, external_port: int) -> list[object] | Non
     return ask_gateway(site, f'upnp.getspecificportmapping({external_port}, "UDP")')  # type: ignore[return-value]
 
 
+@needs_igd  # an igd site runs miniupnpd
 def test_forward_port_maps_renews_and_removes_the_mapping_on_a_real_gateway(tmp_path: Path) -> None:
     with netlab.Network() as net:
         site, outside = net.nat_site("g", "igd"), net.public_site("p")

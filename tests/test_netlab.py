@@ -8,12 +8,10 @@ in the sites' host namespaces, each command bounded by a timeout.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import os
 import select
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,16 +22,8 @@ from typing import Any
 import netlab
 import pytest
 
-MISSING = [tool for tool in ("iptables", "iptables-restore") if shutil.which(tool) is None]
-REASON = netlab.unavailable() or (f"not installed: {', '.join(MISSING)}" if MISSING else None)
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-IGD_REASON = (
-    "miniupnpd and nft are needed (Debian packages miniupnpd and nftables)"
-    if shutil.which("miniupnpd") is None or shutil.which("nft") is None
-    else "the miniupnpc Python binding is not installed (pip install miniupnpc)"
-    if importlib.util.find_spec("miniupnpc") is None
-    else None
-)
+REASON = netlab.nat_unavailable()
+IGD_REASON = netlab.igd_unavailable()
 LOSS = 0.05
 DATAGRAMS = 2000
 SLOW_DELAY_MS = 40.0
