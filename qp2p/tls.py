@@ -34,6 +34,8 @@ __all__ = (
 # The TLS server name every qp2p client asks for: DNS-style, never an IP literal (rustls refuses those).
 SERVER_NAME = "qp2p"
 _VALIDITY = datetime.timedelta(days=3650)
+# Certificates start an hour back, so a peer whose clock is a little behind accepts them.
+_LEEWAY = datetime.timedelta(hours=1)
 # TLS alerts that mean "your certificate was refused" (RFC 8446 section 6.2).
 CERTIFICATE_ALERTS = frozenset(
     int(a)
@@ -71,19 +73,34 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, common_name)])
 
 
+def _certificate(
+    subject: str,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    *,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What every certificate made here has: names, key, a random serial, validity, basic constraints."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+    )
+
+
 def self_signed_identity(common_name: str = SERVER_NAME) -> Identity:
     """A fresh P-256 key and an end-entity (CA:FALSE) certificate for it, signed by itself."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _certificate(common_name, _name(common_name), key, now - _LEEWAY, now + _VALIDITY, ca=False)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -95,14 +112,9 @@ def new_ca(common_name: str = "qp2p network CA", days: int = 3650) -> Identity:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        _certificate(
+            common_name, _name(common_name), key, now - _LEEWAY, now + datetime.timedelta(days=days), ca=True
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -125,16 +137,11 @@ def new_ca(common_name: str = "qp2p network CA", days: int = 3650) -> Identity:
 def issue(ca: Identity, name: str, days: int = 825, not_before: datetime.datetime | None = None) -> Identity:
     """A node certificate for ``name`` signed by ``ca``: end-entity, for TLS clients and servers."""
     key = ec.generate_private_key(ec.SECP256R1())
-    start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    start = not_before or datetime.datetime.now(datetime.UTC) - _LEEWAY
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _certificate(
+            name, ca.certificate.subject, key, start, start + datetime.timedelta(days=days), ca=False
+        )
         .add_extension(
             x509.ExtendedKeyUsage(
                 [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_packet import long_header
 
 from qp2p import errors
 
@@ -236,15 +237,7 @@ def test_packet_peek_agrees_on_garbage(data: bytes, cid_length: int) -> None:
 def test_packet_peek_agrees_on_long_headers(
     first: int, version: int, dcid: bytes, scid: bytes, rest: bytes
 ) -> None:
-    data = (
-        bytes([first])
-        + version.to_bytes(4, "big")
-        + bytes([len(dcid)])
-        + dcid
-        + bytes([len(scid)])
-        + scid
-        + rest
-    )
+    data = long_header(first, version, dcid, scid, rest)
     assert_same(lambda m: m.peek(data, 8), "packet")
 
 
