@@ -15,12 +15,13 @@ from qp2p._pure.framing import FLAG_USER, HEADER_SIZE, encode_header
 
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))  # benches/ is not a package
-from _inputs import KiB, MiB, payload  # noqa: E402
+from _inputs import KiB, MiB, payload, size_label  # noqa: E402
 
 if TYPE_CHECKING:
     from pytest_benchmark.fixture import BenchmarkFixture
 
 CHUNK_SIZE = 65536
+SIZES = (64, 4 * KiB, MiB, 64 * MiB)
 MAX_SIZE = 64 * MiB
 # At this size one call takes tens of milliseconds: a few fixed rounds bound the run time.
 HEAVY_SIZE = 64 * MiB
@@ -70,57 +71,17 @@ def _bench_reassemble(
     _measure(benchmark, run, size)
 
 
-@pytest.mark.benchmark(group="chunking.split.64B")
-def test_chunking_split_64B(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
+@pytest.mark.parametrize("size", SIZES, ids=size_label)
+def test_chunking_split(
+    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes], size: int
 ) -> None:
-    _bench_split(benchmark, chunking, frame_of, 64)
+    benchmark.group = f"chunking.split.{size_label(size)}"
+    _bench_split(benchmark, chunking, frame_of, size)
 
 
-@pytest.mark.benchmark(group="chunking.split.4KiB")
-def test_chunking_split_4KiB(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
+@pytest.mark.parametrize("size", SIZES, ids=size_label)
+def test_chunking_reassemble(
+    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes], size: int
 ) -> None:
-    _bench_split(benchmark, chunking, frame_of, 4 * KiB)
-
-
-@pytest.mark.benchmark(group="chunking.split.1MiB")
-def test_chunking_split_1MiB(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
-) -> None:
-    _bench_split(benchmark, chunking, frame_of, MiB)
-
-
-@pytest.mark.benchmark(group="chunking.split.64MiB")
-def test_chunking_split_64MiB(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
-) -> None:
-    _bench_split(benchmark, chunking, frame_of, 64 * MiB)
-
-
-@pytest.mark.benchmark(group="chunking.reassemble.64B")
-def test_chunking_reassemble_64B(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
-) -> None:
-    _bench_reassemble(benchmark, chunking, frame_of, 64)
-
-
-@pytest.mark.benchmark(group="chunking.reassemble.4KiB")
-def test_chunking_reassemble_4KiB(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
-) -> None:
-    _bench_reassemble(benchmark, chunking, frame_of, 4 * KiB)
-
-
-@pytest.mark.benchmark(group="chunking.reassemble.1MiB")
-def test_chunking_reassemble_1MiB(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
-) -> None:
-    _bench_reassemble(benchmark, chunking, frame_of, MiB)
-
-
-@pytest.mark.benchmark(group="chunking.reassemble.64MiB")
-def test_chunking_reassemble_64MiB(
-    benchmark: BenchmarkFixture, chunking: ModuleType, frame_of: Callable[[int], bytes]
-) -> None:
-    _bench_reassemble(benchmark, chunking, frame_of, 64 * MiB)
+    benchmark.group = f"chunking.reassemble.{size_label(size)}"
+    _bench_reassemble(benchmark, chunking, frame_of, size)

@@ -32,7 +32,7 @@ import qp2p
 
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))  # benches/ is not a package
-from _inputs import KiB, MiB, payload  # noqa: E402
+from _inputs import KiB, MiB, payload, size_label  # noqa: E402
 from aioquic_baseline import Body  # noqa: E402
 from e2e_memory import IMPLS  # noqa: E402
 
@@ -54,14 +54,6 @@ REQUEST_SIZE = 64
 MEMORY_MIB = (256, 16)
 
 with_impl = pytest.mark.parametrize("impl", list(IMPLS))
-
-
-def _label(size: int) -> str:
-    """64 -> "64B", 1024 -> "1KiB", 33554432 -> "32MiB"."""
-    for unit, scale in (("MiB", MiB), ("KiB", KiB)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale}{unit}"
-    return f"{size}B"
 
 
 def _pick(benchmark: BenchmarkFixture, sizes: tuple[T, T]) -> T:
@@ -197,12 +189,12 @@ def _rounds(
 
 
 @with_impl
-@pytest.mark.parametrize("size", [64, KiB], ids=_label)
+@pytest.mark.parametrize("size", [64, KiB], ids=size_label)
 def test_e2e_messages(benchmark: BenchmarkFixture, impl: str, size: int) -> None:
     """Many small messages from one sender to one receiver, as fast as flow control allows."""
     count = _pick(benchmark, MESSAGES)
     messages = _numbered(count, size)
-    benchmark.group = f"e2e.messages.{_label(size)}"
+    benchmark.group = f"e2e.messages.{size_label(size)}"
 
     def check(pair: Pair) -> None:
         assert sorted(pair.received) == messages, f"{impl}: the messages received are not the ones sent"
@@ -216,7 +208,7 @@ def test_e2e_bulk(benchmark: BenchmarkFixture, impl: str) -> None:
     """One large message; qp2p sends it with one ``send``, aioquic with one stream write."""
     size = _pick(benchmark, BULK_SIZE)
     message = payload(size)
-    benchmark.group = f"e2e.bulk.{_label(size)}"
+    benchmark.group = f"e2e.bulk.{size_label(size)}"
 
     def check(pair: Pair) -> None:
         assert len(pair.received) == 1, f"{impl}: {len(pair.received)} messages arrived, not 1"
@@ -231,7 +223,7 @@ def test_e2e_request(benchmark: BenchmarkFixture, impl: str) -> None:
     """Sequential round trips of a 64-byte request and its 64-byte reply (an echo)."""
     count = _pick(benchmark, REQUESTS)
     requests = _numbered(count, REQUEST_SIZE)
-    benchmark.group = f"e2e.request.{_label(REQUEST_SIZE)}"
+    benchmark.group = f"e2e.request.{size_label(REQUEST_SIZE)}"
 
     def check(pair: Pair) -> None:
         assert not pair.received, f"{impl}: requests arrived as messages"

@@ -90,8 +90,9 @@ def format_time(seconds: float) -> str:
 
 
 def _backend(bench: dict[str, Any]) -> str:
-    param = bench.get("param") or bench["name"].rpartition("[")[2].rstrip("]")
-    return str(param)
+    """The backend part of the test id: ``fast`` in ``[fast]`` and in ``[fast-64B]``."""
+    param = str(bench.get("param") or bench["name"].rpartition("[")[2].rstrip("]"))
+    return next((part for part in param.split("-") if part in BACKENDS), param)
 
 
 def _fast_pure_table(medians: dict[str, dict[str, float]]) -> list[str]:
