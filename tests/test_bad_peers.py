@@ -139,6 +139,12 @@ async def still_served(connection: qp2p.Connection) -> bool:
         return False
 
 
+def assert_unharmed(loop_errors: list[dict[str, Any]], service: Service) -> None:
+    """The event loop caught no stray exception and the victim's service is still running."""
+    assert not loop_errors, [context.get("exception") for context in loop_errors]
+    assert service.failure is None
+
+
 # ---- a flood of datagrams ----------------------------------------------------------------------
 
 
@@ -285,8 +291,7 @@ async def test_flood_of_garbage_datagrams_while_serving_a_good_peer(
         state = (victim.stats().connections, victim.stats().routes == routes)
         late = await make_endpoint()  # and a newcomer is served after the flood
         assert await still_served(await late.connect_to(victim.local_addr))
-    assert not loop_errors
-    assert service.failure is None
+    assert_unharmed(loop_errors, service)
     assert service.received_from(good) == sorted(warm_up + peer.sent)
     assert peer.answered >= 10 and len(service.requests) == peer.answered + 1
     assert sum(sent.values()) == BURSTS * BURST
@@ -395,8 +400,7 @@ async def test_rogue_streams_are_refused_and_everyone_is_still_served(
             async with asyncio.timeout(10):
                 await traffic
         await wait_until(lambda: len(service.received_from(good)) == len(peer.sent))
-    assert not loop_errors
-    assert service.failure is None
+    assert_unharmed(loop_errors, service)
     assert reply.data == b"back to the rogue"
     assert service.received_from(rogue_endpoint) == [b"after the attack", b"before the attack"]
     assert [r.src for r in service.requests] == [good.local_addr] * peer.answered
@@ -423,8 +427,7 @@ async def test_rogue_bidirectional_stream_costs_it_the_connection(
         async with asyncio.timeout(5):
             await connection.wait_closed()  # a QUIC protocol violation: the victim closed the connection
         assert await still_served(good_connection)
-    assert not loop_errors
-    assert service.failure is None
+    assert_unharmed(loop_errors, service)
     assert service.received_from(rogue_endpoint) == []
     assert len(service.requests) == 1
 
@@ -453,8 +456,7 @@ async def test_stream_cancelled_with_huge_units(
         await connection.send(b"after the cancellation")
         await wait_until(lambda: service.failure is not None or service.received_from(rogue_endpoint))
         served = await still_served(good)
-    assert not loop_errors, [context.get("exception") for context in loop_errors]
-    assert service.failure is None
+    assert_unharmed(loop_errors, service)
     assert served
 
 
@@ -470,8 +472,7 @@ async def test_stream_cancelled_naming_its_own_lane(
         await connection.send(b"after the cancellation")
         await wait_until(lambda: service.received_from(rogue_endpoint))
         served = await still_served(good)
-    assert not loop_errors, [context.get("exception") for context in loop_errors]
-    assert service.failure is None
+    assert_unharmed(loop_errors, service)
     assert served
 
 
@@ -492,8 +493,7 @@ async def test_waiting_large_stream_with_bytes_after_its_frame(
     async with Service(victim) as service:  # taking the first message frees the slot
         await wait_until(lambda: service.failure is not None or service.received_from(rogue_endpoint))
         served = await still_served(good)
-    assert not loop_errors, [context.get("exception") for context in loop_errors]
-    assert service.failure is None
+    assert_unharmed(loop_errors, service)
     assert served
 
 
