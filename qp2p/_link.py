@@ -12,46 +12,60 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode
 
-from qp2p import errors
+from qp2p import errors, wire
 from qp2p import session as s
 from qp2p.transport import Address, PacketPath, Transport
 
-if TYPE_CHECKING:
-    from qp2p.connection import Connection
+__all__ = ("Link", "LinkOwner", "LinkPath", "Refusal")
 
-__all__ = ("Link", "Refusal")
+LinkPath = Literal["direct", "punched", "relayed"]
 
 log = logging.getLogger(__name__)
 
 _ping_ids = itertools.count(1)
 
 
+class LinkOwner(Protocol):
+    """Whoever a link reports to: the endpoint until the link is established, then the
+    ``Connection`` of the peer TLS proved. Read at every event, so a hand-over in the middle
+    of a batch sends the rest of the batch to the new owner."""
+
+    def link_established(self, link: Link) -> None: ...
+    def frame_received(self, link: Link, event: s.FrameReceived) -> None: ...
+    def control_received(self, link: Link, message: wire.ControlMessage) -> None: ...
+    def link_closed(self, link: Link, event: s.Closing) -> None: ...
+
+
 class Link:
-    """Drives one session; reports to its owning ``Connection``."""
+    """Drives one session; reports its events to its owner (``LinkOwner``)."""
 
     def __init__(
         self,
         session: s.Session,
         transport: PacketPath,
         remote_addr: Address,
-        owner: Connection,
+        owner: LinkOwner,
         keep_alive_interval: float | None,
         forgotten: Callable[[Link], None],
-        path: Literal["direct", "punched", "relayed"] = "direct",
+        path: LinkPath = "direct",
     ) -> None:
         self.session = session
         self.packet_path = transport
         self.path = path  # how the datagrams travel: straight, through a punched hole, or relayed
+        # The address packets come from (for a relayed link: the relay's), never a claimed one.
         self._forgotten = forgotten
         self.remote_addr = remote_addr
+        # The address we dialled, for links we opened ourselves: how connect_to finds them again.
+        self.target: Address | None = None
         self.owner = owner
         self.retired = False
+        self.heard = False  # a datagram came for this link: someone answers at the other end
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._cids: set[bytes] = set()
@@ -82,6 +96,7 @@ class Link:
         self._transport.remove_route(cid)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.heard = True
         self.session.receive_datagram(data, addr, self._loop.time())
         self._handle_events()
         # Not at once: a task woken by this datagram (a reader about to reply, a sender given
@@ -155,13 +170,17 @@ class Link:
 
     # ---- events ----------------------------------------------------------------------------
 
+    @property
+    def peer_id(self) -> str | None:
+        """The peer's identity as TLS proved it on this link (None before the handshake)."""
+        return self.session.peer_id
+
     def _handle_events(self) -> None:
         session = self.session
-        owner = self.owner
         while (event := session.next_event()) is not None:
             kind = type(event)
             if kind is s.FrameReceived:
-                owner._frame_received(self, event)  # type: ignore[arg-type]
+                self.owner.frame_received(self, event)  # type: ignore[arg-type]
             elif kind is s.CreditGranted:
                 self._wake_credit_waiters()
             elif kind is s.LargeSendDone:
@@ -177,9 +196,9 @@ class Link:
                 self._schedule_keep_alive()
                 if not self.established.done():
                     self.established.set_result(None)
-                owner._link_established(self)
+                self.owner.link_established(self)
             elif kind is s.ControlReceived:
-                owner._control_received(self, event.message)  # type: ignore[union-attr]
+                self.owner.control_received(self, event.message)  # type: ignore[union-attr]
             elif kind is s.StreamRefused:
                 log.info("refused stream %d from %s: %s", event.stream_id, self.remote_addr, event.error)  # type: ignore[union-attr]
             elif kind is s.Closing:
@@ -201,7 +220,7 @@ class Link:
         if not self.established.done():
             self.established.set_exception(self.closed_error())
             self.established.exception()  # retrieved: a failed handshake may have no waiter
-        self.owner._link_closed(self, event)
+        self.owner.link_closed(self, event)
 
     def _forget(self) -> None:
         """The QUIC connection is over: release its routes and timers."""
@@ -342,3 +361,27 @@ class Refusal:
         )
         for datagram, to in self._quic.datagrams_to_send(now=now):
             self._transport.sendto(datagram, to)
+
+
+class RelayPath:
+    """A relayed link's way out: its datagrams travel as ``RelayData`` on the relay link.
+
+    ``link`` is the end-to-end link inside the circuit, once made; ``peer_id`` the only
+    certificate it may prove (``wire.ANY_PEER`` when we dialled without naming one)."""
+
+    def __init__(self, relay: Link, circuit: int, peer_id: str) -> None:
+        self.relay = relay
+        self.circuit = circuit
+        self.peer_id = peer_id
+        self.link: Link | None = None
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        if not self.relay.closed:
+            self.relay.session.send_control(wire.RelayData(self.circuit, data))
+            self.relay.transmit_soon()
+
+    def add_route(self, cid: bytes, receiver: Any) -> None:
+        """Nothing to route: the circuit number already says which connection it is."""
+
+    def remove_route(self, cid: bytes) -> None:
+        """Nothing to route: see add_route."""

@@ -1,12 +1,15 @@
 """``Connection``: the application's handle on one peer, and the ``Message`` records it receives.
 
-A handle outlives the QUIC connections under it. When two peers dial each other at the same
-moment there are two; both sides keep the same one (the connection opened by the side with the
-lower endpoint id) and stop using the other, without closing it: whatever was already in flight
-on it still arrives, and it ends by idle timeout (no keep-alives once retired). Closing it
-actively could cut off data the peer had not finished sending on it. Requests are matched to
-responses here, by an id unique per handle, so a response may come back on any of the peer's
-connections.
+A peer is its certificate: a ``Connection`` stands for one peer id (the SHA-256 fingerprint TLS
+proved), and every QUIC connection (a *link*) whose handshake proved that same certificate
+belongs to it, whatever address it came from: direct, punched or relayed. Addresses are what the
+links observed, never the key of trust.
+
+When two peers dial each other at the same moment there are two links; both sides keep the same
+one (the link dialled by the side with the lower peer id) and stop using the other, without
+closing it: whatever was already in flight on it still arrives, and it ends by idle timeout (no
+keep-alives once retired). Requests are matched to responses here, by an id unique per handle,
+so a response may come back on any of the peer's links.
 """
 
 from __future__ import annotations
@@ -15,32 +18,36 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from qp2p import errors, tls
+from qp2p import errors
 from qp2p import session as s
+from qp2p._link import Link, LinkPath
 from qp2p._speedups import framing
+from qp2p.transport import Address
+from qp2p.wire import ControlMessage
 
-if TYPE_CHECKING:
-    from qp2p._link import Link
-    from qp2p.endpoint import Endpoint
-    from qp2p.transport import Address
-    from qp2p.wire import ControlMessage
-
-__all__ = ("Connection", "Message")
+__all__ = ("BytesLike", "Connection", "ConnectionEvents", "Message", "message_taken")
 
 log = logging.getLogger(__name__)
 
 BytesLike = bytes | bytearray | memoryview
-# A relayed connection that a direct one replaced stays this long for what is in flight on it.
+# A relayed link that a direct one replaced stays this long for what is in flight on it.
 RELAY_LINGER = 2.0
 T = TypeVar("T")
-# QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
-CRYPTO_ERROR = 0x100
 _FLAG_USER = framing.FLAG_USER
 # A sender that never waits for credit still yields to the event loop once this many bytes
 # are queued, so packets leave while it goes on and other tasks get their turn.
 YIELD_AFTER = 64 * 1024
+
+
+class ConnectionEvents(Protocol):
+    """What a connection reports upwards, to the endpoint that made it."""
+
+    def message_received(self, message: Message) -> None: ...
+    def control_received(self, connection: Connection, link: Link, message: ControlMessage) -> None: ...
+    def link_closed(self, link: Link) -> None: ...
+    def connection_closed(self, connection: Connection) -> None: ...
 
 
 def _preference(link: Link) -> int:
@@ -55,16 +62,19 @@ def _size(data: BytesLike) -> int:
 class Message:
     """One user message or request from a peer.
 
+    ``peer_id`` is the sender's identity, proven by TLS on the link the message came on;
+    ``src`` is the address that link's packets come from (for a relayed link, the relay's).
     ``data`` is ``bytes``, or a ``bytearray`` for a message that came on a stream of its own
     (larger than the lane threshold), which saves a copy of up to ``max_message_size`` bytes.
     ``lane`` is the peer's lane it came on (numbered in the order the peer opened them; order
     is kept within a lane) or -1 for such a large message.
     """
 
-    __slots__ = ("_connection", "_event", "_link", "_replied", "data", "lane", "src")
+    __slots__ = ("_connection", "_event", "_link", "_replied", "data", "lane", "peer_id", "src")
 
     def __init__(self, connection: Connection, link: Link, event: s.FrameReceived) -> None:
-        self.src: Address = connection.remote_addr
+        self.src: Address = link.remote_addr
+        self.peer_id: str = connection.peer_id
         self.data = event.data
         self.lane = event.lane
         self._connection = connection
@@ -74,7 +84,7 @@ class Message:
 
     def __repr__(self) -> str:
         kind = "request" if self.is_request else "message"
-        return f"<{kind} of {len(self.data)} bytes from {self.src[0]}:{self.src[1]}>"
+        return f"<{kind} of {len(self.data)} bytes from {self.peer_id[:16]} at {self.src[0]}:{self.src[1]}>"
 
     @property
     def is_request(self) -> bool:
@@ -103,53 +113,77 @@ class Message:
         await self._connection._send_frame(framing.FLAG_RESPONSE, prefix, data, None)
 
 
+def message_taken(message: Message) -> None:
+    """The application took ``message`` from the mailbox: its units go back to the sender."""
+    message._consumed()
+
+
 class Connection:
-    """A peer we can send to and receive from; one per peer address in an endpoint's pool.
+    """A peer we can send to and receive from: one per peer id in an endpoint's pool.
 
     ``send`` and ``request`` wait for credit, so a peer that does not keep up slows its
     senders down. Everything raises ``ClosedError`` once we closed the connection and
     ``ConnectionLost`` (a ``ConnectionError``) once the peer or the network ended it.
     """
 
-    def __init__(self, endpoint: Endpoint, remote_addr: Address) -> None:
-        self._endpoint = endpoint
+    def __init__(self, peer_id: str, local_id: str, events: ConnectionEvents, close_timeout: float) -> None:
+        self.peer_id = peer_id
+        self._local_id = local_id
+        self._events = events
+        self._close_timeout = close_timeout
         self._loop = asyncio.get_running_loop()
-        self.remote_addr = remote_addr
         self._links: list[Link] = []
         self._current: Link | None = None
-        self._announced = False
+        self._last_addr: Address = ("", 0)
+        self._last_path: LinkPath = "direct"
         self._requests: dict[int, asyncio.Future[bytes | bytearray]] = {}
         self._control_waiters: dict[type, list[asyncio.Future[ControlMessage]]] = {}
         self._change: asyncio.Future[None] = self._loop.create_future()
-        self._punching = False  # a hole punch towards this peer is under way
-        self._dialled_at = self._loop.time()
         self._request_ids = itertools.count(1)
-        self._ready: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._close_error: Exception | None = None
 
     def __repr__(self) -> str:
-        state = "closed" if self.is_closed else "open" if self._current is not None else "connecting"
-        return f"<Connection {self.remote_addr[0]}:{self.remote_addr[1]} {state}>"
+        state = "closed" if self.is_closed else "open"
+        host, port = self.remote_addr
+        return f"<Connection {self.peer_id[:16]} at {host}:{port} {self.path} {state}>"
 
     # ---- public ----------------------------------------------------------------------------
 
     @property
-    def path(self) -> Literal["direct", "punched", "relayed"]:
-        """How packets reach the peer: ``"direct"``, through a ``"punched"`` hole in NATs, or
-        ``"relayed"`` by a node (still end-to-end encrypted); it may change while connected."""
+    def fingerprint(self) -> str:
+        """The same as ``peer_id``: SHA-256 fingerprint (hex) of the peer's certificate."""
+        return self.peer_id
+
+    @property
+    def remote_addr(self) -> Address:
+        """Where the current link's packets come from (for a relayed link, the relay's address);
+        the last such address once closed."""
         link = self._current
-        return "direct" if link is None else link.path
+        if link is not None:
+            self._last_addr = link.remote_addr
+        return self._last_addr
+
+    @property
+    def path(self) -> LinkPath:
+        """How packets reach the peer now: ``"direct"``, through a ``"punched"`` hole in NATs,
+        or ``"relayed"`` by a node (still end-to-end encrypted); it may change while connected."""
+        link = self._current
+        return self._last_path if link is None else link.path
 
     @property
     def is_closed(self) -> bool:
         return self._closed.done()
 
     @property
-    def fingerprint(self) -> str | None:
-        """SHA-256 fingerprint (hex) of the certificate the peer presented, once connected."""
-        link = self._current
-        return None if link is None else link.session.peer_fingerprint
+    def links(self) -> tuple[Link, ...]:
+        """The QUIC connections under this handle, the current one among them."""
+        return tuple(self._links)
+
+    @property
+    def current_link(self) -> Link | None:
+        """The link sends go out on; None once closed."""
+        return self._current
 
     async def send(self, data: BytesLike, *, lane: int | None = None) -> None:
         """Send one message; returns once QUIC has it, not when the peer read it.
@@ -175,15 +209,11 @@ class Connection:
         waiter: asyncio.Future[bytes | bytearray] = self._loop.create_future()
         self._requests[request_id] = waiter
         try:
-            if timeout is None:
-                await self._send_frame(framing.FLAG_REQUEST, request_id.to_bytes(4, "big"), data, None)
-                return await waiter
             async with asyncio.timeout(timeout):
                 await self._send_frame(framing.FLAG_REQUEST, request_id.to_bytes(4, "big"), data, None)
                 return await waiter
         except TimeoutError:
-            host, port = self.remote_addr
-            raise errors.RequestTimeout(f"no response from {host}:{port} within {timeout} s") from None
+            raise errors.RequestTimeout(f"no response from {self} within {timeout} s") from None
         finally:
             self._requests.pop(request_id, None)
 
@@ -191,19 +221,7 @@ class Connection:
         """Close gracefully; idempotent. Waits, at most ``close_timeout`` seconds, until the peer
         has acknowledged everything already sent; operations still waiting (a send held back
         by credit, a large send, a request) fail with ``ClosedError``."""
-        await self._shutdown(errors.ClosedError("the connection was closed"))
-
-    async def _shutdown(self, error: Exception) -> None:
-        self._finish(error)
-        links = list(self._links)
-        try:
-            async with asyncio.timeout(self._endpoint.config.close_timeout):
-                await asyncio.gather(*(link.drain() for link in links))
-        except TimeoutError:
-            log.info("closing %s before all sent data was acknowledged", self)
-        finally:
-            for link in links:
-                link.abort()
+        await self.shutdown(errors.ClosedError("the connection was closed"))
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
@@ -214,26 +232,141 @@ class Connection:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # ---- sending ---------------------------------------------------------------------------
+    # ---- for the endpoint ------------------------------------------------------------------
 
-    async def wait_ready(self) -> None:
-        """Until a QUIC connection to the peer is established (or all failed)."""
-        await asyncio.shield(self._ready)
+    async def shutdown(self, error: Exception) -> None:
+        """Close gracefully, failing what still waits with ``error``."""
+        self._finish(error)
+        links = list(self._links)
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await asyncio.gather(*(link.drain() for link in links))
+        except TimeoutError:
+            log.info("closing %s before all sent data was acknowledged", self)
+        finally:
+            for link in links:
+                link.abort()
+
+    def abort(self, error: Exception) -> None:
+        """Close at once, without waiting for anything in flight."""
+        self._finish(error)
+        for link in list(self._links):
+            link.abort()
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Until ``condition()`` holds after some change of links (True), or ``timeout`` passes."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    if self.is_closed:
+                        return False
+                    await asyncio.shield(self._change)
+        except TimeoutError:
+            return False
+        return True
+
+    async def control_request(
+        self, request: ControlMessage, answer: type[T], timeout: float, refusal: type | None = None
+    ) -> T:
+        """Send a control request and wait for the first control message of type ``answer``
+        (these requests carry no ids: one of each kind at a time per connection). A message of
+        type ``refusal`` instead raises ``ConnectionError``."""
+        link = self._usable_link()
+        waiter: asyncio.Future[ControlMessage] = self._loop.create_future()
+        kinds = (answer,) if refusal is None else (answer, refusal)
+        for kind in kinds:
+            self._control_waiters.setdefault(kind, []).append(waiter)
+        link.session.send_control(request)
+        link.transmit_soon()
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await waiter
+        except TimeoutError:
+            raise errors.RequestTimeout(f"no {answer.__name__} from {self} in {timeout} s") from None
+        finally:
+            for kind in kinds:
+                waiters = self._control_waiters.get(kind, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+        if not isinstance(reply, answer):
+            raise errors.ConnectionError(f"{self} refused: {reply!r}")
+        return reply
+
+    def send_control(self, message: ControlMessage) -> bool:
+        """Queue a control message on the current link; False if there is none open."""
+        link = self._current
+        if link is None or link.closed:
+            return False
+        link.session.send_control(message)
+        link.transmit_soon()
+        return True
+
+    # ---- events from links (``LinkOwner``) -------------------------------------------------
+
+    def link_established(self, link: Link) -> None:
+        """A link whose handshake proved this peer's certificate joins the handle."""
+        if self._close_error is not None:
+            link.abort()
+            return
+        self._links.append(link)
+        current = self._current
+        if current is None or current.closed:
+            self._current = link
+        elif _preference(link) < _preference(current) or (
+            _preference(link) == _preference(current) and self._dialler(link) < self._dialler(current)
+        ):
+            self._retire(current)
+            self._current = link
+        else:
+            self._retire(link)
+        self._changed()
+
+    def frame_received(self, link: Link, event: s.FrameReceived) -> None:
+        if event.flag == framing.FLAG_RESPONSE:
+            waiter = self._requests.get(event.request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(event.data)
+            link.session.consumed(event)  # delivered (or nobody waits any more): credit goes back
+            link.transmit_soon()
+            return
+        self._events.message_received(Message(self, link, event))
+
+    def control_received(self, link: Link, message: ControlMessage) -> None:
+        waiters = self._control_waiters.get(type(message))
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(message)
+                return
+        self._events.control_received(self, link, message)
+
+    def link_closed(self, link: Link, event: s.Closing) -> None:
+        if link in self._links:
+            self._links.remove(link)
+        self._events.link_closed(link)
+        if link is self._current:
+            self._last_path = link.path
+            self._last_addr = link.remote_addr
+            alive = [other for other in self._links if not other.closed]
+            self._current = alive[0] if alive else None
+        self._changed()
+        if self._current is None:
+            self._finish(link.closed_error())
+
+    # ---- inside ----------------------------------------------------------------------------
 
     def _usable_link(self) -> Link:
         if self._close_error is not None:
             raise self._close_error
         link = self._current
         if link is None or link.closed:
-            raise errors.SendError("the connection is not established yet")
+            raise errors.SendError("the connection has no open link")
         return link
 
     async def _send_frame(self, flag: int, prefix: bytes, data: BytesLike, lane: int | None) -> None:
         size = len(prefix) + _size(data)
         if size == 0 and flag == _FLAG_USER:
             raise errors.SendError("a message cannot be empty")
-        if not self._ready.done():
-            await self.wait_ready()
         link = self._usable_link()
         peer = link.session.peer
         assert peer is not None
@@ -250,45 +383,9 @@ class Connection:
             link = self._usable_link()
         link.transmit_first()
 
-    # ---- events from links -----------------------------------------------------------------
-
-    def _add_link(self, link: Link) -> None:
-        self._links.append(link)
-
-    def _link_established(self, link: Link) -> None:
-        adopter = self._endpoint._adopter(self, link)
-        if adopter is not None:  # a punched or relayed connection from an address we did not dial
-            self._links.remove(link)
-            link.owner = adopter
-            adopter._add_link(link)
-            adopter._link_established(link)
-            if not self._links:
-                self._endpoint._forget_handle(self)
-            return
-        if self._punching and link.path == "direct":
-            link.path = "punched"
-        current = self._current
-        if current is None or current.closed:
-            self._current = link
-        elif _preference(link) < _preference(current) or (
-            _preference(link) == _preference(current) and self._client_id(link) < self._client_id(current)
-        ):
-            self._retire(current)
-            self._current = link
-        else:
-            self._retire(link)
-        self._changed()
-        if not self._ready.done():
-            self._ready.set_result(None)
-        if not self._announced:
-            self._announced = True
-            self._endpoint._connection_ready(self, link, self._loop.time() - self._dialled_at)
-
-    def _client_id(self, link: Link) -> int:
-        """The endpoint id of whoever dialled ``link``: both peers agree on it."""
-        peer = link.session.peer
-        assert peer is not None
-        return self._endpoint.endpoint_id if link.session.is_client else peer.endpoint_id
+    def _dialler(self, link: Link) -> str:
+        """The peer id of whoever dialled ``link``: both peers agree on it."""
+        return self._local_id if link.session.is_client else self.peer_id
 
     def _retire(self, link: Link) -> None:
         link.retired = True
@@ -296,57 +393,20 @@ class Connection:
             link.close_later(RELAY_LINGER)
 
     def _changed(self) -> None:
-        """Wake whoever waits for the connection's links to change (``_wait_for``)."""
+        """Wake whoever waits for the connection's links to change (``wait_for``)."""
         waiter, self._change = self._change, self._loop.create_future()
         waiter.set_result(None)
-
-    async def _wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        """Until ``condition()`` holds after some change of links (True), or ``timeout`` passes."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not condition():
-                    if self.is_closed:
-                        return False
-                    await asyncio.shield(self._change)
-        except TimeoutError:
-            return False
-        return True
-
-    def _link_closed(self, link: Link, event: s.Closing) -> None:
-        self._links.remove(link)
-        self._endpoint._link_closed(link)
-        if not link.session.established:
-            self._endpoint._handshake_failed(self, event)
-        if link is self._current:
-            alive = [other for other in self._links if other.established.done() and not other.closed]
-            self._current = alive[0] if alive else None
-        self._changed()
-        if self._current is None and all(other.closed for other in self._links):
-            error = link.closed_error()
-            if not self._ready.done():
-                error = self._dial_error(event)
-            self._finish(error)
-
-    def _dial_error(self, event: s.Closing) -> Exception:
-        """Why no connection could be made: a refused certificate (either side's refusal) or
-        anything else."""
-        host, port = self.remote_addr
-        reason = event.reason or f"error code {event.error_code:#x}"
-        alert = event.error_code - CRYPTO_ERROR
-        if 0 <= alert < 0x100 and alert in tls.CERTIFICATE_ALERTS:
-            return errors.CertificateError(f"{host}:{port}: certificate refused: {reason}")
-        return errors.ConnectionError(f"could not connect to {host}:{port}: {reason}")
 
     def _finish(self, error: Exception) -> None:
         """The handle is over: fail its waiters, leave the pool, report the disconnection once."""
         if self._closed.done():
             return
         self._close_error = error
+        if self._current is not None:
+            self._last_path = self._current.path
+            self._last_addr = self._current.remote_addr
         for link in self._links:
             link.interrupt(error)
-        if not self._ready.done():
-            self._ready.set_exception(error)
-            self._ready.exception()  # retrieved: nobody may be waiting
         waiters: list[asyncio.Future[Any]] = [*self._requests.values()]
         for pending in self._control_waiters.values():
             waiters += pending
@@ -354,59 +414,5 @@ class Connection:
             if not waiter.done():
                 waiter.set_exception(error)
         self._closed.set_result(None)
-        self._endpoint._connection_closed(self, announced=self._announced)
-
-    def _frame_received(self, link: Link, event: s.FrameReceived) -> None:
-        if event.flag == framing.FLAG_RESPONSE:
-            waiter = self._requests.get(event.request_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event.data)
-            link.session.consumed(event)  # delivered (or nobody waits any more): credit goes back
-            link.transmit_soon()
-            return
-        self._endpoint._message_received(Message(self, link, event))
-
-    async def _control_request(
-        self, request: ControlMessage, answer: type[T], timeout: float, refusal: type | None = None
-    ) -> T:
-        """Send a control request and wait for the first control message of type ``answer``
-        (these requests carry no ids: one of each kind at a time per connection). A message of
-        type ``refusal`` instead raises ``ConnectionError``."""
-        if not self._ready.done():
-            await self.wait_ready()
-        link = self._usable_link()
-        waiter: asyncio.Future[ControlMessage] = self._loop.create_future()
-        kinds = (answer,) if refusal is None else (answer, refusal)
-        for kind in kinds:
-            self._control_waiters.setdefault(kind, []).append(waiter)
-        link.session.send_control(request)
-        link.transmit_soon()
-        host, port = self.remote_addr
-        try:
-            async with asyncio.timeout(timeout):
-                reply = await waiter
-        except TimeoutError:
-            raise errors.RequestTimeout(f"no {answer.__name__} from {host}:{port} in {timeout} s") from None
-        finally:
-            for kind in kinds:
-                waiters = self._control_waiters.get(kind, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-        if not isinstance(reply, answer):
-            raise errors.ConnectionError(f"{host}:{port} refused: {reply!r}")
-        return reply
-
-    def _control_received(self, link: Link, message: ControlMessage) -> None:
-        waiters = self._control_waiters.get(type(message))
-        while waiters:
-            waiter = waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(message)
-                return
-        self._endpoint._control_received(self, link, message)
-
-    def _abort(self, error: Exception) -> None:
-        """Close at once, without waiting for anything in flight."""
-        self._finish(error)
-        for link in list(self._links):
-            link.abort()
+        self._changed()
+        self._events.connection_closed(self)

@@ -1,8 +1,14 @@
 """``Endpoint``: one UDP socket that both accepts and opens QUIC connections, and the pool of peers.
 
 The port peers see is the port others can reach, which is what NAT traversal and reachability
-checks need. The endpoint owns the socket, one ``Connection`` per peer address, and the
-queues behind ``incoming_connections()``, ``incoming_messages()`` and ``disconnections()``.
+checks need. The endpoint owns the socket, every QUIC connection (a *link*), one ``Connection``
+per peer id (the fingerprint of the certificate TLS proved), and the queues behind
+``incoming_connections()``, ``incoming_messages()`` and ``disconnections()``.
+
+Events flow up: a link reports to the endpoint until its handshake and the peer's Hello are
+done, then to the ``Connection`` of the peer it proved; connections report to the endpoint.
+The NAT traversal and membership rules are sans-IO deciders (``Traversal``, ``Membership``):
+the endpoint feeds them what each link proved and observed, and carries out their actions.
 """
 
 from __future__ import annotations
@@ -11,39 +17,45 @@ import asyncio
 import ipaddress
 import logging
 import os
-import secrets
 import socket
 import ssl
+import time
 import warnings
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
+import platformdirs
 from aioquic.quic.configuration import QuicConfiguration
 
 from qp2p import errors, tls, wire
-from qp2p._aioquic_hooks import CheckedQuicConnection, limit_streams
-from qp2p._joining import Membership
-from qp2p._link import Link, Refusal
+from qp2p._aioquic_hooks import CheckedQuicConnection, limit_streams, smoothed_rtt
+from qp2p._decisions import Peer, Send
+from qp2p._joining import Joining
+from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
+from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
+from qp2p.bootstrap_cache import BootstrapCache
 from qp2p.config import Config, Role
-from qp2p.connection import BytesLike, Connection, Message
+from qp2p.connection import BytesLike, Connection, Message, message_taken
+from qp2p.membership import Membership, Probe
+from qp2p.nat import traversal as t
 from qp2p.nat.igd import PortMapping
-from qp2p.nat.traversal import RelayPath, Traversal
-from qp2p.session import ALPN, Closing, Session
+from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of
 from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
 
 if TYPE_CHECKING:
-    from qp2p._speedups import packet
+    from qp2p._aioquic_hooks import PeerCheck
 
 __all__ = ("Endpoint", "EndpointStats")
 
 log = logging.getLogger(__name__)
 
-LinkPath = Literal["direct", "punched", "relayed"]
 # Connection and disconnection events nobody reads are kept up to this many, oldest dropped.
 EVENT_BACKLOG = 1024
+# QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
+CRYPTO_ERROR = 0x100
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +66,63 @@ class EndpointStats:
     routes: int
     datagrams: TransportStats
     queued_messages: int
-    failed_handshakes: int  # connections that ended before being established (refused certificates, ...)
+    failed_handshakes: int  # links that ended before being established (refused certificates, ...)
     refused_connections: int  # dials refused because ``max_connections`` was reached
+    links: int = 0  # QUIC connections alive, established or not
+    punches: int = 0  # hole punches under way
+    relay_circuits: int = 0  # circuits we relay for others
+    refusals: dict[str, int] = field(default_factory=dict)  # control requests declined, by reason
+
+
+@dataclass(eq=False, slots=True)
+class _Dial:
+    """Links we opened towards one address, and who waits for the connection they bring."""
+
+    addr: Address
+    peer_id: str | None
+    result: asyncio.Future[Connection]
+    started: float
+    links: set[Link] = field(default_factory=set)
+    waiters: int = 0
+
+
+class _Router:
+    """The endpoint's side of links not yet established (``LinkOwner``). The session holds a
+    peer's frames until its Hello, so only the two ends of a handshake reach here."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+
+    def link_established(self, link: Link) -> None:
+        self._endpoint._link_established(link)
+
+    def frame_received(self, link: Link, event: FrameReceived) -> None:
+        raise AssertionError("the session delivers no frame before the link is established")
+
+    def control_received(self, link: Link, message: wire.ControlMessage) -> None:
+        raise AssertionError("the session delivers no control message before the link is established")
+
+    def link_closed(self, link: Link, event: Closing) -> None:
+        self._endpoint._handshake_ended(link, event)
+
+
+class _ConnectionEvents:
+    """What connections report, routed to the endpoint (``ConnectionEvents``)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+
+    def message_received(self, message: Message) -> None:
+        self._endpoint._messages.put(message)
+
+    def control_received(self, connection: Connection, link: Link, message: wire.ControlMessage) -> None:
+        self._endpoint._control(connection, link, message)
+
+    def link_closed(self, link: Link) -> None:
+        self._endpoint._connection_link_closed(link)
+
+    def connection_closed(self, connection: Connection) -> None:
+        self._endpoint._connection_closed(connection)
 
 
 class Endpoint:
@@ -70,28 +137,42 @@ class Endpoint:
         self._state = "new"  # first: __del__ reads it even if the rest fails
         self.config = config if config is not None else Config()
         self._identity = _identity or tls.identity_for(self.config.trust)
-        self.endpoint_id = secrets.randbits(64)
+        self.peer_id = self._identity.fingerprint
         self._hello = wire.Hello(
-            self.endpoint_id,
+            endpoint_id_of(self.peer_id),
             self.config.max_message_size,
             self.config.lane_threshold,
             self.config.receive_window,
             self.config.large_message_slots,
             self.config.role is Role.NODE,
         )
-        self._membership = Membership(self)
-        self._traversal = Traversal(self)
+        self._membership = Membership(self.config)
+        folder = self.config.bootstrap_cache_dir or platformdirs.user_cache_dir("qp2p")
+        self._joining = Joining(self, self._membership, folder, self._become_client)
+        self._traversal = t.Traversal(
+            t.TraversalLimits(
+                relay_circuits=self.config.relay_max_circuits, relay_bytes=self.config.relay_max_bytes
+            )
+        )
+        self.punch_attempts = 0  # punch attempts the last connect_to(via=) made
         self._mapping: PortMapping | None = None
         self._mapping_task: asyncio.Task[Address | None] | None = None
-        self._expected: dict[int, Connection] = {}  # endpoint id -> the connection it belongs to
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
         self._peer_check = tls.peer_check(self.config.trust)
+        self._router = _Router(self)
+        self._events = _ConnectionEvents(self)
         self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
+        self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
+        self._link_dials: dict[Link, _Dial] = {}
+        self._dials: dict[Address, _Dial] = {}  # dials by address, shared by concurrent callers
+        self._arrivals: dict[str, list[asyncio.Future[None]]] = {}  # who waits for a direct link to a peer
+        self._relay_paths: dict[tuple[Link, int], RelayPath] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._failed_handshakes = 0
         self._refused_connections = 0
         self._transport: Transport | None = None
-        self._pool: dict[Address, Connection] = {}
+        self._peers: dict[str, Connection] = {}
         self._messages: Mailbox[Message] = Mailbox()
         self._connections: Mailbox[Connection] = Mailbox(EVENT_BACKLOG)
         self._disconnections: Mailbox[Address] = Mailbox(EVENT_BACKLOG)
@@ -169,22 +250,26 @@ class Endpoint:
         if self._state == "closed":
             return
         self._state = "closed"
-        connections = list(self._pool.values())
-        self._pool.clear()
+        connections = list(self._peers.values())
+        self._peers.clear()
         error = errors.ClosedError("the endpoint was closed")
         try:
-            await self._membership.close()
-            await self._traversal.close()
+            await self._joining.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._mapping_task is not None:
                 self._mapping_task.cancel()
                 await asyncio.gather(self._mapping_task, return_exceptions=True)
             if self._mapping is not None:
                 await self._mapping.close()
-            await asyncio.gather(*(connection._shutdown(error) for connection in connections))
+            await asyncio.gather(*(connection.shutdown(error) for connection in connections))
         finally:
             for connection in connections:
-                connection._abort(error)
-            for link in list(self._links):  # still in their closing or draining period
+                connection.abort(error)
+            for dial in list(self._dials.values()):
+                self._fail_dial(dial, error)
+            for link in list(self._links):  # pending, or in their closing or draining period
                 link.abort()
             self._messages.close()
             self._connections.close()
@@ -231,6 +316,16 @@ class Endpoint:
         """NODE or CLIENT; a node that could not be reached may have fallen back to CLIENT."""
         return self._membership.role
 
+    @property
+    def bootstrap_cache(self) -> BootstrapCache:
+        """The nodes this endpoint found reachable (read and written once ``bootstrap()`` ran)."""
+        return self._membership.cache
+
+    @property
+    def fingerprint(self) -> str:
+        """The same as ``peer_id``: SHA-256 fingerprint (hex) of our certificate."""
+        return self.peer_id
+
     async def bootstrap(self) -> Connection:
         """Join the network: the first of the hard-coded contacts and cached nodes to answer.
 
@@ -243,7 +338,11 @@ class Endpoint:
         self._check_open()
         if self._mapping_task is not None:
             await self._mapping_task  # our public address may come from the gateway
-        return await self._membership.bootstrap()
+        return await self._joining.bootstrap()
+
+    def _become_client(self) -> None:
+        self._membership.become_client()
+        self._hello = replace(self._hello, node=False)
 
     async def wait_port_mapped(self) -> Address | None:
         """With ``forward_port``: until the gateway mapped our port (its public address) or
@@ -258,7 +357,7 @@ class Endpoint:
 
     async def _probe(self, addr: Address, timeout: float) -> str | None:
         """Dial ``addr`` from a throwaway endpoint with our identity, for at most ``timeout``
-        seconds; the peer's fingerprint, or None if no connection could be made."""
+        seconds; the peer's id, or None if no connection could be made."""
         config = self.config.replace(
             local_port=0,
             role=Role.CLIENT,
@@ -272,22 +371,21 @@ class Endpoint:
             except errors.Error as exc:
                 log.info("%s:%d is not reachable: %s", addr[0], addr[1], exc)
                 return None
-            return connection.fingerprint
-
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 fingerprint (hex) of our certificate."""
-        return self._identity.fingerprint
+            return connection.peer_id
 
     def stats(self) -> EndpointStats:
         transport = self._check_open()
         return EndpointStats(
-            connections=len(self._pool),
+            connections=len(self._peers),
             routes=transport.routes,
             datagrams=transport.stats,
             queued_messages=len(self._messages),
             failed_handshakes=self._failed_handshakes,
             refused_connections=self._refused_connections,
+            links=sum(not link.closed for link in self._links),
+            punches=self._traversal.punches,
+            relay_circuits=self._traversal.circuits,
+            refusals={**self._traversal.refusals, **self._membership.refusals},
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -306,77 +404,73 @@ class Endpoint:
             raise errors.ConnectionError(f"cannot resolve {host}: {exc}") from exc
         return normalize(infos[0][4])
 
-    # ---- connections -----------------------------------------------------------------------
+    # ---- links -----------------------------------------------------------------------------
 
     def _new_link(
-        self, connection: Connection, transport: PacketPath, path: LinkPath = "direct", **quic_args: Any
+        self,
+        path_out: PacketPath,
+        remote_addr: Address,
+        path: LinkPath,
+        peer_check: PeerCheck | None = None,
+        **quic_args: Any,
     ) -> Link:
-        quic = CheckedQuicConnection(peer_check=self._peer_check, **quic_args)
+        """A link owned by the endpoint until it is established; one a peer opened is aborted
+        if that takes longer than ``connect_timeout``."""
+        quic = CheckedQuicConnection(peer_check=peer_check or self._peer_check, **quic_args)
         # Peers open unidirectional streams only: lanes and large messages, within a bound.
         limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
         session = Session(quic, self._hello, self.config.lanes)
         link = Link(
             session,
-            transport,
-            connection.remote_addr,
-            connection,
+            path_out,
+            remote_addr,
+            self._router,
             self.config.keep_alive_interval,
-            self._link_forgotten,
+            self._forgotten,
             path,
         )
-        connection._add_link(link)
         self._links.add(link)
+        # A handshake a peer started ends by this timer; a dial is given up by whoever waits
+        # for it, and the timer is only its backstop.
+        timeout = self.config.connect_timeout * (2 if session.is_client else 1)
+        self._pending[link] = asyncio.get_running_loop().call_later(timeout, self._handshake_too_slow, link)
         return link
 
-    def _link_forgotten(self, link: Link) -> None:
-        self._links.discard(link)
-        if isinstance(link.packet_path, RelayPath):
-            self._traversal.relayed_link_gone(link.packet_path)
-
-    def _link_closed(self, link: Link) -> None:
-        self._traversal.link_closed(link)
-
-    def _relayed_link(
-        self, connection: Connection, path: RelayPath, client: bool, original_dcid: bytes | None = None
-    ) -> Link:
-        """The end-to-end QUIC connection inside a relay circuit, with its full handshake."""
-        if client:
-            link = self._new_link(connection, path, "relayed", configuration=self._client_config)
-            link.session.connect(path.peer, asyncio.get_running_loop().time())
-            link.transmit()
-        else:
-            link = self._new_link(
-                connection,
-                path,
-                "relayed",
-                configuration=self._server_config,
-                original_destination_connection_id=original_dcid,
-            )
-        return link
-
-    def _expect(self, endpoint_id: int, connection: Connection) -> None:
-        """A connection from the endpoint ``endpoint_id``, from whatever address, belongs to
-        ``connection``: set up before a punch or a relayed connection."""
-        self._expected[endpoint_id] = connection
-
-    def _adopter(self, connection: Connection, link: Link) -> Connection | None:
-        """The connection an established ``link`` belongs to, if not the one it was made for."""
-        peer = link.session.peer
-        expected = self._expected.get(peer.endpoint_id) if peer is not None else None
-        if expected is None or expected is connection or expected.is_closed:
+    def _checker(self, peer_id: str | None) -> PeerCheck | None:
+        if peer_id is None or peer_id == wire.ANY_PEER:
             return None
-        return expected
+        return tls.expecting(self._peer_check, peer_id)
 
-    def _forget_handle(self, connection: Connection) -> None:
-        """A connection left empty after its only link was adopted elsewhere: no events."""
-        if self._pool.get(connection.remote_addr) is connection:
-            del self._pool[connection.remote_addr]
+    def _client_link(
+        self,
+        path_out: PacketPath,
+        addr: Address,
+        path: LinkPath,
+        peer_id: str | None,
+        remote: Address | None = None,
+    ) -> Link:
+        link = self._new_link(
+            path_out, remote or addr, path, self._checker(peer_id), configuration=self._client_config
+        )
+        link.target = addr
+        link.session.connect(remote or addr, asyncio.get_running_loop().time())
+        link.transmit()
+        return link
 
-    def _pooled(self, addr: Address) -> Connection:
-        connection = self._pool.get(addr)
-        if connection is None or connection.is_closed:
-            connection = self._pool[addr] = Connection(self, addr)
-        return connection
+    def _handshake_too_slow(self, link: Link) -> None:
+        if self._pending.pop(link, None) is not None:
+            log.info("no handshake with %s:%d within connect_timeout: closing", *link.remote_addr)
+            link.close()
+            link.abort()
+
+    def _forgotten(self, link: Link) -> None:
+        self._links.discard(link)
+        timer = self._pending.pop(link, None)
+        if timer is not None:
+            timer.cancel()
+        path = link.packet_path
+        if isinstance(path, RelayPath) and self._relay_paths.get((path.relay, path.circuit)) is path:
+            self._close_relay_path(path, tell_relay=True)
 
     def _accept(
         self, header: packet.PacketHeader, addr: Address, original_dcid: bytes, retry_scid: bytes | None
@@ -385,12 +479,12 @@ class Endpoint:
         on): a server-side QUIC connection for it, or a refusal when we have too many."""
         if self._state != "open" or self._transport is None:
             return None
-        if sum(not link.closed for link in self._links) >= self.config.max_connections:
-            self._refused_connections += 1
+        if self._at_capacity():
             return Refusal(self._server_config, self._transport, original_dcid, retry_scid)
         link = self._new_link(
-            self._pooled(addr),
             self._transport,
+            addr,
+            "direct",
             configuration=self._server_config,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,
@@ -398,49 +492,181 @@ class Endpoint:
         link.add_cid(header.destination_cid)  # the client uses it until it learns ours
         return link
 
-    def _dial(
-        self,
-        connection: Connection,
-        transport: Transport,
-        addr: Address | None = None,
-        path: LinkPath = "direct",
-    ) -> None:
-        link = self._new_link(connection, transport, path, configuration=self._client_config)
-        link.session.connect(addr or connection.remote_addr, asyncio.get_running_loop().time())
-        link.transmit()
+    def _at_capacity(self) -> bool:
+        if sum(not link.closed for link in self._links) >= self.config.max_connections:
+            self._refused_connections += 1
+            return True
+        return False
 
-    async def connect_to(self, addr: tuple[str, int], via: tuple[str, int] | None = None) -> Connection:
-        """The connection to ``addr``: the pooled one (whoever opened it), else a new one.
+    def _link_established(self, link: Link) -> None:
+        """The handshake proved a certificate and the Hello arrived: the link joins the
+        connection of that peer id, made now if there is none."""
+        timer = self._pending.pop(link, None)
+        if timer is not None:
+            timer.cancel()
+        peer_id = link.peer_id
+        assert peer_id is not None  # the session establishes only with a certificate
+        now = asyncio.get_running_loop().time()
+        if link.path == "direct" and self._traversal.punching(peer_id, now):
+            link.path = "punched"
+        connection = self._peers.get(peer_id)
+        new = connection is None or connection.is_closed
+        if new:
+            connection = self._peers[peer_id] = Connection(
+                peer_id, self.peer_id, self._events, self.config.close_timeout
+            )
+        assert connection is not None
+        link.owner = connection
+        connection.link_established(link)
+        dial = self._link_dials.pop(link, None)
+        if new:
+            dialled = link.session.is_client
+            if not dialled:
+                self._connections.put(connection)
+            started = dial.started if dial is not None else now
+            if self._membership.connected(self._peer(link), dialled, now - started, time.time()):
+                self._joining.schedule_save()
+        if dial is not None and not dial.result.done():
+            dial.result.set_result(connection)
+        if link.path != "relayed":
+            for waiter in self._arrivals.pop(peer_id, []):
+                if not waiter.done():
+                    waiter.set_result(None)
 
-        Concurrent calls for one peer share one handshake. With ``via`` (a node both peers are
-        connected to; by default the node we bootstrapped through) a peer behind a NAT is
-        reached too: directly if it answers, else through a hole punched in both NATs, else
-        relayed by ``via`` (``conn.path`` says which; a relayed connection moves to a punched
-        path when a later attempt succeeds). Raises ``ConnectionError`` when no connection is
-        established, within ``config.connect_timeout`` seconds when there is no ``via``.
-        """
-        transport = self._check_open()
-        peer = await self._resolve(addr)
-        existing = self._pool.get(peer)
-        relay = via or self._membership.contact
-        if relay is not None and (existing is None or not existing._ready.done()):
-            relay = await self._resolve(relay)
-            if relay != peer:
-                return await self._traversal.connect(peer, relay)
-        connection = self._pool.get(peer)
-        if connection is None or connection.is_closed:
-            connection = self._pooled(peer)
-            self._dial(connection, transport)
-        timeout = self.config.connect_timeout
+    def _handshake_ended(self, link: Link, event: Closing) -> None:
+        """A link closed before it was established: a failed handshake."""
+        timer = self._pending.pop(link, None)
+        if timer is not None:
+            timer.cancel()
+        self._failed_handshakes += 1
+        host, port = link.remote_addr
+        log.info("no connection with %s:%d: %s (error %#x)", host, port, event.reason, event.error_code)
+        dial = self._link_dials.pop(link, None)
+        if dial is None:
+            return
+        dial.links.discard(link)
+        if not dial.result.done() and not any(not other.closed for other in dial.links):
+            self._fail_dial(dial, _dial_error(dial.addr, event))
+
+    def _connection_link_closed(self, link: Link) -> None:
+        """A connection's link ended: circuits relayed through it end too, and ours through it."""
+        sends, ours = self._traversal.link_closed(link)
+        self._carry_out(sends)
+        for number in ours:
+            path = self._relay_paths.get((link, number))
+            if path is not None:
+                self._close_relay_path(path, tell_relay=False)
+
+    def _connection_closed(self, connection: Connection) -> None:
+        if self._peers.get(connection.peer_id) is connection:
+            del self._peers[connection.peer_id]
+        if self._state == "open":
+            self._disconnections.put(connection.remote_addr)
+
+    def _peer(self, link: Link) -> Peer:
+        """What ``link`` proved and observed, for the deciders."""
+        peer_id = link.peer_id
+        assert peer_id is not None
+        hello = link.session.peer
+        return Peer(
+            link,
+            peer_id,
+            link.remote_addr,
+            smoothed_rtt(link.session.quic),
+            link.path == "relayed",
+            hello.node if hello is not None else False,
+        )
+
+    # ---- dialling --------------------------------------------------------------------------
+
+    def _dial(self, addr: Address, peer_id: str | None) -> _Dial:
+        """The dial to ``addr`` under way (for ``peer_id``), else a new one."""
+        dial = self._dials.get(addr)
+        if dial is not None and not dial.result.done() and dial.peer_id in (None, peer_id):
+            return dial
+        loop = asyncio.get_running_loop()
+        dial = _Dial(addr, peer_id, loop.create_future(), loop.time())
+        self._dials[addr] = dial
+        dial.result.add_done_callback(lambda _: self._dial_over(dial))
+        self._add_dial_link(dial, self._client_link(self._check_open(), addr, "direct", peer_id))
+        return dial
+
+    def _add_dial_link(self, dial: _Dial, link: Link) -> None:
+        dial.links.add(link)
+        self._link_dials[link] = dial
+
+    def _dial_over(self, dial: _Dial) -> None:
+        if self._dials.get(dial.addr) is dial:
+            del self._dials[dial.addr]
+        if not dial.result.cancelled():
+            dial.result.exception()  # retrieved: nobody may be waiting any more
+
+    def _fail_dial(self, dial: _Dial, error: Exception) -> None:
+        if not dial.result.done():
+            dial.result.set_exception(error)
+        for link in list(dial.links):
+            self._link_dials.pop(link, None)
+            # A link the peer answered may be established on its side already, and carry its
+            # replies: it is left to complete (it joins the peer's connection) or to time out.
+            # Closing it could drop what the peer already sent on it.
+            if link in self._pending and not link.heard:
+                link.abort()
+
+    async def _await_dial(self, dial: _Dial, timeout: float, what: str = "") -> Connection:
+        """The connection ``dial`` brings, within ``timeout``; the dial is abandoned (its links
+        closed) when its last waiter gives up."""
+        dial.waiters += 1
         try:
             async with asyncio.timeout(timeout):
-                await connection.wait_ready()
+                return await asyncio.shield(dial.result)
         except TimeoutError:
-            error = errors.ConnectionError(f"no connection to {peer[0]}:{peer[1]} within {timeout} s")
-            if not connection._ready.done():
-                connection._abort(error)
-            raise error from None
-        return connection
+            host, port = dial.addr
+            raise errors.ConnectionError(f"no connection to {host}:{port}{what} within {timeout} s") from None
+        finally:
+            dial.waiters -= 1
+            if dial.waiters == 0 and not dial.result.done():
+                self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"))
+
+    def _existing(self, addr: Address, peer_id: str | None) -> Connection | None:
+        """An open connection to ``peer_id``, or (without one) to whoever we reach at ``addr``
+        over a link that observed that address or that we dialled there ourselves."""
+        if peer_id is not None:
+            connection = self._peers.get(peer_id)
+            return connection if connection is not None and not connection.is_closed else None
+        for connection in self._peers.values():
+            for link in connection.links:
+                if not link.closed and (
+                    (link.path != "relayed" and link.remote_addr == addr) or link.target == addr
+                ):
+                    return connection
+        return None
+
+    async def connect_to(
+        self, addr: tuple[str, int], via: tuple[str, int] | None = None, *, peer_id: str | None = None
+    ) -> Connection:
+        """The connection to the peer at ``addr``: the pooled one (whoever opened it), else a new one.
+
+        With ``peer_id`` (a certificate fingerprint) only that peer will do: any other
+        certificate is refused with ``CertificateError``, as dialling by node id does. Concurrent
+        calls for one peer share one handshake. With ``via`` (a node both peers are connected
+        to; by default the node we bootstrapped through) a peer behind a NAT is reached too:
+        directly if it answers, else through a hole punched in both NATs, else relayed by
+        ``via`` (``conn.path`` says which; a relayed connection moves to a punched path when a
+        later attempt succeeds). Raises ``ConnectionError`` when no connection is established,
+        within ``config.connect_timeout`` seconds when there is no ``via``; a refused
+        certificate ends every attempt at once.
+        """
+        self._check_open()
+        target = await self._resolve(addr)
+        existing = self._existing(target, peer_id)
+        if existing is not None:
+            return existing
+        relay = via or self._membership.contact
+        if relay is not None:
+            relay = await self._resolve(relay)
+            if relay != target:
+                return await self._traverse(target, relay, peer_id)
+        return await self._await_dial(self._dial(target, peer_id), self.config.connect_timeout)
 
     async def send_message(self, data: BytesLike, addr: tuple[str, int]) -> None:
         """Send one message to ``addr``, connecting first if needed."""
@@ -449,13 +675,265 @@ class Endpoint:
 
     async def disconnect_from(self, addr: tuple[str, int]) -> None:
         """Close the connection to ``addr``, if there is one."""
-        connection = self._pool.get(await self._resolve(addr))
+        connection = self._existing(await self._resolve(addr), None)
         if connection is not None:
             await connection.close()
 
     def connections(self) -> list[Connection]:
         """The connections in the pool now."""
-        return [connection for connection in self._pool.values() if not connection.is_closed]
+        return [connection for connection in self._peers.values() if not connection.is_closed]
+
+    def connection(self, peer_id: str) -> Connection | None:
+        """The open connection to ``peer_id``, if there is one."""
+        return self._existing(("", 0), peer_id)
+
+    # ---- NAT traversal: carrying out what ``Traversal`` decides ----------------------------
+
+    async def _traverse(self, target: Address, relay: Address, peer_id: str | None) -> Connection:
+        """Direct, else punched, else relayed through ``relay``."""
+        dial = self._dial(target, peer_id)
+        dial.waiters += 1
+        try:
+            self.punch_attempts = 0
+            try:
+                async with asyncio.timeout(min(t.DIRECT_FIRST, self.config.connect_timeout)):
+                    return await asyncio.shield(dial.result)
+            except errors.CertificateError:
+                raise
+            except (TimeoutError, errors.Error):
+                pass
+            coordinator = await self.connect_to(relay)
+            for _ in range(t.PUNCH_ATTEMPTS):
+                self.punch_attempts += 1
+                connection = await self._punch(coordinator, target, peer_id)
+                if connection is not None:
+                    return connection
+                if dial.result.done() and not dial.result.cancelled():
+                    error = dial.result.exception()
+                    if error is None:
+                        return dial.result.result()  # the direct dial came through late
+                    if isinstance(error, errors.CertificateError):
+                        raise error
+            connection = await self._relay(coordinator, target, peer_id)
+            self._spawn(self._upgrade(connection, coordinator, target))
+            return connection
+        finally:
+            dial.waiters -= 1
+            if dial.waiters == 0 and not dial.result.done():
+                self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"))
+
+    async def _punch(
+        self, coordinator: Connection, target: Address, peer_id: str | None
+    ) -> Connection | None:
+        """One punch attempt through ``coordinator``: the connection, or None."""
+        request = wire.PunchRequest(target, peer_id or wire.ANY_PEER)
+        try:
+            answer = await coordinator.control_request(
+                request, wire.Punch, self.config.control_timeout, wire.PunchFailed
+            )
+        except errors.Error as exc:
+            log.info("no punch towards %s:%d: %s", *target, exc)
+            return None
+        link = coordinator.current_link
+        if link is None or (peer_id is not None and answer.peer_id != peer_id):
+            return None
+        loop = asyncio.get_running_loop()
+        path = self._traversal.punch(self._peer(link), answer, solicited=True, now=loop.time())
+        if path is None:
+            return None
+        return await self._punched(path)
+
+    async def _punched(self, path: t.OpenPath) -> Connection | None:
+        """Carry out ``path``: at its time spray and dial; until its end wait for a direct or
+        punched link to its peer. A refused certificate raises."""
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Future[None] = loop.create_future()
+        self._arrivals.setdefault(path.peer_id, []).append(arrived)
+        link: Link | None = None
+        try:
+            await asyncio.sleep(max(0.0, path.at - loop.time()))
+            transport = self._check_open()
+            for _ in range(t.SPRAY):
+                transport.sendto(b"\x00", path.addr)  # not a QUIC packet: the peer drops it, its NAT opens
+                await asyncio.sleep(t.SPRAY_GAP)
+            if not self._has_direct_link(path.peer_id):
+                link = self._client_link(transport, path.addr, "punched", path.peer_id)
+                dial = _Dial(path.addr, path.peer_id, loop.create_future(), loop.time())
+                dial.result.add_done_callback(lambda _: self._dial_over(dial))
+                self._add_dial_link(dial, link)
+                dial.result.add_done_callback(lambda done: _wake(arrived, done))
+            try:
+                async with asyncio.timeout(max(0.0, path.until - loop.time())):
+                    await asyncio.shield(arrived)
+            except TimeoutError:
+                return None
+            except errors.CertificateError:
+                raise
+            except errors.Error:
+                return None
+            return self._existing(path.addr, path.peer_id) if self._has_direct_link(path.peer_id) else None
+        finally:
+            self._traversal.punch_over(path.punch)
+            waiters = self._arrivals.get(path.peer_id, [])
+            if arrived in waiters:
+                waiters.remove(arrived)
+            if not waiters:
+                self._arrivals.pop(path.peer_id, None)
+            # A dial nobody answered ends with the punch. One that was answered may already be
+            # established on the other side (its last packets lost or late): it completes, or
+            # its handshake timer ends it, and is never cut off under the peer's feet.
+            if link is not None and link in self._pending and not link.heard:
+                link.abort()
+
+    def _has_direct_link(self, peer_id: str) -> bool:
+        connection = self._peers.get(peer_id)
+        current = connection.current_link if connection is not None else None
+        return current is not None and not current.closed and current.path != "relayed"
+
+    async def _upgrade(self, connection: Connection, coordinator: Connection, target: Address) -> None:
+        """While relayed, try again now and then to punch through to a direct path."""
+        for pause in t.UPGRADE_AFTER:
+            await asyncio.sleep(pause)
+            if connection.is_closed or connection.path != "relayed" or coordinator.is_closed:
+                return
+            if await self._punch(coordinator, target, connection.peer_id) is not None:
+                return
+
+    async def _relay(self, coordinator: Connection, target: Address, peer_id: str | None) -> Connection:
+        """A circuit through ``coordinator`` to the peer, and a QUIC connection inside it."""
+        relay = coordinator.current_link
+        if relay is None or relay.closed:
+            raise errors.ConnectionError(f"no connection to {target[0]}:{target[1]}: the relay is gone")
+        named = peer_id or wire.ANY_PEER
+        circuit = self._traversal.new_circuit_number(relay)
+        self._traversal.path_opened(relay, circuit, named)
+        path = self._relay_paths[(relay, circuit)] = RelayPath(relay, circuit, named)
+        coordinator.send_control(wire.RelayOpen(target, named, circuit))
+        loop = asyncio.get_running_loop()
+        dial = _Dial(target, peer_id, loop.create_future(), loop.time())
+        dial.result.add_done_callback(lambda _: self._dial_over(dial))
+        path.link = self._client_link(path, target, "relayed", peer_id, remote=relay.remote_addr)
+        self._add_dial_link(dial, path.link)
+        return await self._await_dial(dial, self.config.connect_timeout, ", even relayed")
+
+    def _relayed_datagram(self, path: RelayPath, datagram: bytes) -> None:
+        """A datagram for a circuit of ours; the first of a circuit opened to us is an Initial."""
+        if path.link is None:
+            try:
+                header = packet.peek(datagram, CID_LENGTH)
+            except errors.MalformedPacket:
+                return
+            if header.packet_type != packet.INITIAL or self._at_capacity():
+                return
+            path.link = self._new_link(
+                path,
+                path.relay.remote_addr,
+                "relayed",
+                self._checker(path.peer_id),
+                configuration=self._server_config,
+                original_destination_connection_id=header.destination_cid,
+            )
+        path.link.datagram_received(datagram, path.relay.remote_addr)
+
+    def _close_relay_path(self, path: RelayPath, tell_relay: bool) -> None:
+        self._relay_paths.pop((path.relay, path.circuit), None)
+        self._traversal.path_closed(path.relay, path.circuit)
+        if tell_relay and not path.relay.closed:
+            path.relay.session.send_control(wire.RelayClose(path.circuit))
+            path.relay.transmit_soon()
+        if path.link is not None:
+            path.link.abort()
+
+    def _find_peer(self, addr: Address, peer_id: str, asker: Connection) -> Peer | None:
+        """The peer a request names: by peer id, else whoever we see at ``addr`` directly."""
+        if peer_id != wire.ANY_PEER:
+            found = self._peers.get(peer_id)
+        else:
+            found = next(
+                (
+                    c
+                    for c in self._peers.values()
+                    if c.current_link is not None
+                    and not c.current_link.closed
+                    and c.path != "relayed"
+                    and c.remote_addr == addr
+                ),
+                None,
+            )
+        if found is None or found is asker or found.is_closed or found.current_link is None:
+            return None
+        return self._peer(found.current_link)
+
+    def _carry_out(self, sends: Iterable[Send]) -> None:
+        for send in sends:
+            link = send.link
+            assert isinstance(link, Link)
+            if not link.closed:
+                link.session.send_control(send.message)
+                link.transmit_soon()
+
+    def _control(self, connection: Connection, link: Link, message: wire.ControlMessage) -> None:
+        """A control message nobody waited for: a request of the peer's, for a decider."""
+        now = asyncio.get_running_loop().time()
+        peer = self._peer(link)
+        traversal = self._traversal
+        if isinstance(message, wire.PunchRequest):
+            target = self._find_peer(message.target, message.target_id, connection)
+            self._carry_out(traversal.punch_request(peer, message, target, now))
+        elif isinstance(message, wire.Punch):
+            opening = traversal.punch(peer, message, solicited=False, now=now)
+            if opening is not None:
+                self._spawn(self._punched(opening))
+        elif isinstance(message, wire.RelayOpen):
+            target = self._find_peer(message.target, message.target_id, connection)
+            self._carry_out(traversal.relay_open(peer, message, target, now))
+        elif isinstance(message, wire.RelayIncoming):
+            if traversal.relay_incoming(peer, message):
+                self._relay_paths[(link, message.circuit)] = RelayPath(link, message.circuit, message.peer_id)
+            else:
+                self._carry_out([Send(link, wire.RelayClose(message.circuit))])
+        elif isinstance(message, wire.RelayData | wire.RelayClose):
+            path = self._relay_paths.get((link, message.circuit))
+            if path is not None:
+                if isinstance(message, wire.RelayData):
+                    self._relayed_datagram(path, message.datagram)
+                else:
+                    self._close_relay_path(path, tell_relay=False)
+                return
+            sends = traversal.relay(link, message)
+            if sends is None:
+                log.debug("a relay message for an unknown circuit from %s", connection)
+            else:
+                self._carry_out(sends)
+        elif not isinstance(message, wire.PunchFailed):  # a late answer: nobody waits for it
+            decision = self._membership.request(peer, message, now)
+            if isinstance(decision, Probe):
+                self._spawn(self._verify(decision))
+            elif decision is not None:
+                self._carry_out([decision])
+
+    async def _verify(self, probe: Probe) -> None:
+        """Dial ``probe.addr`` from a fresh socket (no NAT mapping the peer opened to us helps),
+        then answer the peer."""
+        fingerprint: str | None = None
+        try:
+            fingerprint = await self._probe(probe.addr, self.config.control_timeout)
+        finally:
+            answer, changed = self._membership.probe_done(probe, fingerprint, time.time())
+            self._carry_out([answer])
+            if changed:
+                self._joining.schedule_save()
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` until it ends or the endpoint closes; a failure is logged, never lost."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background work failed: %r", task.exception())
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -466,38 +944,30 @@ class Endpoint:
     def incoming_messages(self) -> AsyncIterator[Message]:
         """Messages and requests from every peer. Taking one gives its sender credit back, so
         a reader that stops reading slows its peers down instead of filling memory."""
-        return MailboxIterator(self._messages, Message._consumed)
+        return MailboxIterator(self._messages, message_taken)
 
     def disconnections(self) -> AsyncIterator[Address]:
         """Addresses of peers whose connection ended (by either side); ends when the endpoint closes."""
         return MailboxIterator(self._disconnections)
 
-    def _handshake_failed(self, connection: Connection, event: Closing) -> None:
-        self._failed_handshakes += 1
-        host, port = connection.remote_addr
-        log.info("no connection with %s:%d: %s (error %#x)", host, port, event.reason, event.error_code)
 
-    def _connection_ready(self, connection: Connection, link: Link, seconds: float) -> None:
-        dialled = link.session.is_client
-        if not dialled:
-            self._connections.put(connection)
-        self._membership.connected(connection, link, dialled, seconds)
+def _wake(waiter: asyncio.Future[None], done: asyncio.Future[Connection]) -> None:
+    if waiter.done():
+        return
+    error = None if done.cancelled() else done.exception()
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)
+        waiter.exception()  # retrieved: the punch may be over, nobody waiting any more
 
-    def _connection_closed(self, connection: Connection, announced: bool) -> None:
-        if self._pool.get(connection.remote_addr) is connection:
-            del self._pool[connection.remote_addr]
-        if announced and self._state == "open":
-            self._disconnections.put(connection.remote_addr)
 
-    def _message_received(self, message: Message) -> None:
-        self._messages.put(message)
-
-    def _control_received(self, connection: Connection, link: Link, message: wire.ControlMessage) -> None:
-        if not self._traversal.control(connection, link, message):
-            self._membership.control(connection, link, message)
-
-    def _abandon_dial(self, addr: Address) -> None:
-        """Nobody waits for this dial any more: close it unless it already connected."""
-        connection = self._pool.get(addr)
-        if connection is not None and not connection._ready.done():
-            connection._abort(errors.ClosedError("the dial was abandoned"))
+def _dial_error(addr: Address, event: Closing) -> Exception:
+    """Why no connection could be made: a refused certificate (either side's refusal) or
+    anything else."""
+    host, port = addr
+    reason = event.reason or f"error code {event.error_code:#x}"
+    alert = event.error_code - CRYPTO_ERROR
+    if 0 <= alert < 0x100 and alert in tls.CERTIFICATE_ALERTS:
+        return errors.CertificateError(f"{host}:{port}: certificate refused: {reason}")
+    return errors.ConnectionError(f"could not connect to {host}:{port}: {reason}")

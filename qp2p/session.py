@@ -33,6 +33,7 @@ from qp2p.tls import fingerprint
 
 __all__ = (
     "ALPN",
+    "endpoint_id_of",
     "CHUNK_SIZE",
     "FRAME_OVERHEAD",
     "CidIssued",
@@ -61,6 +62,8 @@ STREAM_REFUSED = 0x1  # we will not read this stream (malformed, oversized, unex
 STREAM_CANCELLED = 0x2  # the sender gave up on this stream
 CLOSE_NORMAL = 0x0
 CLOSE_PROTOCOL = 0x10  # the peer broke the qp2p protocol at the connection level
+# Control messages a peer may send before its Hello; more breaks the protocol.
+HELD_CONTROL = 16
 
 _FLAG_USER = framing.FLAG_USER
 _FLAG_CONTROL = framing.FLAG_CONTROL
@@ -69,6 +72,11 @@ _FLAG_RESPONSE = framing.FLAG_RESPONSE
 _HEADER_SIZE = framing.HEADER_SIZE
 _FRAME_COST = _HEADER_SIZE + FRAME_OVERHEAD
 _encode_header = framing.encode_header
+
+
+def endpoint_id_of(peer_id: str) -> int:
+    """The Hello's endpoint id for a peer id: the fingerprint's first 8 bytes, big-endian."""
+    return int(peer_id[:16], 16)
 
 
 # ---- events --------------------------------------------------------------------------------
@@ -216,6 +224,11 @@ class Session:
         self._peer: wire.Hello | None = None
         self._handshake_done = False
         self._established = False
+        self._peer_id: str | None = None
+        # Frames and control messages that arrive before the peer's Hello wait here, bounded by
+        # the credit we granted (frames) and by HELD_CONTROL (control messages).
+        self._held: list[SessionEvent] = []
+        self._held_control = 0
         self._closing = False  # we called close()
         self._closing_seen = False  # a close began, by anyone
         self._terminated = False
@@ -268,10 +281,13 @@ class Session:
         return self._terminated
 
     @property
-    def peer_fingerprint(self) -> str | None:
-        """SHA-256 fingerprint of the peer's certificate, once presented."""
-        certificate = peer_certificate(self._quic)
-        return None if certificate is None else fingerprint(certificate)
+    def peer_id(self) -> str | None:
+        """The peer's identity: SHA-256 fingerprint (hex) of the certificate TLS proved it holds
+        the key of; known once the handshake completed, None before."""
+        if self._peer_id is None and self._handshake_done:
+            certificate = peer_certificate(self._quic)
+            self._peer_id = None if certificate is None else fingerprint(certificate)
+        return self._peer_id
 
     @property
     def peer(self) -> wire.Hello | None:
@@ -282,11 +298,6 @@ class Session:
     def credit(self) -> int:
         """Units we may still send before the peer grants more (negative after an overshoot)."""
         return self._limit - self._sent
-
-    @property
-    def large_sends(self) -> list[int]:
-        """Streams of the large messages being sent now."""
-        return list(self._large)
 
     @property
     def unacked(self) -> int:
@@ -355,11 +366,6 @@ class Session:
         if body_len > self._peer.max_message_size:
             raise MessageTooLarge(self._peer.max_message_size, body_len)
 
-    def is_large(self, body_len: int) -> bool:
-        """Whether a frame with a body this long must travel on a stream of its own."""
-        assert self._peer is not None
-        return body_len > self._peer.lane_threshold
-
     def _queue(self, flag: int, body: bytes, lane: int | None) -> None:
         size = len(body)
         if lane is None:
@@ -402,6 +408,9 @@ class Session:
         chunker = chunking.Chunker(flag, payload, CHUNK_SIZE, prefix)
         self._check_size(chunker.total - _HEADER_SIZE)
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        # Opens the stream now, even when no credit lets a byte through yet: the next large
+        # send must get the next stream id, never this one again.
+        self._quic.send_stream_data(stream_id, b"")
         self._large[stream_id] = _LargeSend(chunker)
         self._sent += FRAME_OVERHEAD
         self._pump()
@@ -507,10 +516,16 @@ class Session:
     def _check_established(self) -> None:
         peer = self._peer
         if self._handshake_done and peer is not None and not self._established:
+            peer_id = self.peer_id
+            if peer_id is None or peer.endpoint_id != endpoint_id_of(peer_id):
+                self.close(CLOSE_PROTOCOL, "the Hello's endpoint id is not the certificate's")
+                return
             self._established = True
             self._ready = not self._closing and not self._terminated
             self._inline_limit = min(peer.lane_threshold, peer.max_message_size)
             self._events.append(Established(peer))
+            self._events.extend(self._held)
+            self._held.clear()
 
     def _closing_begun(self) -> None:
         """Report a close as soon as it starts (ours, the peer's, or aioquic's own on an error)."""
@@ -601,7 +616,7 @@ class Session:
     def _lane_data(self, incoming: _Incoming, data: bytes | bytearray) -> None:
         decoder = incoming.decoder
         decoder.feed(data)
-        append = self._events.append
+        append = self._events.append if self._established else self._held.append
         lane = incoming.lane
         for flag, body in decoder:
             if flag == _FLAG_CONTROL:
@@ -683,7 +698,8 @@ class Session:
         if flag != _FLAG_USER:
             request_id = int.from_bytes(body[:4], "big")
             del body[:4]
-        self._events.append(FrameReceived(flag, request_id, body, -1, 0, True))
+        event = FrameReceived(flag, request_id, body, -1, 0, True)
+        (self._events if self._established else self._held).append(event)
 
     def _stream_end(self, stream_id: int, incoming: _Incoming) -> None:
         incoming.ended = True
@@ -749,5 +765,10 @@ class Session:
                 self._peer = message
                 self._limit = message.receive_window
                 self._check_established()
-        else:
+        elif self._established:
             self._events.append(ControlReceived(message))  # type: ignore[arg-type]
+        elif self._held_control < HELD_CONTROL:
+            self._held_control += 1
+            self._held.append(ControlReceived(message))  # type: ignore[arg-type]
+        elif not self._closing:
+            self.close(CLOSE_PROTOCOL, "too many control messages before the Hello")

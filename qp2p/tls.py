@@ -21,6 +21,7 @@ __all__ = (
     "CERTIFICATE_ALERTS",
     "SERVER_NAME",
     "Identity",
+    "expecting",
     "fingerprint",
     "identity_for",
     "issue",
@@ -190,8 +191,11 @@ def identity_for(trust: Trust) -> Identity:
     return self_signed_identity()
 
 
-def _accept_any(certificate: x509.Certificate | None, chain: list[x509.Certificate]) -> None:
-    """encrypt_only: the peer's certificate is seen (its fingerprint is known) but not judged."""
+def _require_any(certificate: x509.Certificate | None, chain: list[x509.Certificate]) -> None:
+    """encrypt_only: any certificate will do, but there must be one: its fingerprint, proven by
+    the handshake, is the peer's identity."""
+    if certificate is None:
+        raise CertificateRequired("a certificate is required: it is the peer's identity")
 
 
 def _check_dates(certificate: x509.Certificate) -> None:
@@ -202,6 +206,17 @@ def _check_dates(certificate: x509.Certificate) -> None:
         raise tls.AlertCertificateExpired("certificate has expired")
 
 
+def expecting(check: PeerCheck, peer_id: str) -> PeerCheck:
+    """``check``, and then the certificate must be the one whose fingerprint is ``peer_id``."""
+
+    def check_peer(certificate: x509.Certificate | None, chain: list[x509.Certificate]) -> None:
+        check(certificate, chain)
+        if certificate is None or fingerprint(certificate) != peer_id:
+            raise tls.AlertBadCertificate(f"not the expected peer {peer_id[:16]}...")
+
+    return check_peer
+
+
 def peer_check(trust: Trust) -> PeerCheck:
     """The test a peer's certificate must pass under ``trust``; it raises a TLS alert to refuse.
 
@@ -209,7 +224,7 @@ def peer_check(trust: Trust) -> PeerCheck:
     receives application data.
     """
     if trust.mode == "encrypt_only":
-        return _accept_any
+        return _require_any
     if trust.mode == "pinned":
         pins = trust.pins
 

@@ -24,6 +24,7 @@ from qp2p.errors import (
 )
 
 __all__ = (
+    "ANY_PEER",
     "Address",
     "ControlMessage",
     "EchoRequest",
@@ -57,6 +58,8 @@ _U32_LE = struct.Struct("<I")
 _U16_LE = struct.Struct("<H")
 _REQUEST_ID = struct.Struct(">I")
 FINGERPRINT_SIZE = 32
+# A request's peer id when any peer at the given address will do.
+ANY_PEER = "00" * FINGERPRINT_SIZE
 _FAMILY_IPV4 = 0
 _FAMILY_IPV6 = 1
 
@@ -172,21 +175,24 @@ class PeersResponse:
 
 @dataclass(frozen=True, slots=True)
 class PunchRequest:
-    """Asks a node both peers are connected to for a hole punch to ``target``."""
+    """Asks a node both peers are connected to for a hole punch to the peer it reaches at
+    ``target`` (and whose peer id is ``target_id``, unless that is ``ANY_PEER``)."""
 
     TAG: ClassVar[int] = 21
-    LAYOUT: ClassVar[tuple[str, ...]] = ("address",)
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint")
     target: Address
+    target_id: str = ANY_PEER
 
 
 @dataclass(frozen=True, slots=True)
 class Punch:
-    """From the coordinating node to each side: dial ``peer`` (endpoint ``peer_id``) in ``delay_ms``."""
+    """From the coordinating node to each side: in ``delay_ms``, open a path to the peer
+    ``peer_id``, which the coordinator sees at ``peer``."""
 
     TAG: ClassVar[int] = 22
-    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "u64", "u32")
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u32")
     peer: Address
-    peer_id: int
+    peer_id: str
     delay_ms: int
 
 
@@ -201,22 +207,25 @@ class PunchFailed:
 
 @dataclass(frozen=True, slots=True)
 class RelayOpen:
-    """Asks a node to relay circuit ``circuit`` (ours on this connection) to ``target``."""
+    """Asks a node to relay circuit ``circuit`` (ours on this connection) to the peer it
+    reaches at ``target`` (and whose peer id is ``target_id``, unless that is ``ANY_PEER``)."""
 
     TAG: ClassVar[int] = 24
-    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "u32")
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u32")
     target: Address
+    target_id: str
     circuit: int
 
 
 @dataclass(frozen=True, slots=True)
 class RelayIncoming:
-    """From the relay: ``peer`` (endpoint ``peer_id``) reaches us through circuit ``circuit``."""
+    """From the relay: the peer ``peer_id``, which the relay sees at ``peer`` (a hint, never
+    an identity), reaches us through circuit ``circuit``."""
 
     TAG: ClassVar[int] = 25
-    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "u64", "u32")
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u32")
     peer: Address
-    peer_id: int
+    peer_id: str
     circuit: int
 
 
@@ -305,6 +314,8 @@ def _encode_field(kind: str, value: Any) -> bytes:
         return _encode_address(value)
     if kind == "blob":
         return _U16_LE.pack(len(value)) + bytes(value)
+    if kind == "fingerprint":
+        return _encode_fingerprint(value)
     peers: tuple[tuple[Address, str], ...] = value  # "peers"
     return _U16_LE.pack(len(peers)) + b"".join(_encode_address(a) + _encode_fingerprint(f) for a, f in peers)
 
@@ -368,6 +379,8 @@ class _Reader:
             return self.address()
         if kind == "blob":
             return self.take(self.scalar("u16"), "blob")
+        if kind == "fingerprint":
+            return self.take(FINGERPRINT_SIZE, "fingerprint").hex()
         count = self.scalar("u16")  # "peers"
         return tuple((self.address(), self.take(FINGERPRINT_SIZE, "fingerprint").hex()) for _ in range(count))
 

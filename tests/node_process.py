@@ -64,6 +64,10 @@ async def run(args: argparse.Namespace) -> int:
         config = config.replace(local_port=0)
 
 
+# The connection each "connect" command made, by the address it named.
+CONNECTED: dict[tuple[Any, ...], qp2p.Connection] = {}
+
+
 async def serve(endpoint: qp2p.Endpoint, reader: asyncio.StreamReader) -> str:
     """Answers commands until "quit" or "renew" (returned), or the end of stdin."""
     while line := (await reader.readline()).strip():
@@ -71,7 +75,7 @@ async def serve(endpoint: qp2p.Endpoint, reader: asyncio.StreamReader) -> str:
         if isinstance(command, dict) and "connect" in command:
             emit(await connect(endpoint, command))
         elif isinstance(command, dict) and "path" in command:
-            connection = endpoint._pool.get(tuple(command["path"]))  # type: ignore[arg-type]
+            connection = CONNECTED.get(tuple(command["path"]))
             emit({"path": None if connection is None or connection.is_closed else connection.path})
         elif command == "bootstrap":
             try:
@@ -87,7 +91,7 @@ async def serve(endpoint: qp2p.Endpoint, reader: asyncio.StreamReader) -> str:
                     }
                 )
         elif command == "cache":
-            emit({"cache": [list(e.addr) for e in endpoint._membership.cache.entries()]})
+            emit({"cache": [list(e.addr) for e in endpoint.bootstrap_cache.entries()]})
         elif command == "mapped":
             mapped = await endpoint.wait_port_mapped()
             emit({"mapped": None if mapped is None else list(mapped)})
@@ -110,6 +114,7 @@ async def connect(endpoint: qp2p.Endpoint, command: dict[str, Any]) -> dict[str,
     started = asyncio.get_running_loop().time()
     try:
         connection = await endpoint.connect_to((host, port), via=via)  # type: ignore[arg-type]
+        CONNECTED[(host, port)] = connection
         if await connection.request(b"are you there?", timeout=10) != b"?ereht uoy era":
             return {"error": "WrongReply", "message": "the request's answer was wrong"}
     except qp2p.Error as exc:
@@ -117,7 +122,7 @@ async def connect(endpoint: qp2p.Endpoint, command: dict[str, Any]) -> dict[str,
     return {
         "connected": connection.path,
         "seconds": round(asyncio.get_running_loop().time() - started, 3),
-        "punch_attempts": endpoint._traversal.punch_attempts,
+        "punch_attempts": endpoint.punch_attempts,
     }
 
 

@@ -145,13 +145,13 @@ async def test_simultaneous_connects_end_with_one_connection(make_endpoint: Make
             or not all(link.established.done() for link in ab._links + ba._links)
         ):
             await asyncio.sleep(0.02)
-    # Both sides keep the connection dialled by the endpoint with the lower id; the other is
-    # retired (no keep-alives) and left to time out, so nothing in flight on it is cut off.
-    assert ab._current is not None and ba._current is not None
-    assert ab._current.session.is_client == (a.endpoint_id < b.endpoint_id)
-    assert ba._current.session.is_client == (b.endpoint_id < a.endpoint_id)
-    assert [link.retired for link in ab._links if link is not ab._current] == [True]
-    assert [link.retired for link in ba._links if link is not ba._current] == [True]
+    # Both sides keep the connection dialled by the endpoint with the lower peer id; the other
+    # is retired (no keep-alives) and left to time out, so nothing in flight on it is cut off.
+    assert ab.current_link is not None and ba.current_link is not None
+    assert ab.current_link.session.is_client == (a.peer_id < b.peer_id)
+    assert ba.current_link.session.is_client == (b.peer_id < a.peer_id)
+    assert [link.retired for link in ab.links if link is not ab.current_link] == [True]
+    assert [link.retired for link in ba.links if link is not ba.current_link] == [True]
     assert a.connections() == [ab] and b.connections() == [ba]
     for end_delay in undo:
         end_delay()
@@ -185,7 +185,7 @@ async def test_concurrent_connects_share_one_handshake(make_endpoint: MakeEndpoi
     connections = await asyncio.gather(*(a.connect_to(b.local_addr) for _ in range(20)))
     assert all(c is connections[0] for c in connections)
     assert b.stats().datagrams.accepted == 1
-    assert len(connections[0]._links) == 1
+    assert len(connections[0].links) == 1
 
 
 async def test_ten_thousand_messages_none_lost_in_order_per_lane(make_endpoint: MakeEndpoint) -> None:
@@ -285,7 +285,8 @@ async def test_oversized_message_refused_then_normal_one_delivered(make_endpoint
         await connection.send(bytes(200 * KiB))
     assert (info.value.limit, info.value.size) == (100 * KiB, 200 * KiB)
     # A peer that ignores the limit it was told: the receiver refuses the frame by its header.
-    link = connection._current
+    link = connection.current_link
+    assert link is not None
     assert link is not None and link.session.peer is not None
     link.session._peer = dataclasses.replace(link.session.peer, max_message_size=MiB)
     try:
@@ -295,7 +296,7 @@ async def test_oversized_message_refused_then_normal_one_delivered(make_endpoint
     await connection.send(b"normal")
     assert [m.data for m in await collect(b, 1)] == [b"normal"]  # the oversized one never arrives
     (incoming,) = b.connections()
-    assert incoming._current is not None and incoming._current.session.refused_streams == 1
+    assert incoming.current_link is not None and incoming.current_link.session.refused_streams == 1
 
 
 async def test_empty_message_is_refused(make_endpoint: MakeEndpoint) -> None:

@@ -42,8 +42,8 @@ async def test_a_node_joins_through_a_contact(make_endpoint: MakeEndpoint) -> No
     connection = await node.bootstrap()
     assert connection.remote_addr == contact.local_addr and node.role is qp2p.Role.NODE
     assert node.public_addr == node.local_addr  # what the contact saw: no NAT on loopback
-    assert node._membership.cache.get(contact.local_addr) is not None  # we dialled it: reachable
-    assert node._membership.cache.get(contact.local_addr).fingerprint == contact.fingerprint  # type: ignore[union-attr]
+    assert node.bootstrap_cache.get(contact.local_addr) is not None  # we dialled it: reachable
+    assert node.bootstrap_cache.get(contact.local_addr).fingerprint == contact.fingerprint  # type: ignore[union-attr]
 
 
 async def test_the_contact_caches_a_node_it_verified(make_endpoint: MakeEndpoint) -> None:
@@ -51,7 +51,7 @@ async def test_the_contact_caches_a_node_it_verified(make_endpoint: MakeEndpoint
     contact._membership.active = True  # a node that already joined its network
     node = await make_endpoint(hard_coded_contacts=[contact.local_addr])
     await node.bootstrap()
-    entry = contact._membership.cache.get(node.local_addr)
+    entry = contact.bootstrap_cache.get(node.local_addr)
     assert entry is not None and entry.fingerprint == node.fingerprint
 
 
@@ -62,9 +62,9 @@ async def test_a_client_is_never_cached_or_checked(make_endpoint: MakeEndpoint) 
     connection = await client.bootstrap()
     await connection.send(b"hello")
     await asyncio.sleep(0.3)
-    assert client.local_addr not in contact._membership.cache
+    assert client.local_addr not in contact.bootstrap_cache
     assert contact.stats().datagrams.accepted == 1  # no check connected back from a new port
-    assert client._membership.cache.get(contact.local_addr) is not None  # clients still learn nodes
+    assert client.bootstrap_cache.get(contact.local_addr) is not None  # clients still learn nodes
 
 
 async def test_a_node_that_cannot_be_reached_back_is_refused(make_endpoint: MakeEndpoint) -> None:
@@ -87,7 +87,7 @@ async def test_a_node_that_cannot_be_reached_back_is_refused(make_endpoint: Make
         )
         await fallback.bootstrap()
     assert fallback.role is qp2p.Role.CLIENT and node.role is qp2p.Role.NODE
-    assert len(contact._membership.cache) == 0  # neither is handed out as a node
+    assert len(contact.bootstrap_cache) == 0  # neither is handed out as a node
 
 
 async def test_verification_only_dials_the_asker(make_endpoint: MakeEndpoint) -> None:
@@ -96,11 +96,11 @@ async def test_verification_only_dials_the_asker(make_endpoint: MakeEndpoint) ->
     connection = await asker.connect_to(contact.local_addr)
     await eventually(lambda: bool(contact.connections()))
     # Ask the contact to "check" someone else's address: it must refuse without dialling them.
-    verdict = await connection._control_request(
+    verdict = await connection.control_request(
         wire.VerificationRequest(("127.0.0.2", bystander.local_addr[1])), wire.VerificationResponse, 5
     )
     assert not verdict.reachable and bystander.stats().datagrams.received == 0
-    ok = await connection._control_request(
+    ok = await connection.control_request(
         wire.VerificationRequest(asker.local_addr), wire.VerificationResponse, 5
     )
     assert ok.reachable
@@ -143,7 +143,7 @@ async def test_dead_cached_peers_cost_about_one_connect_timeout(
     elapsed = time.perf_counter() - started
     assert connection.remote_addr == live.local_addr
     assert elapsed < 2 * node.config.connect_timeout  # the live one waited for one slot, once
-    assert node._membership.cache.get(silent_ports[0]).failures == 1  # type: ignore[union-attr]
+    assert node.bootstrap_cache.get(silent_ports[0]).failures == 1  # type: ignore[union-attr]
 
 
 async def test_peers_learned_from_the_contact_enter_the_cache(make_endpoint: MakeEndpoint) -> None:
@@ -154,9 +154,9 @@ async def test_peers_learned_from_the_contact_enter_the_cache(make_endpoint: Mak
     second = await make_endpoint(hard_coded_contacts=[contact.local_addr])
     await second.bootstrap()
     # second was told of first and dialled it; first checked second when it dialled in.
-    await eventually(lambda: first.local_addr in second._membership.cache)
-    await eventually(lambda: second.local_addr in first._membership.cache)
-    assert {first.local_addr, second.local_addr} <= {e.addr for e in contact._membership.cache.entries()}
+    await eventually(lambda: first.local_addr in second.bootstrap_cache)
+    await eventually(lambda: second.local_addr in first.bootstrap_cache)
+    assert {first.local_addr, second.local_addr} <= {e.addr for e in contact.bootstrap_cache.entries()}
 
 
 async def test_the_cache_is_written_on_close(make_endpoint: MakeEndpoint, tmp_path: Path) -> None:

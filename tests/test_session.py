@@ -8,30 +8,37 @@ import ssl
 import pytest
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import pull_quic_header
 
-from qp2p import errors, tls, wire
+from qp2p import Trust, errors, tls, wire
 from qp2p import session as s
+from qp2p._aioquic_hooks import CheckedQuicConnection
 from qp2p._speedups import framing
 
 KiB = 1 << 10
 MiB = 1 << 20
 CLIENT_ADDR = ("10.0.0.1", 1000)
 SERVER_ADDR = ("10.0.0.2", 2000)
-IDENTITY = tls.self_signed_identity()
+# Peer 1 is the client, peer 2 the server; a Hello's endpoint id comes from its certificate.
+IDENTITIES = {1: tls.self_signed_identity(), 2: tls.self_signed_identity()}
+CHECK = tls.peer_check(Trust.encrypt_only())
 
 
-def hello(endpoint_id: int, **changes: int) -> wire.Hello:
-    base = wire.Hello(endpoint_id, 64 * MiB, 64 * KiB, 1 * MiB, 4)
+def hello(peer: int, **changes: int) -> wire.Hello:
+    base = wire.Hello(s.endpoint_id_of(IDENTITIES[peer].fingerprint), 64 * MiB, 64 * KiB, 1 * MiB, 4)
     return dataclasses.replace(base, **changes)
 
 
 def quic_config(is_client: bool) -> QuicConfiguration:
     config = QuicConfiguration(is_client=is_client, alpn_protocols=[s.ALPN], verify_mode=ssl.CERT_NONE)
     config.server_name = tls.SERVER_NAME if is_client else None
-    config.certificate, config.private_key = IDENTITY.certificate, IDENTITY.private_key
+    identity = IDENTITIES[1 if is_client else 2]
+    config.certificate, config.private_key = identity.certificate, identity.private_key
     return config
+
+
+def quic(is_client: bool, **args: object) -> CheckedQuicConnection:
+    return CheckedQuicConnection(peer_check=CHECK, configuration=quic_config(is_client), **args)
 
 
 class Pair:
@@ -39,12 +46,11 @@ class Pair:
 
     def __init__(self, client_hello: wire.Hello, server_hello: wire.Hello, lanes: int = 4) -> None:
         self.now = 0.0
-        self.client = s.Session(QuicConnection(configuration=quic_config(True)), client_hello, lanes)
+        self.client = s.Session(quic(True), client_hello, lanes)
         self.client.connect(SERVER_ADDR, self.now)
         first = self.client.datagrams_to_send(self.now)
         odcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
-        quic = QuicConnection(configuration=quic_config(False), original_destination_connection_id=odcid)
-        self.server = s.Session(quic, server_hello, lanes)
+        self.server = s.Session(quic(False, original_destination_connection_id=odcid), server_hello, lanes)
         self.events: dict[str, list[s.SessionEvent]] = {"client": [], "server": []}
         for datagram, _ in first:
             self.server.receive_datagram(datagram, CLIENT_ADDR, self.now)

@@ -1,40 +1,46 @@
-"""Hole punching and relaying, in all three roles: the side that dials, the side dialled, and
-the node both are connected to (the coordinator, and the relay when punching fails).
+"""Hole punching and relaying, decided without I/O, in all three roles: the side that asks, the
+side asked for, and the node both are connected to (the coordinator, and the relay when
+punching fails).
 
-Punching (DCUtR-like). A asks the coordinator R for ``target``. R knows both peers' smoothed
-round-trip times, and sends each a ``Punch`` timed so that both arrive at the same moment. On
-it, each side sprays a few datagrams at the other's address (to open its own NAT's mapping) and
-dials it from its one socket; whichever connection completes first is kept. A connection may
-come from another address than the one R gave (a symmetric NAT picks a new port per
-destination): it is matched to the dial by the peer's endpoint id, as ICE learns a
-peer-reflexive candidate.
+Like ``Session``, ``Traversal`` never touches a socket or a clock: its inputs are control
+messages together with what the link they came on proved and observed (``Peer``: the peer id
+TLS authenticated, the address packets come from, the smoothed RTT) and the time; its outputs
+are actions (``Send`` this control message on that link, ``OpenPath`` towards a peer at a
+moment). The endpoint carries them out. Every claim a peer makes is bounded here: who may make
+us punch, how often, how soon, how many at once, and how many circuits anyone may hold.
+
+Punching (DCUtR-like). A asks the coordinator R for a peer (by the address R sees it at, or
+by peer id). R answers both sides with a ``Punch`` naming the other by its peer id and by the
+address R observed for it, never one the asker chose, each held back so both act at the same
+moment. Each side sprays a few datagrams at the other's address (to open its own NAT) and
+dials it, refusing any certificate but the named peer's. A ``Punch`` we did not ask for is a
+coordinator asking us to send packets to an address: it is rate-limited per coordinator, its
+delay capped, and at most a few are in flight at once.
 
 Relaying. A opens a circuit through R to B; the two run an ordinary qp2p QUIC connection
-inside it, whose datagrams R carries as ``RelayData`` without being able to read them. Every
-relay counts circuits and bytes against its limits. A relayed connection keeps trying to punch
-and moves to the direct path when that succeeds.
+inside it, whose datagrams R carries as ``RelayData`` without being able to read them. B takes
+the peer id R names as the only certificate it accepts on that circuit, and the address R names
+as a hint only: the relayed connection's address is R's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable
+from dataclasses import dataclass
 
-from qp2p import errors, wire
-from qp2p._aioquic_hooks import smoothed_rtt
-from qp2p._speedups import packet
-from qp2p.transport import CID_LENGTH, Address, Receiver
+from qp2p import wire
+from qp2p._budget import Budgets
+from qp2p._decisions import Peer, Send
+from qp2p.transport import Address
 
-if TYPE_CHECKING:
-    from qp2p._link import Link
-    from qp2p.connection import Connection
-    from qp2p.endpoint import Endpoint
-
-__all__ = ("RelayPath", "Traversal")
+__all__ = (
+    "Circuit",
+    "OpenPath",
+    "Traversal",
+    "TraversalLimits",
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,292 +55,273 @@ PUNCH_ATTEMPTS = 2
 UPGRADE_AFTER = (2.0, 10.0, 30.0)
 # How long the direct attempt gets when a coordinator is at hand to fall back on.
 DIRECT_FIRST = 1.0
+# A link from a peer we punched towards is "punched" if it arrives up to this long after the
+# punch ended (the other side's dial may complete last); peers remembered so, at most.
+LABEL_GRACE = 2 * PUNCH_TIMEOUT
+LABELS = 64
 
 
-@dataclass(eq=False)
-class _Circuit:
-    """A relay's circuit: two connections and the circuit number each side knows it by."""
+@dataclass(frozen=True, slots=True)
+class TraversalLimits:
+    """What any one peer can make us do, and what all of them together can."""
 
-    a: Link
+    max_delay: float = 2.0  # a Punch's delay is cut to this (seconds)
+    punches_in_flight: int = 8  # punches of ours at once, asked for or not
+    unsolicited_per_coordinator: int = 4  # punches we did not ask for, at once per coordinator
+    unsolicited_burst: int = 8  # and at most this many in a row ...
+    unsolicited_interval: float = 5.0  # ... then one more per this many seconds
+    requests_burst: int = 10  # as a coordinator: PunchRequests and RelayOpens per asker
+    requests_interval: float = 6.0  # ... then one more per this many seconds
+    relay_circuits: int = 64  # as a relay: circuits at once
+    relay_circuits_per_peer: int = 8  # ... of which one peer may hold
+    relay_bytes: int = 256 << 20  # ... and bytes carried per circuit
+    relayed_paths: int = 16  # as a relayed peer: circuits opened to us at once
+    relayed_paths_per_relay: int = 4  # ... of which through one relay
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPath:
+    """At time ``at``: spray ``SPRAY`` datagrams at ``addr``, then dial it (``dial``), accepting
+    only the certificate of ``peer_id``; give up at ``until``."""
+
+    punch: int  # the punch this belongs to, for ``punch_over``
+    at: float
+    addr: Address
+    peer_id: str
+    until: float
+    dial: bool = True
+
+
+@dataclass(eq=False, slots=True)
+class Circuit:
+    """A relay's circuit: two links and the circuit number each side knows it by."""
+
+    a: Hashable
     a_circuit: int
-    b: Link
+    a_id: str
+    b: Hashable
     b_circuit: int
     bytes: int = 0
 
 
-@dataclass(eq=False)
-class RelayPath:
-    """A relayed connection's way out: its datagrams become ``RelayData`` on the relay link."""
-
-    relay: Link
-    circuit: int
-    peer: Address
-    link: Link | None = None
-    sent: int = field(default=0)
-
-    def sendto(self, data: bytes, addr: Address) -> None:
-        if not self.relay.closed:
-            self.relay.session.send_control(wire.RelayData(self.circuit, data))
-            self.relay.transmit_soon()
-            self.sent += len(data)
-
-    def add_route(self, cid: bytes, receiver: Receiver) -> None:
-        """Nothing to route: the circuit number already says which connection it is."""
-
-    def remove_route(self, cid: bytes) -> None:
-        """Nothing to route: see add_route."""
+@dataclass(slots=True)
+class _Punch:
+    peer_id: str
+    coordinator: str
+    until: float
+    solicited: bool
 
 
 class Traversal:
-    """NAT traversal for one endpoint."""
+    """The rules of punching and relaying for one endpoint. Not thread-safe; no I/O."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self._endpoint = endpoint
-        self._circuits: dict[tuple[Link, int], _Circuit] = {}  # as a relay: both ends of each
-        self._paths: dict[tuple[Link, int], RelayPath] = {}  # as a relayed peer: our circuits
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.punch_attempts = 0  # punch attempts the last connect() made (for the connectivity matrix)
+    def __init__(self, limits: TraversalLimits | None = None) -> None:
+        self.limits = limits or TraversalLimits()
+        self._punches: dict[int, _Punch] = {}
+        self._next_punch = 1
+        self._labels: dict[str, float] = {}  # peer id -> until when its links count as punched
+        self._budgets = Budgets()
+        self._circuits: dict[tuple[Hashable, int], Circuit] = {}  # as a relay: both ends of each
+        self._paths: dict[tuple[Hashable, int], str] = {}  # as a relayed peer: circuit -> peer id
+        self.refusals: dict[str, int] = {}  # why we declined what a peer asked, counted
 
-    # ---- dialling through a coordinator ----------------------------------------------------
+    # ---- bookkeeping -----------------------------------------------------------------------
 
-    async def connect(self, addr: Address, via: Address) -> Connection:
-        """Direct, else punched, else relayed through ``via``; ``ConnectionError`` if none works."""
-        endpoint = self._endpoint
-        handle = endpoint._pooled(addr)
-        if not handle._ready.done() and not handle._links:
-            endpoint._dial(handle, endpoint._check_open())
-        self.punch_attempts = 0
-        try:
-            async with asyncio.timeout(min(DIRECT_FIRST, endpoint.config.connect_timeout)):
-                await handle.wait_ready()
-            return handle
-        except (TimeoutError, errors.Error):
-            pass
-        self.punch_attempts = 0
-        coordinator = await endpoint.connect_to(via)
-        handle = endpoint._pooled(addr)
-        for _ in range(PUNCH_ATTEMPTS):
-            self.punch_attempts += 1
-            if await self._punch(handle, coordinator):
-                return handle
-        await self._relay(handle, coordinator)
-        self._spawn(self._upgrade(handle, coordinator))
-        return handle
+    def _refuse(self, reason: str) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
 
-    async def _punch(self, handle: Connection, coordinator: Connection) -> bool:
-        """One punch attempt through ``coordinator``; True once ``handle`` has a connection."""
-        endpoint = self._endpoint
-        config = endpoint.config
-        try:
-            answer = await coordinator._control_request(
-                wire.PunchRequest(handle.remote_addr), wire.Punch, config.control_timeout, wire.PunchFailed
-            )
-        except errors.Error as exc:
-            log.info("no punch towards %s:%d: %s", *handle.remote_addr, exc)
-            return False
-        endpoint._expect(answer.peer_id, handle)
-        await self._go(answer.peer, answer.delay_ms, handle)
-        return await handle._wait_for(
-            lambda: handle._current is not None and handle.path != "relayed", PUNCH_TIMEOUT
-        )
+    def expire(self, now: float) -> None:
+        """Forget punches whose time is over."""
+        for number, punch in list(self._punches.items()):
+            if punch.until <= now:
+                del self._punches[number]
 
-    async def _go(self, peer: Address, delay_ms: int, handle: Connection) -> None:
-        """At the agreed moment: spray a few datagrams at the peer, then dial it."""
-        endpoint = self._endpoint
-        await asyncio.sleep(delay_ms / 1000)
-        transport = endpoint._check_open()
-        handle._punching = True
-        for _ in range(SPRAY):
-            transport.sendto(b"\x00", peer)  # not a QUIC packet: the peer drops it, its NAT opens
-            await asyncio.sleep(SPRAY_GAP)
-        if not any(link.path != "relayed" and not link.closed for link in handle._links):
-            endpoint._dial(handle, transport, peer, path="punched")
+    @property
+    def punches(self) -> int:
+        """Punches in flight now."""
+        return len(self._punches)
 
-    async def _upgrade(self, handle: Connection, coordinator: Connection) -> None:
-        """While relayed, try again now and then to punch through to a direct path."""
-        for pause in UPGRADE_AFTER:
-            await asyncio.sleep(pause)
-            if handle.is_closed or handle.path != "relayed" or coordinator.is_closed:
-                return
-            if await self._punch(handle, coordinator):
-                return
+    def punching(self, peer_id: str, now: float) -> bool:
+        """Whether a punch towards ``peer_id`` is under way or just ended: a link from it now
+        came through the punched hole."""
+        return self._labels.get(peer_id, 0.0) > now
 
-    # ---- relaying: the peers' side ---------------------------------------------------------
+    def punch_over(self, number: int) -> None:
+        """The punch ``number`` succeeded or was given up."""
+        self._punches.pop(number, None)
 
-    async def _relay(self, handle: Connection, relay: Connection) -> None:
-        """A circuit through ``relay`` to the peer, and a QUIC connection inside it."""
-        endpoint = self._endpoint
-        link = relay._usable_link()
-        circuit = self._new_circuit(link)
-        path = RelayPath(link, circuit, handle.remote_addr)
-        self._paths[(link, circuit)] = path
-        link.session.send_control(wire.RelayOpen(handle.remote_addr, circuit))
-        link.transmit_soon()
-        path.link = endpoint._relayed_link(handle, path, client=True)
-        try:
-            async with asyncio.timeout(endpoint.config.connect_timeout):
-                await handle.wait_ready()
-        except TimeoutError:
-            host, port = handle.remote_addr
-            raise errors.ConnectionError(f"no connection to {host}:{port}, even relayed") from None
+    # ---- the side that asks, and the side asked for ----------------------------------------
 
-    def _new_circuit(self, link: Link) -> int:
-        while True:
-            circuit = secrets.randbits(32)
-            if (link, circuit) not in self._paths and (link, circuit) not in self._circuits:
-                return circuit
+    def punch(self, coordinator: Peer, message: wire.Punch, solicited: bool, now: float) -> OpenPath | None:
+        """A ``Punch`` from ``coordinator``: the path to open, or None when refused.
 
-    def _relay_incoming(self, link: Link, message: wire.RelayIncoming) -> None:
-        path = RelayPath(link, message.circuit, message.peer)
-        self._paths[(link, message.circuit)] = path
-        self._endpoint._expect(message.peer_id, self._endpoint._pooled(message.peer))
+        ``solicited`` means we asked this coordinator for this punch; otherwise the coordinator
+        asks us to send packets to an address, which only a budget per coordinator allows.
+        """
+        limits = self.limits
+        self.expire(now)
+        if message.peer_id == wire.ANY_PEER or message.peer_id == coordinator.peer_id:
+            self._refuse("punch names no other peer")
+            return None
+        if len(self._punches) >= limits.punches_in_flight:
+            self._refuse("too many punches at once")
+            return None
+        if not solicited:
+            mine = sum(1 for p in self._punches.values() if p.coordinator == coordinator.peer_id)
+            if mine >= limits.unsolicited_per_coordinator:
+                self._refuse("a punch from this coordinator is under way")
+                return None
+            if not self._budgets.take(
+                "punch", coordinator.peer_id, now, limits.unsolicited_burst, limits.unsolicited_interval
+            ):
+                self._refuse("punch rate per coordinator")
+                return None
+        at = now + min(message.delay_ms / 1000, limits.max_delay)
+        until = at + PUNCH_TIMEOUT
+        number = self._next_punch
+        self._next_punch += 1
+        self._punches[number] = _Punch(message.peer_id, coordinator.peer_id, until, solicited)
+        self._labels.pop(message.peer_id, None)
+        self._labels[message.peer_id] = until + LABEL_GRACE
+        while len(self._labels) > LABELS:  # the oldest go first
+            del self._labels[next(iter(self._labels))]
+        return OpenPath(number, at, message.peer, message.peer_id, until)
 
-    def _relay_data_to_us(self, path: RelayPath, datagram: bytes) -> None:
-        if path.link is None:  # the first datagram of a circuit opened to us: an Initial
-            try:
-                header = packet.peek(datagram, CID_LENGTH)
-            except errors.MalformedPacket:
-                return
-            if header.packet_type != packet.INITIAL:
-                return
-            handle = self._endpoint._pooled(path.peer)
-            path.link = self._endpoint._relayed_link(
-                handle, path, client=False, original_dcid=header.destination_cid
-            )
-        path.link.datagram_received(datagram, path.peer)
+    # ---- the coordinator -------------------------------------------------------------------
 
-    def _close_path(self, path: RelayPath, tell_relay: bool) -> None:
-        self._paths.pop((path.relay, path.circuit), None)
-        if tell_relay and not path.relay.closed:
-            path.relay.session.send_control(wire.RelayClose(path.circuit))
-            path.relay.transmit_soon()
-        if path.link is not None:
-            path.link.abort()
-
-    def relayed_link_gone(self, path: RelayPath) -> None:
-        """A relayed connection ended: release its circuit."""
-        if (path.relay, path.circuit) in self._paths:
-            self._close_path(path, tell_relay=True)
-
-    # ---- relaying and coordinating: the node in between ------------------------------------
-
-    def _coordinate(self, asker: Connection, link: Link, target: Address) -> None:
-        endpoint = self._endpoint
-        other = endpoint._pool.get(target)
-        other_link = other._current if other is not None else None
-        if (
-            other_link is None
-            or other_link.closed
-            or other_link.session.peer is None
-            or link.session.peer is None
+    def punch_request(
+        self, asker: Peer, message: wire.PunchRequest, target: Peer | None, now: float
+    ) -> list[Send]:
+        """A peer asks us to coordinate a punch to ``target`` (the peer we found for its
+        request, None if none): a ``Punch`` to each, or ``PunchFailed`` to the asker."""
+        limits = self.limits
+        refused = [Send(asker.link, wire.PunchFailed(message.target))]
+        if asker.relayed:
+            self._refuse("punch request over a relayed link")
+            return refused
+        if not self._budgets.take(
+            "coordinate", asker.peer_id, now, limits.requests_burst, limits.requests_interval
         ):
-            _send(link, wire.PunchFailed(target))  # the asker's request times out: no Punch comes
-            return
-        # Both Punches should land at the same moment: the nearer peer's is held back.
-        rtt_asker, rtt_other = smoothed_rtt(link.session.quic), smoothed_rtt(other_link.session.quic)
-        later = max(rtt_asker, rtt_other)
-        _send(link, wire.Punch(target, other_link.session.peer.endpoint_id, int((later - rtt_asker) * 500)))
-        _send(
-            other_link,
-            wire.Punch(asker.remote_addr, link.session.peer.endpoint_id, int((later - rtt_other) * 500)),
-        )
+            self._refuse("punch request rate")
+            return refused
+        if target is None or target.relayed or target.peer_id == asker.peer_id:
+            return refused
+        # Both should act at the same moment: the nearer peer's Punch is held back.
+        later = max(asker.rtt, target.rtt)
+        return [
+            Send(asker.link, wire.Punch(target.addr, target.peer_id, int((later - asker.rtt) * 500))),
+            Send(target.link, wire.Punch(asker.addr, asker.peer_id, int((later - target.rtt) * 500))),
+        ]
 
-    def _open_circuit(self, asker: Connection, link: Link, message: wire.RelayOpen) -> None:
-        endpoint = self._endpoint
-        config = endpoint.config
-        other = endpoint._pool.get(message.target)
-        other_link = other._current if other is not None else None
-        busy = len(self._circuits) // 2 >= config.relay_max_circuits
-        if other_link is None or other_link.closed or link.session.peer is None or busy:
-            _send(link, wire.RelayClose(message.circuit))
-            return
-        theirs = self._new_circuit(other_link)
-        circuit = _Circuit(link, message.circuit, other_link, theirs)
-        self._circuits[(link, message.circuit)] = circuit
-        self._circuits[(other_link, theirs)] = circuit
-        _send(other_link, wire.RelayIncoming(asker.remote_addr, link.session.peer.endpoint_id, theirs))
+    # ---- the relay -------------------------------------------------------------------------
 
-    def _forward(self, link: Link, message: wire.RelayData | wire.RelayClose) -> bool:
-        """Carry a circuit's datagram (or its end) to the other side; False if not ours to relay."""
+    def relay_open(self, asker: Peer, message: wire.RelayOpen, target: Peer | None, now: float) -> list[Send]:
+        """A peer asks us to relay a circuit to ``target``: ``RelayIncoming`` to the target,
+        or ``RelayClose`` to the asker when we will not."""
+        limits = self.limits
+        refused = [Send(asker.link, wire.RelayClose(message.circuit))]
+        if (asker.link, message.circuit) in self._circuits:
+            self._refuse("circuit number in use")
+            return []
+        if asker.relayed or target is None or target.relayed or target.peer_id == asker.peer_id:
+            return refused
+        if not self._budgets.take(
+            "coordinate", asker.peer_id, now, limits.requests_burst, limits.requests_interval
+        ):
+            self._refuse("relay request rate")
+            return refused
+        circuits = len(self._circuits) // 2
+        held = sum(1 for c in self._circuits.values() if c.a_id == asker.peer_id) // 2
+        if circuits >= limits.relay_circuits or held >= limits.relay_circuits_per_peer:
+            self._refuse("relay circuits")
+            return refused
+        theirs = self._new_number(target.link)
+        circuit = Circuit(asker.link, message.circuit, asker.peer_id, target.link, theirs)
+        self._circuits[(asker.link, message.circuit)] = circuit
+        self._circuits[(target.link, theirs)] = circuit
+        return [Send(target.link, wire.RelayIncoming(asker.addr, asker.peer_id, theirs))]
+
+    def _new_number(self, link: Hashable) -> int:
+        while True:
+            number = secrets.randbits(32)
+            if (link, number) not in self._circuits and (link, number) not in self._paths:
+                return number
+
+    def new_circuit_number(self, link: Hashable) -> int:
+        """A circuit number for a circuit of ours through ``link``, unused on it."""
+        return self._new_number(link)
+
+    def relay(self, link: Hashable, message: wire.RelayData | wire.RelayClose) -> list[Send] | None:
+        """Carry a circuit's datagram (or its end) to the other side; None if not ours to relay."""
         circuit = self._circuits.get((link, message.circuit))
         if circuit is None:
-            return False
+            return None
         to, number = (circuit.b, circuit.b_circuit) if link is circuit.a else (circuit.a, circuit.a_circuit)
         if isinstance(message, wire.RelayClose):
-            self._drop_circuit(circuit)
-            _send(to, wire.RelayClose(number))
-            return True
+            self._drop(circuit)
+            return [Send(to, wire.RelayClose(number))]
         circuit.bytes += len(message.datagram)
-        if circuit.bytes > self._endpoint.config.relay_max_bytes:
-            log.info(
-                "a relay circuit used up its %d bytes: closing it", self._endpoint.config.relay_max_bytes
-            )
-            self._drop_circuit(circuit)
-            _send(link, wire.RelayClose(message.circuit))
-            _send(to, wire.RelayClose(number))
-            return True
-        _send(to, wire.RelayData(number, message.datagram))
-        return True
+        if circuit.bytes > self.limits.relay_bytes:
+            log.info("a relay circuit used up its %d bytes: closing it", self.limits.relay_bytes)
+            self._refuse("relay bytes")
+            self._drop(circuit)
+            return [Send(link, wire.RelayClose(message.circuit)), Send(to, wire.RelayClose(number))]
+        return [Send(to, wire.RelayData(number, message.datagram))]
 
-    def _drop_circuit(self, circuit: _Circuit) -> None:
+    def _drop(self, circuit: Circuit) -> None:
         self._circuits.pop((circuit.a, circuit.a_circuit), None)
         self._circuits.pop((circuit.b, circuit.b_circuit), None)
 
-    def link_closed(self, link: Link) -> None:
-        """A connection ended: the circuits through it end too, on both sides."""
-        for (end, _), circuit in list(self._circuits.items()):
-            if end is link:
-                self._drop_circuit(circuit)
-                other, other_number = (
-                    (circuit.b, circuit.b_circuit) if end is circuit.a else (circuit.a, circuit.a_circuit)
-                )
-                _send(other, wire.RelayClose(other_number))
-        for (relay, _), path in list(self._paths.items()):
-            if relay is link:
-                self._close_path(path, tell_relay=False)
+    @property
+    def circuits(self) -> int:
+        """Circuits we relay now."""
+        return len(self._circuits) // 2
 
-    # ---- messages --------------------------------------------------------------------------
+    # ---- the relayed peer ------------------------------------------------------------------
 
-    def control(self, connection: Connection, link: Link, message: wire.ControlMessage) -> bool:
-        """Handle a traversal message; False when it is not one."""
-        if isinstance(message, wire.PunchRequest):
-            self._coordinate(connection, link, message.target)
-        elif isinstance(message, wire.Punch):
-            handle = self._endpoint._pooled(message.peer)
-            self._endpoint._expect(message.peer_id, handle)
-            self._spawn(self._go(message.peer, message.delay_ms, handle))
-        elif isinstance(message, wire.RelayOpen):
-            self._open_circuit(connection, link, message)
-        elif isinstance(message, wire.RelayIncoming):
-            self._relay_incoming(link, message)
-        elif isinstance(message, wire.RelayData | wire.RelayClose):
-            path = self._paths.get((link, message.circuit))
-            if path is not None:
-                if isinstance(message, wire.RelayData):
-                    self._relay_data_to_us(path, message.datagram)
-                else:
-                    self._close_path(path, tell_relay=False)
-            elif not self._forward(link, message):
-                log.debug("a relay message for an unknown circuit from %s:%d", *connection.remote_addr)
-        elif not isinstance(message, wire.PunchFailed):
+    def relay_incoming(self, relay: Peer, message: wire.RelayIncoming) -> bool:
+        """A relay announces a circuit to us from ``message.peer_id``: whether we take it
+        (otherwise the caller answers ``RelayClose``)."""
+        limits = self.limits
+        key = (relay.link, message.circuit)
+        mine = sum(1 for (link, _) in self._paths if link == relay.link)
+        if (
+            relay.relayed
+            or key in self._paths
+            or message.peer_id in (wire.ANY_PEER, relay.peer_id)
+            or len(self._paths) >= limits.relayed_paths
+            or mine >= limits.relayed_paths_per_relay
+        ):
+            self._refuse("relayed circuit")
             return False
+        self._paths[key] = message.peer_id
         return True
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def path_opened(self, relay: Hashable, circuit: int, peer_id: str) -> None:
+        """We opened a circuit of our own through ``relay`` towards ``peer_id``."""
+        self._paths[(relay, circuit)] = peer_id
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for path in list(self._paths.values()):
-            self._close_path(path, tell_relay=True)
-        self._circuits.clear()
+    def path_peer(self, relay: Hashable, circuit: int) -> str | None:
+        """The only peer id a circuit of ours may carry, or None if it is not ours."""
+        return self._paths.get((relay, circuit))
 
+    def path_closed(self, relay: Hashable, circuit: int) -> None:
+        self._paths.pop((relay, circuit), None)
 
-def _send(link: Link, message: wire.ControlMessage) -> None:
-    if not link.closed:
-        link.session.send_control(message)
-        link.transmit_soon()
+    # ---- links ending ----------------------------------------------------------------------
+
+    def link_closed(self, link: Hashable) -> tuple[list[Send], list[int]]:
+        """A link ended: the circuits relayed through it end on their other side too (the
+        messages to send), and ours through it (their circuit numbers)."""
+        sends: list[Send] = []
+        for (end, _), circuit in list(self._circuits.items()):
+            if end is link:
+                self._drop(circuit)
+                other, number = (
+                    (circuit.b, circuit.b_circuit) if end is circuit.a else (circuit.a, circuit.a_circuit)
+                )
+                sends.append(Send(other, wire.RelayClose(number)))
+        ours = [number for (relay, number) in self._paths if relay is link]
+        for number in ours:
+            del self._paths[(link, number)]
+        return sends, ours

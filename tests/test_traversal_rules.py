@@ -1,0 +1,149 @@
+"""The traversal decider without sockets or clocks: every rule and bound of punching and relaying."""
+
+from __future__ import annotations
+
+from qp2p import wire
+from qp2p._decisions import Peer, Send
+from qp2p.nat import traversal as t
+
+A, B, R = "a" * 64, "b" * 64, "c" * 64
+ADDR_A, ADDR_B, ADDR_R = ("198.51.100.1", 1000), ("198.51.100.2", 2000), ("198.51.100.3", 3000)
+
+
+def peer(peer_id: str, addr: tuple[str, int], link: str, rtt: float = 0.05, relayed: bool = False) -> Peer:
+    return Peer(link, peer_id, addr, rtt, relayed)
+
+
+ASKER, TARGET, COORD = peer(A, ADDR_A, "la", 0.02), peer(B, ADDR_B, "lb", 0.1), peer(R, ADDR_R, "lr")
+
+
+def test_coordinator_names_each_side_by_proven_id_and_observed_address() -> None:
+    rules = t.Traversal()
+    # The asker names an address of its choosing; the Punch carries what the coordinator saw.
+    sends = rules.punch_request(ASKER, wire.PunchRequest(("203.0.113.9", 9)), TARGET, now=0.0)
+    assert sends == [
+        Send("la", wire.Punch(ADDR_B, B, 40)),  # (0.1 - 0.02) / 2 s later than the nearer side
+        Send("lb", wire.Punch(ADDR_A, A, 0)),
+    ]
+
+
+def test_coordinator_refuses_without_a_target_over_a_relay_or_past_the_budget() -> None:
+    rules = t.Traversal()
+    failed = [Send("la", wire.PunchFailed(ADDR_B))]
+    assert rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), None, 0.0) == failed
+    relayed = peer(A, ADDR_A, "la", relayed=True)
+    assert rules.punch_request(relayed, wire.PunchRequest(ADDR_B), TARGET, 0.0) == failed
+    assert (
+        rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), peer(B, ADDR_B, "lb", relayed=True), 0.0)
+        == failed
+    )
+    rules, limits = t.Traversal(), t.TraversalLimits()
+    answered = sum(
+        len(rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, 1.0)) == 2 for _ in range(50)
+    )
+    assert answered == limits.requests_burst
+    assert (
+        len(rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, 1.0 + limits.requests_interval))
+        == 2
+    )
+
+
+def test_a_solicited_punch_opens_a_path_with_a_capped_delay() -> None:
+    rules = t.Traversal()
+    path = rules.punch(COORD, wire.Punch(ADDR_B, B, 2**32 - 1), solicited=True, now=10.0)
+    assert path is not None
+    assert (path.addr, path.peer_id) == (ADDR_B, B)
+    assert path.at == 10.0 + rules.limits.max_delay and path.until == path.at + t.PUNCH_TIMEOUT
+    assert rules.punches == 1 and rules.punching(B, path.until)
+    rules.punch_over(path.punch)
+    assert rules.punches == 0
+    assert rules.punching(B, path.until + t.LABEL_GRACE - 0.1) and not rules.punching(
+        B, path.until + t.LABEL_GRACE
+    )
+
+
+def test_a_punch_must_name_another_peer() -> None:
+    rules = t.Traversal()
+    assert rules.punch(COORD, wire.Punch(ADDR_B, wire.ANY_PEER, 0), True, 0.0) is None
+    assert rules.punch(COORD, wire.Punch(ADDR_B, R, 0), True, 0.0) is None
+    assert rules.refusals["punch names no other peer"] == 2
+
+
+def test_unsolicited_punches_one_at_a_time_per_coordinator_within_a_budget() -> None:
+    rules = t.Traversal()
+    limits = rules.limits
+    first = rules.punch(COORD, wire.Punch(ADDR_B, B, 0), solicited=False, now=0.0)
+    assert first is not None
+    assert rules.punch(COORD, wire.Punch(ADDR_A, A, 0), solicited=False, now=0.0) is None  # one at a time
+    other = peer("d" * 64, ("198.51.100.4", 4), "ld")
+    assert rules.punch(other, wire.Punch(ADDR_A, A, 0), solicited=False, now=0.0) is not None
+    rules.punch_over(first.punch)
+    taken = 1
+    for _ in range(50):  # back to back: the burst, then nothing until the bucket refills
+        path = rules.punch(COORD, wire.Punch(ADDR_B, B, 0), solicited=False, now=0.0)
+        if path is not None:
+            taken += 1
+            rules.punch_over(path.punch)
+    assert taken == limits.unsolicited_burst
+    later = rules.punch(COORD, wire.Punch(ADDR_B, B, 0), solicited=False, now=limits.unsolicited_interval)
+    assert later is not None
+
+
+def test_punches_in_flight_are_capped_and_expire() -> None:
+    rules = t.Traversal()
+    limits = rules.limits
+    coordinators = [
+        peer(f"{n:064x}", ("198.51.100.9", n + 1), f"l{n}") for n in range(limits.punches_in_flight + 4)
+    ]
+    paths = [rules.punch(c, wire.Punch(ADDR_B, B, 0), solicited=False, now=0.0) for c in coordinators]
+    assert sum(p is not None for p in paths) == limits.punches_in_flight
+    assert rules.refusals["too many punches at once"] == 4
+    rules.expire(t.PUNCH_TIMEOUT)  # every punch's time is over: the table empties by itself
+    assert rules.punches == 0
+
+
+def test_relay_opens_a_circuit_and_forwards_both_ways() -> None:
+    rules = t.Traversal()
+    sends = rules.relay_open(ASKER, wire.RelayOpen(("203.0.113.9", 9), wire.ANY_PEER, 7), TARGET, 0.0)
+    assert len(sends) == 1 and sends[0].link == "lb"
+    incoming = sends[0].message
+    assert isinstance(incoming, wire.RelayIncoming)
+    assert (incoming.peer, incoming.peer_id) == (ADDR_A, A)  # observed, proven: never claimed
+    assert rules.circuits == 1
+    assert rules.relay("la", wire.RelayData(7, b"x")) == [Send("lb", wire.RelayData(incoming.circuit, b"x"))]
+    assert rules.relay("lb", wire.RelayData(incoming.circuit, b"y")) == [Send("la", wire.RelayData(7, b"y"))]
+    assert rules.relay("la", wire.RelayData(8, b"x")) is None  # not a circuit of ours
+    assert rules.relay("lb", wire.RelayClose(incoming.circuit)) == [Send("la", wire.RelayClose(7))]
+    assert rules.circuits == 0
+
+
+def test_relay_limits_circuits_per_peer_and_bytes_per_circuit() -> None:
+    rules = t.Traversal(t.TraversalLimits(relay_circuits_per_peer=2, relay_bytes=10, requests_burst=100))
+    opened = [rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, n), TARGET, 0.0) for n in range(4)]
+    assert [type(sends[0].message) for sends in opened] == [wire.RelayIncoming] * 2 + [wire.RelayClose] * 2
+    assert rules.relay("la", wire.RelayData(0, b"12345")) is not None
+    closed = rules.relay("la", wire.RelayData(0, b"123456"))
+    assert closed is not None and all(isinstance(send.message, wire.RelayClose) for send in closed)
+    assert rules.circuits == 1
+
+
+def test_a_relayed_peer_takes_circuits_naming_a_peer_within_bounds() -> None:
+    rules = t.Traversal(t.TraversalLimits(relayed_paths_per_relay=2))
+    assert not rules.relay_incoming(COORD, wire.RelayIncoming(ADDR_A, wire.ANY_PEER, 1))
+    assert not rules.relay_incoming(COORD, wire.RelayIncoming(ADDR_A, R, 1))  # the relay itself
+    assert rules.relay_incoming(COORD, wire.RelayIncoming(ADDR_A, A, 1))
+    assert not rules.relay_incoming(COORD, wire.RelayIncoming(ADDR_A, A, 1))  # a number in use
+    assert rules.relay_incoming(COORD, wire.RelayIncoming(ADDR_A, A, 2))
+    assert not rules.relay_incoming(COORD, wire.RelayIncoming(ADDR_A, A, 3))  # the relay's share
+    assert rules.path_peer("lr", 1) == A
+    sends, ours = rules.link_closed("lr")
+    assert sends == [] and sorted(ours) == [1, 2] and rules.path_peer("lr", 1) is None
+
+
+def test_a_closed_link_ends_the_circuits_through_it() -> None:
+    rules = t.Traversal()
+    (incoming,) = rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, 7), TARGET, 0.0)
+    assert isinstance(incoming.message, wire.RelayIncoming)
+    sends, ours = rules.link_closed("la")
+    assert sends == [Send("lb", wire.RelayClose(incoming.message.circuit))] and ours == []
+    assert rules.circuits == 0
