@@ -39,8 +39,9 @@ def _read_pem(source: str | bytes | os.PathLike[str], what: str) -> bytes:
         raise ConfigError(f"cannot read the {what} {source}: {exc}") from exc
 
 
-def _fingerprint(text: str) -> str:
-    digest = text.replace(":", "").strip().lower()
+def _fingerprint(text: object) -> str:
+    """A SHA-256 fingerprint as 64 lowercase hex digits; colons and letter case as people write it."""
+    digest = text.replace(":", "").strip().lower() if isinstance(text, str) else ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ConfigError(f"not a SHA-256 fingerprint: {text!r}")
     return digest
@@ -53,40 +54,93 @@ class Role(enum.Enum):
     CLIENT = "client"
 
 
+TrustMode = Literal["encrypt_only", "ca", "private_ca", "pinned"]
+_MODES: tuple[TrustMode, ...] = typing.get_args(TrustMode)
+# The modes that check a peer's chain against ``ca_pem``: without it aioquic would trust the public roots.
+_CHAIN_MODES = ("ca", "private_ca")
+
+
 @dataclass(frozen=True, slots=True)
 class Trust:
     """How peers authenticate each other; ``Trust.encrypt_only()`` is the default.
 
     Build one with a factory: ``encrypt_only``, ``ca``, ``private_ca`` or ``pinned``.
-    ``docs/security.md`` says what each mode guarantees and what it does not.
+    ``docs/security.md`` says what each mode guarantees and what it does not. Every field is
+    checked when made, however it is made: ``ConfigError`` for an unknown mode, a field the
+    mode needs that is missing or unusable, or a field that belongs to another mode.
     """
 
-    mode: Literal["encrypt_only", "ca", "private_ca", "pinned"] = "encrypt_only"
+    mode: TrustMode = "encrypt_only"
     certfile: str | None = None
     keyfile: str | None = None
     ca_pem: bytes | None = None
     pins: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        _check(self.mode in _MODES, f"unknown trust mode {self.mode!r}: use one of {', '.join(_MODES)}")
+        self._check_ca()
+        self._check_files()
+        self._check_pins()
+
+    def _check_files(self) -> None:
+        """Our certificate and key: two paths or none; required where peers check our chain."""
+        for name in ("certfile", "keyfile"):
+            path = getattr(self, name)
+            if isinstance(path, os.PathLike):
+                path = os.fspath(path)
+                object.__setattr__(self, name, path)  # a Path given is kept as a string
+            _check(path is None or (isinstance(path, str) and path != ""), f"{name} must be a file path")
+        both = (self.certfile is None) == (self.keyfile is None)
+        _check(both, "give both certfile and keyfile, or neither")
+        if self.mode in _CHAIN_MODES:
+            _check(self.certfile is not None, f"{self.mode} trust needs our certfile and keyfile")
+
+    def _check_ca(self) -> None:
+        """The CA certificates: parseable PEM bytes in the chain modes, absent in the others."""
+        if self.mode not in _CHAIN_MODES:
+            _check(self.ca_pem is None, f"ca_pem is for ca and private_ca trust, not {self.mode}")
+            return
+        if not isinstance(self.ca_pem, bytes):
+            raise ConfigError(
+                f"{self.mode} trust needs the CA certificates as PEM bytes (build it with Trust.{self.mode})"
+            )
+        try:
+            x509.load_pem_x509_certificates(self.ca_pem)
+        except ValueError as exc:
+            raise ConfigError(f"no CA certificate in the PEM data: {exc}") from exc
+
+    def _check_pins(self) -> None:
+        """The fingerprints: at least one, each well-formed, in pinned mode; none in the others."""
+        if self.mode != "pinned":
+            _check(not self.pins, f"pins are for pinned trust, not {self.mode}")
+            object.__setattr__(self, "pins", frozenset())  # an empty list or None given is kept as none
+            return
+        _check(
+            isinstance(self.pins, Iterable) and not isinstance(self.pins, str | bytes),
+            "pins must be a collection of fingerprints, not a string",
+        )
+        pins = frozenset(_fingerprint(text) for text in self.pins)
+        _check(bool(pins), "pinned trust needs at least one fingerprint")
+        object.__setattr__(self, "pins", pins)  # kept as the normalised hex digests
+
     @classmethod
     def encrypt_only(cls, certfile: str | None = None, keyfile: str | None = None) -> Trust:
         """Encryption without identity: any peer is accepted. Our certificate is self-signed
         and fresh, or loaded from PEM files to keep one fingerprint across restarts."""
-        if (certfile is None) != (keyfile is None):
-            raise ConfigError("give both certfile and keyfile, or neither")
         return cls("encrypt_only", certfile, keyfile)
 
     @classmethod
     def ca(cls, ca: str | bytes | os.PathLike[str], certfile: str, keyfile: str) -> Trust:
         """Every peer must present a certificate that chains to ``ca`` (a PEM file, or PEM
         text, with one or more CA certificates); we present ``certfile``, signed by it."""
-        return cls("ca", str(certfile), str(keyfile), _checked_ca(_read_pem(ca, "CA certificate")))
+        return cls("ca", certfile, keyfile, _read_pem(ca, "CA certificate"))
 
     @classmethod
     def private_ca(cls, directory: str | os.PathLike[str], name: str) -> Trust:
         """As ``ca``, with a network's own CA as ``qp2p ca init DIR`` and ``qp2p ca issue NAME``
         lay it out: ``DIR/ca.pem``, and our ``DIR/NAME.pem`` with its key ``DIR/NAME.key``."""
         folder = Path(directory)
-        pem = _checked_ca(_read_pem(folder / "ca.pem", "CA certificate"))
+        pem = _read_pem(folder / "ca.pem", "CA certificate")
         return cls("private_ca", str(folder / f"{name}.pem"), str(folder / f"{name}.key"), pem)
 
     @classmethod
@@ -95,20 +149,7 @@ class Trust:
     ) -> Trust:
         """Only peers whose certificate's SHA-256 fingerprint is listed (hex, colons allowed)
         are accepted. Give our own certificate and key to keep our fingerprint across restarts."""
-        if (certfile is None) != (keyfile is None):
-            raise ConfigError("give both certfile and keyfile, or neither")
-        pins = frozenset(_fingerprint(text) for text in fingerprints)
-        if not pins:
-            raise ConfigError("pinned trust needs at least one fingerprint")
-        return cls("pinned", certfile, keyfile, None, pins)
-
-
-def _checked_ca(pem: bytes) -> bytes:
-    try:
-        x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise ConfigError(f"no CA certificate in the PEM data: {exc}") from exc
-    return pem
+        return cls("pinned", certfile, keyfile, None, frozenset(fingerprints))
 
 
 def _check(condition: bool, message: str) -> None:
