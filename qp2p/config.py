@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import ipaddress
+import math
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -261,34 +263,50 @@ class Config:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Config:
-        """A config from plain values (strings are converted to each field's type)."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known) - {"trust"})
-        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        """A config from plain values: TOML's types, or strings as files and the environment hold them."""
         hints = typing.get_type_hints(cls)
-        kwargs = {
-            name: _convert(name, hints[name], value) for name, value in values.items() if name != "trust"
-        }
-        return cls(**kwargs)
+        unknown = sorted(set(values) - set(hints))
+        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        return cls(**{name: _convert(name, hints[name], value) for name, value in values.items()})
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Config:
         """A config from a TOML file: the keys of a ``[qp2p]`` table, or of the top level."""
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except (OSError, ValueError) as exc:  # ValueError: not TOML, or not UTF-8
             raise ConfigError(f"cannot read {path}: {exc}") from exc
         table = data.get("qp2p", data)
-        _check(isinstance(table, dict), "the [qp2p] entry must be a table")
-        return cls.from_mapping(table)
+        try:
+            _check(isinstance(table, dict), "the qp2p entry must be a table")
+            return cls.from_mapping(table)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "QP2P_") -> Config:
-        """A config from ``QP2P_<FIELD>`` variables (``QP2P_LOCAL_PORT=4000``); others keep defaults."""
+        """A config from ``QP2P_<FIELD>`` variables (``QP2P_LOCAL_PORT=4000``); others keep defaults.
+
+        Any other variable with the prefix is refused as a misspelt setting, but for the
+        switches qp2p's build, import and tests read (``QP2P_NO_EXTENSIONS`` and the like).
+        """
         env = os.environ if environ is None else environ
-        names = {f.name for f in dataclasses.fields(cls)} - {"trust"}
-        values = {name: env[prefix + name.upper()] for name in names if prefix + name.upper() in env}
-        return cls.from_mapping(values)
+        names = {prefix + f.name.upper(): f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(
+            key
+            for key in env
+            if key.startswith(prefix) and key not in names and key[len(prefix) :] not in _NOT_SETTINGS
+        )
+        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        return cls.from_mapping({names[key]: env[key] for key in env if key in names})
+
+
+# Variables named like settings that are not: read by setup.py, qp2p._speedups and conftest.py.
+_NOT_SETTINGS = frozenset({"NO_EXTENSIONS", "REQUIRE_EXTENSIONS", "CYTHON_TRACING", "HYPOTHESIS_PROFILE"})
+# The spellings of a boolean in a file or a variable, in any letter case; nothing else is one.
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
 def _contact(item: Any) -> tuple[str, int]:
@@ -307,24 +325,98 @@ def _contact(item: Any) -> tuple[str, int]:
 
 
 def _convert(name: str, hint: Any, value: Any) -> Any:
-    """``value`` as the type ``hint`` names; strings from files and the environment are parsed."""
-    if name == "hard_coded_contacts":
-        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-    if name == "role":
-        try:
-            return Role(value) if isinstance(value, str) else value
-        except ValueError:
-            raise ConfigError(f"role must be one of {[r.value for r in Role]}, got {value!r}") from None
+    """``value`` as field ``name`` takes it: strings are parsed, and nothing is coerced that
+    would change what was meant (4.5 is no integer, "ture" no boolean)."""
+    if name in _SPECIAL:
+        return _SPECIAL[name](value)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
-        _check(type(None) in options, f"{name} cannot be empty")
+    if type(None) in options and _means_none(value):
         return None
-    for kind in (bool, int, float, str):
-        if kind in options:
-            try:
-                if kind is bool and isinstance(value, str):
-                    return value.lower() in ("1", "true", "yes", "on")
-                return kind(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name}: cannot read {value!r} as {kind.__name__}") from None
-    raise ConfigError(f"{name}: unsupported type {hint}")
+    (kind,) = (option for option in options if option is not type(None))
+    return _READERS[kind](name, value)
+
+
+def _means_none(value: Any) -> bool:
+    """None itself, or how a file or a variable writes it: an empty string or "none"."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))
+
+
+def _boolean(name: str, value: Any) -> bool:
+    """A bool, or one of its documented spellings (``_TRUE``, ``_FALSE``)."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    if value is True or word in _TRUE:
+        return True
+    if value is False or word in _FALSE:
+        return False
+    raise ConfigError(f"{name}: {value!r} is not a boolean; write true or false (or yes/no, on/off, 1/0)")
+
+
+def _integer(name: str, value: Any) -> int:
+    """An int, or a string of one; not a bool or a float, which ``int()`` would quietly change."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value)
+    _refuse(name, value, "an integer")
+
+
+def _number(name: str, value: Any) -> float:
+    """A finite float from an int, a float or a string of one; not a bool."""
+    number = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
+        return float(number)
+    _refuse(name, value, "a finite number")
+
+
+def _text(name: str, value: Any) -> str:
+    """A string as it is; a number given for a path or an address is a mistake."""
+    return value if isinstance(value, str) else _refuse(name, value, "a string")
+
+
+def _refuse(name: str, value: Any, kind: str) -> typing.NoReturn:
+    """Raise the one message every reader gives: the field, the value as written, what it must be."""
+    raise ConfigError(f"{name}: {value!r} is not {kind}")
+
+
+def _role(value: Any) -> Role:
+    """A ``Role``, or its value in any letter case."""
+    try:
+        return value if isinstance(value, Role) else Role(value.strip().lower())
+    except (AttributeError, ValueError):
+        raise ConfigError(f"role must be one of {[r.value for r in Role]}, got {value!r}") from None
+
+
+def _contacts(value: Any) -> tuple[Any, ...]:
+    """A list of contacts, or a comma-separated string of them; each is parsed by ``_contact``."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    raise ConfigError(f"hard_coded_contacts: {value!r} is neither a list of contacts nor a string of them")
+
+
+def _trust(value: Any) -> Trust:
+    """A ``Trust`` object: a file or a variable cannot hold one, and must not be dropped unread."""
+    if isinstance(value, Trust):
+        return value
+    raise ConfigError(
+        f"trust: {value!r} cannot be read as text; build a qp2p.Trust in code and pass it "
+        "with config.replace(trust=...)"
+    )
+
+
+_SPECIAL: dict[str, Callable[[Any], Any]] = {
+    "trust": _trust,
+    "role": _role,
+    "hard_coded_contacts": _contacts,
+}
+_READERS: dict[type, Callable[[str, Any], Any]] = {
+    bool: _boolean,
+    int: _integer,
+    float: _number,
+    str: _text,
+}
