@@ -108,16 +108,16 @@ async def _serve(endpoint: qp2p.Endpoint) -> None:
 
 
 async def _send(args: argparse.Namespace) -> int:
-    """``qp2p send``: one message or request, and a request's reply."""
+    """``qp2p send``: one message or request; a reply is shown as ``_shown`` makes it safe."""
     host, _ = args.addr
     config = qp2p.Config(local_ip="::" if ":" in host else "0.0.0.0", connect_timeout=args.timeout)
-    data = args.message.encode()
+    data = args.message.encode("utf-8", "surrogateescape")  # an argument that is not UTF-8: its bytes
     async with qp2p.Endpoint(config) as endpoint:
         deadline = time.monotonic() + args.timeout
         connection = await endpoint.connect_to(args.addr)
         if args.request:
             reply = await connection.request(data, timeout=max(0.0, deadline - time.monotonic()))
-            print(bytes(reply).decode("utf-8", "backslashreplace"))
+            print(_shown(bytes(reply)))
         else:
             await connection.send(data)
             # send() returns once QUIC has the message; closing at once would discard it
@@ -125,6 +125,16 @@ async def _send(args: argparse.Namespace) -> int:
             await asyncio.sleep(0)
             print(f"sent {len(data)} bytes to {_format(connection.remote_addr)}")
     return 0
+
+
+def _shown(data: bytes) -> str:
+    """A peer's bytes as UTF-8 text if every character is printable, else as a bytes literal:
+    a peer must not be able to drive our terminal with escape sequences or fake our output."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(data)
+    return text if text.isprintable() else repr(data)
 
 
 # ---- demo ----------------------------------------------------------------------------------

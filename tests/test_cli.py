@@ -126,6 +126,26 @@ def test_send_refuses_a_bad_address() -> None:
     assert "[::1]:4000" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "reply, shown",
+    [
+        ("\x1b]0;owned\x07\x1b[2J", "b'\\x1b]0;owned\\x07\\x1b[2J'"),  # retitles and clears a terminal
+        ("two\nlines", "b'two\\nlines'"),
+        ("\u202egnp.exe", "b'\\xe2\\x80\\xaegnp.exe'"),  # right-to-left override
+        ("\udcff", "b'\\xff'"),  # an argument that is not UTF-8 is sent as its bytes
+    ],
+    ids=["escape-sequences", "newline", "bidi-control", "not-utf8"],
+)
+def test_send_request_shows_a_peer_reply_safely(
+    listener: tuple[subprocess.Popen[str], Lines], reply: str, shown: str
+) -> None:
+    _, lines = listener
+    addr = lines.next(timeout=30).split()[-1]
+    answered = run("send", addr, reply, "--request", timeout=30)  # the listener echoes the request
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout == shown + "\n"
+
+
 def test_demo() -> None:
     result = run("demo", "--nodes", "3", "--messages", "200", "--requests", "20", timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
