@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import datetime
 import json
 import math
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
 
 import qp2p
 from qp2p import _demo, _speedups, tls
@@ -75,16 +79,12 @@ async def _listen(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        async with qp2p.Endpoint(qp2p.Config(local_ip=args.ip, local_port=args.port)) as endpoint:
-            print(f"listening on {_format(endpoint.local_addr)}", flush=True)
-            async with asyncio.TaskGroup() as tasks:
-                serving = tasks.create_task(_serve(endpoint))
-                await stop.wait()
-                serving.cancel()
-    except qp2p.Error as exc:  # not an IP address, or it cannot be bound
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    async with qp2p.Endpoint(qp2p.Config(local_ip=args.ip, local_port=args.port)) as endpoint:
+        print(f"listening on {_format(endpoint.local_addr)}", flush=True)
+        async with asyncio.TaskGroup() as tasks:
+            serving = tasks.create_task(_serve(endpoint))
+            await stop.wait()
+            serving.cancel()
     return 0
 
 
@@ -99,34 +99,42 @@ async def _serve(endpoint: qp2p.Endpoint) -> None:
             try:
                 await message.reply(data)
             except qp2p.Error as exc:
-                print(f"cannot reply to {_format(message.src)}: {exc}", file=sys.stderr, flush=True)
+                print(
+                    f"cannot reply to {_format(message.src)}: {_one_line(exc)}", file=sys.stderr, flush=True
+                )
 
 
 # ---- send ----------------------------------------------------------------------------------
 
 
 async def _send(args: argparse.Namespace) -> int:
-    """``qp2p send``: one message or request; 1 and a line on stderr if qp2p raised."""
+    """``qp2p send``: one message or request; a reply is shown as ``_shown`` makes it safe."""
     host, _ = args.addr
     config = qp2p.Config(local_ip="::" if ":" in host else "0.0.0.0", connect_timeout=args.timeout)
-    data = args.message.encode()
-    try:
-        async with qp2p.Endpoint(config) as endpoint:
-            deadline = time.monotonic() + args.timeout
-            connection = await endpoint.connect_to(args.addr)
-            if args.request:
-                reply = await connection.request(data, timeout=max(0.0, deadline - time.monotonic()))
-                print(bytes(reply).decode("utf-8", "backslashreplace"))
-            else:
-                await connection.send(data)
-                # send() returns once QUIC has the message; closing at once would discard it
-                # before it is on the wire, so let the transmit it scheduled run first.
-                await asyncio.sleep(0)
-                print(f"sent {len(data)} bytes to {_format(connection.remote_addr)}")
-    except qp2p.Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    data = args.message.encode("utf-8", "surrogateescape")  # an argument that is not UTF-8: its bytes
+    async with qp2p.Endpoint(config) as endpoint:
+        deadline = time.monotonic() + args.timeout
+        connection = await endpoint.connect_to(args.addr)
+        if args.request:
+            reply = await connection.request(data, timeout=max(0.0, deadline - time.monotonic()))
+            print(_shown(bytes(reply)))
+        else:
+            await connection.send(data)
+            # send() returns once QUIC has the message; closing at once would discard it
+            # before it is on the wire, so let the transmit it scheduled run first.
+            await asyncio.sleep(0)
+            print(f"sent {len(data)} bytes to {_format(connection.remote_addr)}")
     return 0
+
+
+def _shown(data: bytes) -> str:
+    """A peer's bytes as UTF-8 text if every character is printable, else as a bytes literal:
+    a peer must not be able to drive our terminal with escape sequences or fake our output."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(data)
+    return text if text.isprintable() else repr(data)
 
 
 # ---- demo ----------------------------------------------------------------------------------
@@ -522,42 +530,96 @@ def _file_name(text: str) -> str:
     return text
 
 
-def _write(identity: tls.Identity, folder: Path, name: str) -> int:
-    """Writes NAME.pem and NAME.key (0600) into ``folder``; refuses to overwrite either."""
+def _write(identity: tls.Identity, folder: Path, name: str) -> None:
+    """Write NAME.pem and NAME.key (0600) into ``folder``: both, or neither if either name is taken."""
     certfile, keyfile = folder / f"{name}.pem", folder / f"{name}.key"
     for path in (certfile, keyfile):
-        if path.exists():
-            print(f"qp2p: {path} exists; not overwriting it", file=sys.stderr)
-            return 1
-    tls.write_identity(identity, certfile, keyfile)
+        if os.path.lexists(path):  # a dangling symlink too: it is never written through
+            raise FileExistsError(f"{path} exists; not overwriting it")
+    key_pem = identity.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    cert_pem = b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in (identity.certificate, *identity.chain)
+    )
+    _create_files([(keyfile, key_pem), (certfile, cert_pem)])
     print(f"wrote {certfile} and {keyfile}")
     print(f"fingerprint: {identity.fingerprint}")
-    return 0
+
+
+def _create_files(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Create each file anew, mode 0600, never through a symlink; if one fails, remove those
+    already made, so that a key is never left without its certificate (or the other way)."""
+    made: list[Path] = []
+    try:
+        for path, data in files:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            made.append(path)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(data)
+    except BaseException:
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _ca_init(args: argparse.Namespace) -> int:
+    """``qp2p ca init DIR``: a new CA in DIR (made 0700 if it is new)."""
     folder: Path = args.dir
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return _write(tls.new_ca(), folder, "ca")
+    _write(tls.new_ca(), folder, "ca")
+    return 0
 
 
 def _ca_issue(args: argparse.Namespace) -> int:
+    """``qp2p ca issue NAME``: a node certificate from DIR's CA, expiring no later than the CA."""
     folder: Path = args.dir
     try:
         ca = tls.load_identity(str(folder / "ca.pem"), str(folder / "ca.key"))
     except qp2p.CertificateError as exc:
-        print(f"qp2p: {exc} (create the CA with: qp2p ca init {folder})", file=sys.stderr)
-        return 1
-    return _write(tls.issue(ca, args.name, days=args.days), folder, args.name)
+        raise qp2p.CertificateError(f"{exc} (create the CA with: qp2p ca init {folder})") from None
+    days = _days_within(ca, args.days, folder)
+    _write(tls.issue(ca, args.name, days=days), folder, args.name)
+    if days < args.days:
+        expires = ca.certificate.not_valid_after_utc
+        print(
+            f"clamped --days {args.days} to {days}: "
+            f"the CA expires on {expires:%Y-%m-%d}, and {args.name} no later"
+        )
+    return 0
+
+
+def _days_within(ca: tls.Identity, days: int, folder: Path) -> int:
+    """``days``, or the whole days the CA has left if fewer: a certificate must not outlive its CA."""
+    expires = ca.certificate.not_valid_after_utc
+    days_left = (expires - datetime.datetime.now(datetime.UTC)) // datetime.timedelta(days=1)
+    if days_left < 1:
+        raise qp2p.CertificateError(
+            f"the CA in {folder} is valid until {expires:%Y-%m-%d %H:%M} UTC: not a whole day left "
+            "to issue for; create a new CA with: qp2p ca init"
+        )
+    return min(days, days_left)
 
 
 def _cert(args: argparse.Namespace) -> int:
-    folder: Path = args.dir
-    return _write(tls.self_signed_identity(), folder, args.name)
+    """``qp2p cert NAME``: a self-signed certificate and key."""
+    _write(tls.self_signed_identity(), args.dir, args.name)
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one printable line: it may quote a peer, so nothing raw passes."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line and return its exit status: 0, 1 when a command fails (one line
+    on stderr, never a traceback), or argparse's 2 for a command line it cannot parse."""
     args = _parser().parse_args(argv)
-    status: int = args.run(args)
+    try:
+        status: int = args.run(args)
+    except (qp2p.Error, OSError, ValueError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     return status

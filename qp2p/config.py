@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import ipaddress
+import math
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +41,9 @@ def _read_pem(source: str | bytes | os.PathLike[str], what: str) -> bytes:
         raise ConfigError(f"cannot read the {what} {source}: {exc}") from exc
 
 
-def _fingerprint(text: str) -> str:
-    digest = text.replace(":", "").strip().lower()
+def _fingerprint(text: object) -> str:
+    """A SHA-256 fingerprint as 64 lowercase hex digits; colons and letter case as people write it."""
+    digest = text.replace(":", "").strip().lower() if isinstance(text, str) else ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ConfigError(f"not a SHA-256 fingerprint: {text!r}")
     return digest
@@ -53,40 +56,93 @@ class Role(enum.Enum):
     CLIENT = "client"
 
 
+TrustMode = Literal["encrypt_only", "ca", "private_ca", "pinned"]
+_MODES: tuple[TrustMode, ...] = typing.get_args(TrustMode)
+# The modes that check a peer's chain against ``ca_pem``: without it aioquic would trust the public roots.
+_CHAIN_MODES = ("ca", "private_ca")
+
+
 @dataclass(frozen=True, slots=True)
 class Trust:
     """How peers authenticate each other; ``Trust.encrypt_only()`` is the default.
 
     Build one with a factory: ``encrypt_only``, ``ca``, ``private_ca`` or ``pinned``.
-    ``docs/security.md`` says what each mode guarantees and what it does not.
+    ``docs/security.md`` says what each mode guarantees and what it does not. Every field is
+    checked when made, however it is made: ``ConfigError`` for an unknown mode, a field the
+    mode needs that is missing or unusable, or a field that belongs to another mode.
     """
 
-    mode: Literal["encrypt_only", "ca", "private_ca", "pinned"] = "encrypt_only"
+    mode: TrustMode = "encrypt_only"
     certfile: str | None = None
     keyfile: str | None = None
     ca_pem: bytes | None = None
     pins: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        _check(self.mode in _MODES, f"unknown trust mode {self.mode!r}: use one of {', '.join(_MODES)}")
+        self._check_ca()
+        self._check_files()
+        self._check_pins()
+
+    def _check_files(self) -> None:
+        """Our certificate and key: two paths or none; required where peers check our chain."""
+        for name in ("certfile", "keyfile"):
+            path = getattr(self, name)
+            if isinstance(path, os.PathLike):
+                path = os.fspath(path)
+                object.__setattr__(self, name, path)  # a Path given is kept as a string
+            _check(path is None or (isinstance(path, str) and path != ""), f"{name} must be a file path")
+        both = (self.certfile is None) == (self.keyfile is None)
+        _check(both, "give both certfile and keyfile, or neither")
+        if self.mode in _CHAIN_MODES:
+            _check(self.certfile is not None, f"{self.mode} trust needs our certfile and keyfile")
+
+    def _check_ca(self) -> None:
+        """The CA certificates: parseable PEM bytes in the chain modes, absent in the others."""
+        if self.mode not in _CHAIN_MODES:
+            _check(self.ca_pem is None, f"ca_pem is for ca and private_ca trust, not {self.mode}")
+            return
+        if not isinstance(self.ca_pem, bytes):
+            raise ConfigError(
+                f"{self.mode} trust needs the CA certificates as PEM bytes (build it with Trust.{self.mode})"
+            )
+        try:
+            x509.load_pem_x509_certificates(self.ca_pem)
+        except ValueError as exc:
+            raise ConfigError(f"no CA certificate in the PEM data: {exc}") from exc
+
+    def _check_pins(self) -> None:
+        """The fingerprints: at least one, each well-formed, in pinned mode; none in the others."""
+        if self.mode != "pinned":
+            _check(not self.pins, f"pins are for pinned trust, not {self.mode}")
+            object.__setattr__(self, "pins", frozenset())  # an empty list or None given is kept as none
+            return
+        _check(
+            isinstance(self.pins, Iterable) and not isinstance(self.pins, str | bytes),
+            "pins must be a collection of fingerprints, not a string",
+        )
+        pins = frozenset(_fingerprint(text) for text in self.pins)
+        _check(bool(pins), "pinned trust needs at least one fingerprint")
+        object.__setattr__(self, "pins", pins)  # kept as the normalised hex digests
+
     @classmethod
     def encrypt_only(cls, certfile: str | None = None, keyfile: str | None = None) -> Trust:
         """Encryption without identity: any peer is accepted. Our certificate is self-signed
         and fresh, or loaded from PEM files to keep one fingerprint across restarts."""
-        if (certfile is None) != (keyfile is None):
-            raise ConfigError("give both certfile and keyfile, or neither")
         return cls("encrypt_only", certfile, keyfile)
 
     @classmethod
     def ca(cls, ca: str | bytes | os.PathLike[str], certfile: str, keyfile: str) -> Trust:
         """Every peer must present a certificate that chains to ``ca`` (a PEM file, or PEM
         text, with one or more CA certificates); we present ``certfile``, signed by it."""
-        return cls("ca", str(certfile), str(keyfile), _checked_ca(_read_pem(ca, "CA certificate")))
+        return cls("ca", certfile, keyfile, _read_pem(ca, "CA certificate"))
 
     @classmethod
     def private_ca(cls, directory: str | os.PathLike[str], name: str) -> Trust:
         """As ``ca``, with a network's own CA as ``qp2p ca init DIR`` and ``qp2p ca issue NAME``
         lay it out: ``DIR/ca.pem``, and our ``DIR/NAME.pem`` with its key ``DIR/NAME.key``."""
         folder = Path(directory)
-        pem = _checked_ca(_read_pem(folder / "ca.pem", "CA certificate"))
+        pem = _read_pem(folder / "ca.pem", "CA certificate")
         return cls("private_ca", str(folder / f"{name}.pem"), str(folder / f"{name}.key"), pem)
 
     @classmethod
@@ -95,20 +151,7 @@ class Trust:
     ) -> Trust:
         """Only peers whose certificate's SHA-256 fingerprint is listed (hex, colons allowed)
         are accepted. Give our own certificate and key to keep our fingerprint across restarts."""
-        if (certfile is None) != (keyfile is None):
-            raise ConfigError("give both certfile and keyfile, or neither")
-        pins = frozenset(_fingerprint(text) for text in fingerprints)
-        if not pins:
-            raise ConfigError("pinned trust needs at least one fingerprint")
-        return cls("pinned", certfile, keyfile, None, pins)
-
-
-def _checked_ca(pem: bytes) -> bytes:
-    try:
-        x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
-        raise ConfigError(f"no CA certificate in the PEM data: {exc}") from exc
-    return pem
+        return cls("pinned", certfile, keyfile, None, frozenset(fingerprints))
 
 
 def _check(condition: bool, message: str) -> None:
@@ -220,34 +263,50 @@ class Config:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Config:
-        """A config from plain values (strings are converted to each field's type)."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known) - {"trust"})
-        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        """A config from plain values: TOML's types, or strings as files and the environment hold them."""
         hints = typing.get_type_hints(cls)
-        kwargs = {
-            name: _convert(name, hints[name], value) for name, value in values.items() if name != "trust"
-        }
-        return cls(**kwargs)
+        unknown = sorted(set(values) - set(hints))
+        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        return cls(**{name: _convert(name, hints[name], value) for name, value in values.items()})
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Config:
         """A config from a TOML file: the keys of a ``[qp2p]`` table, or of the top level."""
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except (OSError, ValueError) as exc:  # ValueError: not TOML, or not UTF-8
             raise ConfigError(f"cannot read {path}: {exc}") from exc
         table = data.get("qp2p", data)
-        _check(isinstance(table, dict), "the [qp2p] entry must be a table")
-        return cls.from_mapping(table)
+        try:
+            _check(isinstance(table, dict), "the qp2p entry must be a table")
+            return cls.from_mapping(table)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, prefix: str = "QP2P_") -> Config:
-        """A config from ``QP2P_<FIELD>`` variables (``QP2P_LOCAL_PORT=4000``); others keep defaults."""
+        """A config from ``QP2P_<FIELD>`` variables (``QP2P_LOCAL_PORT=4000``); others keep defaults.
+
+        Any other variable with the prefix is refused as a misspelt setting, but for the
+        switches qp2p's build, import and tests read (``QP2P_NO_EXTENSIONS`` and the like).
+        """
         env = os.environ if environ is None else environ
-        names = {f.name for f in dataclasses.fields(cls)} - {"trust"}
-        values = {name: env[prefix + name.upper()] for name in names if prefix + name.upper() in env}
-        return cls.from_mapping(values)
+        names = {prefix + f.name.upper(): f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(
+            key
+            for key in env
+            if key.startswith(prefix) and key not in names and key[len(prefix) :] not in _NOT_SETTINGS
+        )
+        _check(not unknown, f"unknown settings: {', '.join(unknown)}")
+        return cls.from_mapping({names[key]: env[key] for key in env if key in names})
+
+
+# Variables named like settings that are not: read by setup.py, qp2p._speedups and conftest.py.
+_NOT_SETTINGS = frozenset({"NO_EXTENSIONS", "REQUIRE_EXTENSIONS", "CYTHON_TRACING", "HYPOTHESIS_PROFILE"})
+# The spellings of a boolean in a file or a variable, in any letter case; nothing else is one.
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
 def _contact(item: Any) -> tuple[str, int]:
@@ -266,24 +325,98 @@ def _contact(item: Any) -> tuple[str, int]:
 
 
 def _convert(name: str, hint: Any, value: Any) -> Any:
-    """``value`` as the type ``hint`` names; strings from files and the environment are parsed."""
-    if name == "hard_coded_contacts":
-        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-    if name == "role":
-        try:
-            return Role(value) if isinstance(value, str) else value
-        except ValueError:
-            raise ConfigError(f"role must be one of {[r.value for r in Role]}, got {value!r}") from None
+    """``value`` as field ``name`` takes it: strings are parsed, and nothing is coerced that
+    would change what was meant (4.5 is no integer, "ture" no boolean)."""
+    if name in _SPECIAL:
+        return _SPECIAL[name](value)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
-        _check(type(None) in options, f"{name} cannot be empty")
+    if type(None) in options and _means_none(value):
         return None
-    for kind in (bool, int, float, str):
-        if kind in options:
-            try:
-                if kind is bool and isinstance(value, str):
-                    return value.lower() in ("1", "true", "yes", "on")
-                return kind(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{name}: cannot read {value!r} as {kind.__name__}") from None
-    raise ConfigError(f"{name}: unsupported type {hint}")
+    (kind,) = (option for option in options if option is not type(None))
+    return _READERS[kind](name, value)
+
+
+def _means_none(value: Any) -> bool:
+    """None itself, or how a file or a variable writes it: an empty string or "none"."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))
+
+
+def _boolean(name: str, value: Any) -> bool:
+    """A bool, or one of its documented spellings (``_TRUE``, ``_FALSE``)."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    if value is True or word in _TRUE:
+        return True
+    if value is False or word in _FALSE:
+        return False
+    raise ConfigError(f"{name}: {value!r} is not a boolean; write true or false (or yes/no, on/off, 1/0)")
+
+
+def _integer(name: str, value: Any) -> int:
+    """An int, or a string of one; not a bool or a float, which ``int()`` would quietly change."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value)
+    _refuse(name, value, "an integer")
+
+
+def _number(name: str, value: Any) -> float:
+    """A finite float from an int, a float or a string of one; not a bool."""
+    number = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
+        return float(number)
+    _refuse(name, value, "a finite number")
+
+
+def _text(name: str, value: Any) -> str:
+    """A string as it is; a number given for a path or an address is a mistake."""
+    return value if isinstance(value, str) else _refuse(name, value, "a string")
+
+
+def _refuse(name: str, value: Any, kind: str) -> typing.NoReturn:
+    """Raise the one message every reader gives: the field, the value as written, what it must be."""
+    raise ConfigError(f"{name}: {value!r} is not {kind}")
+
+
+def _role(value: Any) -> Role:
+    """A ``Role``, or its value in any letter case."""
+    try:
+        return value if isinstance(value, Role) else Role(value.strip().lower())
+    except (AttributeError, ValueError):
+        raise ConfigError(f"role must be one of {[r.value for r in Role]}, got {value!r}") from None
+
+
+def _contacts(value: Any) -> tuple[Any, ...]:
+    """A list of contacts, or a comma-separated string of them; each is parsed by ``_contact``."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    raise ConfigError(f"hard_coded_contacts: {value!r} is neither a list of contacts nor a string of them")
+
+
+def _trust(value: Any) -> Trust:
+    """A ``Trust`` object: a file or a variable cannot hold one, and must not be dropped unread."""
+    if isinstance(value, Trust):
+        return value
+    raise ConfigError(
+        f"trust: {value!r} cannot be read as text; build a qp2p.Trust in code and pass it "
+        "with config.replace(trust=...)"
+    )
+
+
+_SPECIAL: dict[str, Callable[[Any], Any]] = {
+    "trust": _trust,
+    "role": _role,
+    "hard_coded_contacts": _contacts,
+}
+_READERS: dict[type, Callable[[str, Any], Any]] = {
+    bool: _boolean,
+    int: _integer,
+    float: _number,
+    str: _text,
+}

@@ -1,7 +1,8 @@
-"""The ``qp2p`` command line, run as real processes: ``listen``, ``send`` and ``demo``."""
+"""The ``qp2p`` command line, run as real processes: ``listen``, ``send``, ``demo``, ``ca`` and ``cert``."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import queue
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import qp2p
+from qp2p import cli, tls
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -124,6 +126,26 @@ def test_send_refuses_a_bad_address() -> None:
     assert "[::1]:4000" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "reply, shown",
+    [
+        ("\x1b]0;owned\x07\x1b[2J", "b'\\x1b]0;owned\\x07\\x1b[2J'"),  # retitles and clears a terminal
+        ("two\nlines", "b'two\\nlines'"),
+        ("\u202egnp.exe", "b'\\xe2\\x80\\xaegnp.exe'"),  # right-to-left override
+        ("\udcff", "b'\\xff'"),  # an argument that is not UTF-8 is sent as its bytes
+    ],
+    ids=["escape-sequences", "newline", "bidi-control", "not-utf8"],
+)
+def test_send_request_shows_a_peer_reply_safely(
+    listener: tuple[subprocess.Popen[str], Lines], reply: str, shown: str
+) -> None:
+    _, lines = listener
+    addr = lines.next(timeout=30).split()[-1]
+    answered = run("send", addr, reply, "--request", timeout=30)  # the listener echoes the request
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout == shown + "\n"
+
+
 def test_demo() -> None:
     result = run("demo", "--nodes", "3", "--messages", "200", "--requests", "20", timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -132,3 +154,95 @@ def test_demo() -> None:
     assert "OK: all 3 nodes reported no errors" in result.stdout
     totals = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["all"])
     assert totals.split()[1:5] == ["1200", "1200", "120/120", "120"]
+
+
+# ---- certificates: never through a symlink, never half a pair, never past the CA ------------
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failed command printed on stderr (exit status 1, no traceback)."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+    return errors[0]
+
+
+def new_ca(folder: Path, days: int = 3650) -> tls.Identity:
+    """A CA valid for ``days``, laid out in ``folder`` as ``qp2p ca init`` does it, without a run."""
+    folder.mkdir(exist_ok=True)
+    ca = tls.new_ca(days=days)
+    tls.write_identity(ca, folder / "ca.pem", folder / "ca.key")
+    return ca
+
+
+# Each command that writes a pair: the pair's name, and its arguments before the folder.
+COMMANDS = {
+    "cert": ("me", ["cert", "me", "--dir"]),
+    "ca-init": ("ca", ["ca", "init"]),
+    "ca-issue": ("node", ["ca", "issue", "node", "--dir"]),
+}
+
+
+@pytest.mark.parametrize("suffix", [".pem", ".key"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_dangling_symlink_is_neither_followed_nor_half_paired(
+    tmp_path: Path, command: str, suffix: str
+) -> None:
+    folder = tmp_path / "net"
+    folder.mkdir()
+    if command == "ca-issue":
+        new_ca(folder)
+    name, args = COMMANDS[command]
+    target, link = tmp_path / "elsewhere", folder / f"{name}{suffix}"
+    link.symlink_to(target)
+    error = one_line_error(run(*args, str(folder), timeout=60))
+    assert str(link) in error and "exists" in error
+    assert not target.exists() and link.is_symlink()
+    partner = folder / f"{name}{'.key' if suffix == '.pem' else '.pem'}"
+    assert not partner.exists()  # no orphaned key (or certificate) left behind
+
+
+def test_files_made_before_a_failure_are_removed(tmp_path: Path) -> None:
+    # The race the checks above cannot see: the second file appears after them.
+    first, second = tmp_path / "node.key", tmp_path / "node.pem"
+    second.write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError):
+        cli._create_files([(first, b"key"), (second, b"certificate")])
+    assert not first.exists() and second.read_bytes() == b"someone else's"
+
+
+def test_ca_issue_clamps_validity_to_the_ca(tmp_path: Path) -> None:
+    ca = new_ca(tmp_path, days=30)
+    issued = run("ca", "issue", "node", "--dir", str(tmp_path), "--days", "36500", timeout=60)
+    assert issued.returncode == 0, issued.stderr
+    assert "clamped --days 36500 to 29" in issued.stdout
+    node = tls.load_identity(str(tmp_path / "node.pem"), str(tmp_path / "node.key")).certificate
+    assert node.not_valid_after_utc <= ca.certificate.not_valid_after_utc
+    assert node.not_valid_after_utc > ca.certificate.not_valid_after_utc - datetime.timedelta(days=2)
+
+
+def test_ca_issue_refuses_a_ca_that_has_expired(tmp_path: Path) -> None:
+    new_ca(tmp_path, days=0)  # valid until the moment it was made
+    error = one_line_error(run("ca", "issue", "node", "--dir", str(tmp_path), timeout=60))
+    assert "CA" in error and "qp2p ca init" in error
+    assert not (tmp_path / "node.pem").exists() and not (tmp_path / "node.key").exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing-dir", "dir-is-a-file", "no-ca", "broken-ca", "bad-ip", "bad-port"],
+)
+def test_errors_are_one_line(tmp_path: Path, case: str) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n")
+    (tmp_path / "ca.key").write_text("")
+    args = {
+        "missing-dir": ["cert", "me", "--dir", str(tmp_path / "missing")],
+        "dir-is-a-file": ["ca", "init", str(a_file)],
+        "no-ca": ["ca", "issue", "node", "--dir", str(tmp_path / "missing")],
+        "broken-ca": ["ca", "issue", "node", "--dir", str(tmp_path)],
+        "bad-ip": ["listen", "--ip", "not-an-ip"],
+        "bad-port": ["listen", "--port", "70000"],
+    }[case]
+    one_line_error(run(*args, timeout=60))
