@@ -8,10 +8,14 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import qp2p
+from qp2p import wire
 from qp2p.bootstrap_cache import FILE_NAME, BootstrapCache, CacheEntry, CacheFile, CacheFormatError, prefix_of
 
 NOW = 1_800_000_000.0
@@ -20,6 +24,24 @@ NOW = 1_800_000_000.0
 def public(i: int) -> tuple[str, int]:
     """A distinct public /24 for every i (synthetic addresses)."""
     return (f"{20 + i // 256}.{i % 256}.7.1", 4000)
+
+
+def peer(**fields: Any) -> dict[str, Any]:
+    """A sound entry of a cache file, seen a minute ago, with ``fields`` replacing some of its own."""
+    sound = {
+        "addr": ["20.0.7.1", 4000],
+        "fingerprint": "ab" * 32,
+        "last_seen": time.time() - 60,
+        "successes": 3,
+        "failures": 0,
+        "rtt": 0.05,
+    }
+    return {**sound, **fields}
+
+
+def write_cache(folder: Path, *peers: dict[str, Any]) -> None:
+    """A version-1 cache file in ``folder`` holding ``peers``, as written by hand or by a bug."""
+    (folder / FILE_NAME).write_text(json.dumps({"version": 1, "peers": list(peers)}))
 
 
 def test_keeps_the_most_recent_up_to_capacity_on_disk_as_in_memory(tmp_path: Path) -> None:
@@ -94,6 +116,11 @@ def test_merge_keeps_the_newer_entry() -> None:
         pytest.param(b'{"version": 2, "peers": []}', id="future-version"),
         pytest.param(b'{"version": 1, "peers": [{"addr": ["nope", 1]}]}', id="bad-entry"),
         pytest.param(b"[1, 2, 3]", id="not-a-cache"),
+        pytest.param(
+            b"[" * 100_000,
+            id="nested-too-deep",
+            marks=pytest.mark.xfail(raises=RecursionError, reason="issue 12 item 7: escapes load"),
+        ),
     ],
 )
 def test_a_damaged_file_is_set_aside_and_the_cache_starts_empty(
@@ -143,3 +170,62 @@ def test_two_processes_writing_one_folder_lose_nothing(tmp_path: Path) -> None:
         assert writer.wait(timeout=120) == 0
     entries = BootstrapCache.parse((tmp_path / FILE_NAME).read_text())
     assert len(entries) == 200  # both processes' 100 peers each, none lost
+
+
+@pytest.mark.xfail(
+    raises=(ZeroDivisionError, OverflowError), reason="issue 12 item 7: fields not range-checked"
+)
+@pytest.mark.parametrize("field", [{"rtt": -0.1}, {"successes": -2}, {"failures": -5000}], ids=repr)
+async def test_impossible_numbers_in_the_file_do_not_break_bootstrap(
+    make_endpoint: Any, tmp_path: Path, field: dict[str, Any]
+) -> None:
+    write_cache(tmp_path, peer(**field))
+    node = await make_endpoint(bootstrap_cache_dir=str(tmp_path))
+    with pytest.raises(qp2p.BootstrapError, match="empty"):  # the entry was dropped, nothing else to try
+        await node.bootstrap()
+
+
+@pytest.mark.xfail(raises=ValueError, reason="issue 12 item 7: a non-hex fingerprint is accepted")
+def test_every_fingerprint_loaded_encodes_on_the_wire(tmp_path: Path) -> None:
+    write_cache(tmp_path, peer(fingerprint="zz" * 32), peer(addr=["20.0.8.1", 4000]))
+    cache = BootstrapCache()
+    CacheFile(tmp_path).load(cache)
+    known = tuple((e.addr, e.fingerprint) for e in cache.entries() if e.fingerprint is not None)
+    wire.encode(wire.PeersResponse(known))  # what a node answers a PeersRequest with
+    assert [addr for addr, _ in known] == [("20.0.8.1", 4000)]
+
+
+@pytest.mark.xfail(raises=AssertionError, reason="issue 12 item 7: last_seen not range-checked")
+def test_an_entry_from_the_far_future_does_not_stay_forever(tmp_path: Path) -> None:
+    write_cache(tmp_path, peer(last_seen=1e300))
+    cache = BootstrapCache(capacity=2)
+    CacheFile(tmp_path).load(cache)
+    cache.reachable(public(1), time.time())
+    cache.reachable(public(2), time.time())
+    assert {e.addr for e in cache.entries()} == {public(1), public(2)}
+
+
+@pytest.mark.xfail(raises=AssertionError, reason="issue 12 item 7: the temporary file follows symlinks")
+def test_a_planted_temporary_symlink_is_not_followed(tmp_path: Path) -> None:
+    folder, victim = tmp_path / "cache", tmp_path / "victim"
+    folder.mkdir(mode=0o700)
+    victim.write_text("precious")
+    (folder / f"{FILE_NAME}.{os.getpid()}.tmp").symlink_to(victim)
+    cache = BootstrapCache()
+    cache.reachable(public(1), time.time())
+    CacheFile(folder).save(cache)
+    assert victim.read_text() == "precious"
+    reloaded = BootstrapCache()
+    CacheFile(folder).load(reloaded)
+    assert public(1) in reloaded
+
+
+@pytest.mark.xfail(raises=AssertionError, reason="issue 12 item 14: import fcntl fails on Windows")
+def test_the_package_imports_without_fcntl() -> None:
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"  # what a Windows Python looks like to the import
+        "import qp2p.endpoint, qp2p.bootstrap_cache as c; print(c.LOCKING)"
+    )
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("msvcrt" if sys.platform == "win32" else "none")
