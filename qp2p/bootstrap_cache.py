@@ -16,6 +16,8 @@ import logging
 import math
 import os
 import random
+import re
+import reprlib
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +26,18 @@ from typing import Any
 
 from qp2p.errors import Error
 
-__all__ = ("FORMAT_VERSION", "BootstrapCache", "CacheEntry", "CacheFile", "CacheFormatError", "prefix_of")
+__all__ = (
+    "FORMAT_VERSION",
+    "MAX_CLOCK_SKEW",
+    "MAX_COUNT",
+    "MAX_HOST_CHARS",
+    "MAX_RTT",
+    "BootstrapCache",
+    "CacheEntry",
+    "CacheFile",
+    "CacheFormatError",
+    "prefix_of",
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,12 @@ HALF_LIFE = 6 * 3600.0
 FAILURE_PENALTY = 0.5
 # The chance that a start tries one peer from outside the best few among the first ones.
 EXPLORATION = 0.2
+# The bounds of an entry; one outside them is refused, in a file as from ``reachable``.
+MAX_COUNT = 1_000_000  # successes and failures stop counting here
+MAX_RTT = 600.0  # seconds; a slower connection counts as this slow
+MAX_CLOCK_SKEW = 300.0  # how far a file's last_seen may lie ahead of our clock
+MAX_HOST_CHARS = 64  # the longest IPv6 address with a scope, and then some
+_FINGERPRINT = re.compile("[0-9a-f]{64}")
 
 
 class CacheFormatError(Error):
@@ -45,7 +64,10 @@ class CacheFormatError(Error):
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """A node seen reachable: when, how often it answered or did not, and how fast."""
+    """A node seen reachable: when, how often it answered or did not, and how fast.
+
+    Every field is checked on creation (``ValueError``): the order, the wire encoding of
+    fingerprints and eviction by age all rely on these bounds."""
 
     addr: Address
     fingerprint: str | None
@@ -53,6 +75,14 @@ class CacheEntry:
     successes: int = 1
     failures: int = 0  # since its last success
     rtt: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_address(self.addr)
+        _check(_is_fingerprint(self.fingerprint), "fingerprint", self.fingerprint, "64 lowercase hex digits")
+        _check(_is_number(self.last_seen, 0, math.inf), "last_seen", self.last_seen, "a time")
+        _check(_is_int(self.successes, 0, MAX_COUNT), "successes", self.successes, f"0 to {MAX_COUNT}")
+        _check(_is_int(self.failures, 0, MAX_COUNT), "failures", self.failures, f"0 to {MAX_COUNT}")
+        _check(self.rtt is None or _is_number(self.rtt, 0, MAX_RTT), "rtt", self.rtt, f"0 to {MAX_RTT:g} s")
 
     def score(self, now: float) -> float:
         """Higher is better: recent, answering, and quick."""
@@ -68,23 +98,71 @@ class CacheEntry:
         return data
 
     @classmethod
-    def from_json(cls, data: Any) -> CacheEntry:
+    def from_json(cls, data: Any, now: float | None = None) -> CacheEntry:
+        """An entry of a cache file; ``CacheFormatError`` for one no node could have written,
+        including one seen more than ``MAX_CLOCK_SKEW`` after ``now`` (default: the clock)."""
         try:
-            host, port = data["addr"]
-            ipaddress.ip_address(host)
+            _check(isinstance(data, dict), "entry", data, "an object")
+            addr = data["addr"]
+            _check(isinstance(addr, list) and len(addr) == 2, "addr", addr, "[host, port]")
             entry = cls(
-                addr=(str(host), int(port)),
-                fingerprint=None if data["fingerprint"] is None else str(data["fingerprint"]),
-                last_seen=float(data["last_seen"]),
-                successes=int(data["successes"]),
-                failures=int(data["failures"]),
-                rtt=None if data["rtt"] is None else float(data["rtt"]),
+                addr=(addr[0], addr[1]),
+                fingerprint=data["fingerprint"],
+                last_seen=data["last_seen"],
+                successes=data["successes"],
+                failures=data["failures"],
+                rtt=data["rtt"],
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CacheFormatError(f"bad cache entry {data!r}: {exc}") from exc
-        if not (0 < entry.addr[1] <= 0xFFFF and math.isfinite(entry.last_seen)):
-            raise CacheFormatError(f"bad cache entry {data!r}")
+            limit = (time.time() if now is None else now) + MAX_CLOCK_SKEW
+            _check(entry.last_seen <= limit, "last_seen", entry.last_seen, "in the past")
+        except (KeyError, ValueError) as exc:
+            raise CacheFormatError(f"bad cache entry {reprlib.repr(data)}: {exc}") from exc
         return entry
+
+
+def _check(ok: bool, name: str, value: object, rule: str) -> None:
+    """``ValueError`` unless ``ok``, naming the field, its value (shortened) and the rule."""
+    if not ok:
+        raise ValueError(f"{name} {reprlib.repr(value)} is not {rule}")
+
+
+def _is_number(value: object, low: float, high: float) -> bool:
+    """A finite int or float from ``low`` to ``high``; not a bool, which passes for an int."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    """An int from ``low`` to ``high``; not a bool, nor a float that happens to be whole."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_fingerprint(value: object) -> bool:
+    """None, or a SHA-256 digest as the wire and ``tls.fingerprint`` spell it."""
+    return value is None or (isinstance(value, str) and _FINGERPRINT.fullmatch(value) is not None)
+
+
+def _is_ip(value: object) -> bool:
+    """An IPv4 or IPv6 address (a scope allowed), of a sane length."""
+    if not isinstance(value, str) or len(value) > MAX_HOST_CHARS:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_address(addr: Address) -> None:
+    """An IP address and a port 1 to 65535, as a node listens on."""
+    _check(isinstance(addr, tuple) and len(addr) == 2, "address", addr, "(host, port)")
+    host, port = addr
+    _check(_is_ip(host), "host", host, "an IP address")
+    _check(_is_int(port, 1, 0xFFFF), "port", port, "1 to 65535")
 
 
 def prefix_of(host: str) -> str | None:
@@ -123,7 +201,12 @@ class BootstrapCache:
     def reachable(
         self, addr: Address, now: float, fingerprint: str | None = None, rtt: float | None = None
     ) -> None:
-        """``addr`` was verified reachable as a node just now."""
+        """``addr`` was verified reachable as a node just now. ``ValueError`` for what no
+        connection can report (the cache is unchanged); a connection time above ``MAX_RTT``
+        counts as ``MAX_RTT``."""
+        _check(_is_number(now, 0, math.inf), "now", now, "a time")
+        _check(rtt is None or _is_number(rtt, 0, math.inf), "rtt", rtt, "a number of seconds")
+        rtt = None if rtt is None else min(rtt, MAX_RTT)
         old = self._entries.get(addr)
         if old is None:
             entry = CacheEntry(addr, fingerprint, now, rtt=rtt)
@@ -133,7 +216,7 @@ class BootstrapCache:
                 old,
                 fingerprint=fingerprint or old.fingerprint,
                 last_seen=max(now, old.last_seen),
-                successes=old.successes + 1,
+                successes=min(old.successes + 1, MAX_COUNT),
                 failures=0,
                 rtt=smoothed if smoothed is not None else old.rtt,
             )
@@ -144,7 +227,7 @@ class BootstrapCache:
         being unreachable for a moment is common and eviction is by age."""
         old = self._entries.get(addr)
         if old is not None:
-            self._entries[addr] = replace(old, failures=old.failures + 1)
+            self._entries[addr] = replace(old, failures=min(old.failures + 1, MAX_COUNT))
 
     def remove(self, addr: Address) -> None:
         self._entries.pop(addr, None)
@@ -182,8 +265,9 @@ class BootstrapCache:
         return {"version": FORMAT_VERSION, "peers": [e.to_json() for e in self.entries()]}
 
     @staticmethod
-    def parse(text: str) -> list[CacheEntry]:
-        """The entries of a cache file; ``CacheFormatError`` for anything but a version-1 cache."""
+    def parse(text: str, now: float | None = None) -> list[CacheEntry]:
+        """The sound entries of a cache file, each bad one dropped (one warning names them);
+        ``CacheFormatError`` for anything but a version-1 cache."""
         try:
             data = json.loads(text)
         except ValueError as exc:
@@ -192,7 +276,16 @@ class BootstrapCache:
             raise CacheFormatError("not a bootstrap cache")
         if data.get("version") != FORMAT_VERSION:
             raise CacheFormatError(f"cache format {data.get('version')!r}, this qp2p reads {FORMAT_VERSION}")
-        return [CacheEntry.from_json(item) for item in data["peers"]]
+        now = time.time() if now is None else now
+        entries, problems = [], []
+        for item in data["peers"]:
+            try:
+                entries.append(CacheEntry.from_json(item, now))
+            except CacheFormatError as exc:
+                problems.append(str(exc))
+        if problems:
+            log.warning("bootstrap cache: dropped %d bad entries: %s", len(problems), "; ".join(problems[:3]))
+        return entries
 
 
 class CacheFile:
