@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import heapq
 import ipaddress
 import json
 import logging
@@ -19,7 +21,7 @@ import random
 import re
 import reprlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ __all__ = (
     "FORMAT_VERSION",
     "MAX_CLOCK_SKEW",
     "MAX_COUNT",
+    "MAX_ENTRIES",
+    "MAX_FILE_BYTES",
     "MAX_HOST_CHARS",
     "MAX_RTT",
     "BootstrapCache",
@@ -50,6 +54,10 @@ HALF_LIFE = 6 * 3600.0
 FAILURE_PENALTY = 0.5
 # The chance that a start tries one peer from outside the best few among the first ones.
 EXPLORATION = 0.2
+# The bounds of a file: a larger one is set aside unread, the entries after the first
+# MAX_ENTRIES are dropped. The largest entry takes some 310 bytes, so a full cache fits.
+MAX_ENTRIES = 10_000
+MAX_FILE_BYTES = 4 * 1024 * 1024
 # The bounds of an entry; one outside them is refused, in a file as from ``reachable``.
 MAX_COUNT = 1_000_000  # successes and failures stop counting here
 MAX_RTT = 600.0  # seconds; a slower connection counts as this slow
@@ -175,12 +183,22 @@ def prefix_of(host: str) -> str | None:
     return str(ipaddress.ip_network(f"{ip}/{length}", strict=False))
 
 
+# Every trim asks for the prefix of every entry: remember those of a full cache and a file more.
+_prefix = functools.lru_cache(maxsize=2 * MAX_ENTRIES)(prefix_of)
+
+
+def _oldest(entries: Iterable[CacheEntry], count: int) -> list[CacheEntry]:
+    """The ``count`` least recently reachable of ``entries``, in the order they came on a tie."""
+    return heapq.nsmallest(count, entries, key=lambda e: e.last_seen)
+
+
 class BootstrapCache:
-    """Up to ``capacity`` nodes; at most ``per_prefix`` from one public /24 or /48."""
+    """Up to ``capacity`` nodes (at most ``MAX_ENTRIES``); at most ``per_prefix`` from one
+    public /24 or /48."""
 
     def __init__(self, capacity: int = 200, per_prefix: int = 4) -> None:
-        if capacity < 1 or per_prefix < 1:
-            raise ValueError("capacity and per_prefix must be positive")
+        if not 1 <= capacity <= MAX_ENTRIES or per_prefix < 1:
+            raise ValueError(f"capacity must be 1 to {MAX_ENTRIES} and per_prefix positive")
         self.capacity = capacity
         self.per_prefix = per_prefix
         self._entries: dict[Address, CacheEntry] = {}
@@ -234,15 +252,21 @@ class BootstrapCache:
 
     def _put(self, entry: CacheEntry) -> None:
         self._entries[entry.addr] = entry
-        prefix = prefix_of(entry.addr[0])
-        if prefix is not None:
-            same = [e for e in self._entries.values() if prefix_of(e.addr[0]) == prefix]
-            for extra in sorted(same, key=lambda e: e.last_seen)[: max(0, len(same) - self.per_prefix)]:
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep the ``per_prefix`` most recent of each public prefix, then the ``capacity`` most
+        recent of all: one pass over the cache, however many entries came in."""
+        groups: dict[str, list[CacheEntry]] = {}
+        for entry in self._entries.values():
+            prefix = _prefix(entry.addr[0])
+            if prefix is not None:
+                groups.setdefault(prefix, []).append(entry)
+        for same in groups.values():
+            for extra in _oldest(same, len(same) - self.per_prefix):
                 del self._entries[extra.addr]
-        surplus = len(self._entries) - self.capacity
-        if surplus > 0:  # the least recently reachable go first
-            for old in sorted(self._entries.values(), key=lambda e: e.last_seen)[:surplus]:
-                del self._entries[old.addr]
+        for old in _oldest(self._entries.values(), len(self._entries) - self.capacity):
+            del self._entries[old.addr]
 
     def order(self, now: float, rng: random.Random, first: int = 4) -> list[CacheEntry]:
         """The order to try peers in: best score first. With a small chance one peer from
@@ -259,26 +283,33 @@ class BootstrapCache:
         for entry in others:
             mine = self._entries.get(entry.addr)
             if mine is None or entry.last_seen > mine.last_seen:
-                self._put(entry)
+                self._entries[entry.addr] = entry
+        self._trim()
 
     def to_json(self) -> dict[str, Any]:
         return {"version": FORMAT_VERSION, "peers": [e.to_json() for e in self.entries()]}
 
     @staticmethod
     def parse(text: str, now: float | None = None) -> list[CacheEntry]:
-        """The sound entries of a cache file, each bad one dropped (one warning names them);
-        ``CacheFormatError`` for anything but a version-1 cache."""
+        """The sound entries of a cache file, each bad one and any after the first
+        ``MAX_ENTRIES`` dropped (a warning names them); ``CacheFormatError`` for anything but a
+        version-1 cache."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise CacheFormatError(f"not JSON: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("peers"), list):
             raise CacheFormatError("not a bootstrap cache")
         if data.get("version") != FORMAT_VERSION:
             raise CacheFormatError(f"cache format {data.get('version')!r}, this qp2p reads {FORMAT_VERSION}")
+        peers = data["peers"]
+        if len(peers) > MAX_ENTRIES:
+            log.warning(
+                "bootstrap cache: %d entries, dropped all after the first %d", len(peers), MAX_ENTRIES
+            )
         now = time.time() if now is None else now
         entries, problems = [], []
-        for item in data["peers"]:
+        for item in peers[:MAX_ENTRIES]:
             try:
                 entries.append(CacheEntry.from_json(item, now))
             except CacheFormatError as exc:
@@ -314,13 +345,18 @@ class CacheFile:
 
     def _read(self) -> list[CacheEntry]:
         try:
-            text = self.path.read_text()
+            with open(self.path, "rb") as file:
+                raw = file.read(MAX_FILE_BYTES + 1)  # a larger file is never read whole
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             return self._set_aside(CacheFormatError(f"unreadable: {exc}"))
+        if len(raw) > MAX_FILE_BYTES:
+            return self._set_aside(CacheFormatError(f"larger than {MAX_FILE_BYTES} bytes"))
         try:
-            return BootstrapCache.parse(text)
+            return BootstrapCache.parse(raw.decode())
+        except UnicodeDecodeError as exc:
+            return self._set_aside(CacheFormatError(f"not UTF-8: {exc}"))
         except CacheFormatError as exc:
             return self._set_aside(exc)
 
