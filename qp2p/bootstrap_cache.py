@@ -9,6 +9,7 @@ merged with what other processes wrote, and a damaged file set aside instead of 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import heapq
@@ -20,6 +21,8 @@ import os
 import random
 import re
 import reprlib
+import secrets
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +42,7 @@ __all__ = (
     "BootstrapCache",
     "CacheEntry",
     "CacheFile",
+    "CacheFileError",
     "CacheFormatError",
     "prefix_of",
 )
@@ -68,6 +72,10 @@ _FINGERPRINT = re.compile("[0-9a-f]{64}")
 
 class CacheFormatError(Error):
     """A cache file that cannot be trusted: unreadable, truncated, or of another format."""
+
+
+class CacheFileError(Error, OSError):
+    """The cache's folder or files cannot be used: not ours, a symlink, or an I/O failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,26 +335,64 @@ class CacheFile:
     rename, fsync of the folder), so a reader sees the old file or the new one, never a mix,
     and no process loses another's entries. A file that does not parse is renamed aside
     (``*.damaged-<time>``) with a warning, and the cache starts empty.
+
+    The folder is created private (0o700) and used only if it is a real folder of ours; no
+    file in it is opened through a symlink. A folder or file that cannot be used is logged
+    as a ``CacheFileError`` and skipped: the cache only speeds up the next start.
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.path = self.directory / FILE_NAME
 
+    def load(self, cache: BootstrapCache) -> None:
+        """Merge what the file holds into ``cache``."""
+        with self._guarded("loaded"), self._locked():
+            cache.merge(self._read())
+
+    def save(self, cache: BootstrapCache) -> None:
+        """Merge the file into ``cache``, then write ``cache`` over the file, atomically."""
+        with self._guarded("saved"), self._locked():
+            cache.merge(self._read())
+            self._write(cache)
+
+    @contextlib.contextmanager
+    def _guarded(self, done: str) -> Iterator[None]:
+        """Log an ``OSError`` as a ``CacheFileError`` instead of raising it out of the endpoint."""
+        try:
+            yield
+        except OSError as exc:
+            error = exc if isinstance(exc, CacheFileError) else CacheFileError(f"{self.directory}: {exc}")
+            log.warning("bootstrap cache not %s: %r", done, error)
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / (FILE_NAME + ".lock"), "a") as lock:
+        self._make_folder()
+        lock = _open(self.directory / (FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
+
+    def _make_folder(self) -> None:
+        """Create the folder private to us; refuse a symlink or someone else's folder, where
+        another user could plant the files we open."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(self.directory)
+        if stat.S_ISLNK(info.st_mode):
+            raise CacheFileError(f"{self.directory} is a symlink")
+        if not stat.S_ISDIR(info.st_mode):
+            raise CacheFileError(f"{self.directory} is not a folder")
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise CacheFileError(f"{self.directory} belongs to user {info.st_uid}, not to us")
 
     def _read(self) -> list[CacheEntry]:
         try:
-            with open(self.path, "rb") as file:
-                raw = file.read(MAX_FILE_BYTES + 1)  # a larger file is never read whole
+            raw = _read_regular(self.path, MAX_FILE_BYTES + 1)  # a larger file is never read whole
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -363,29 +409,57 @@ class CacheFile:
     def _set_aside(self, error: CacheFormatError) -> list[CacheEntry]:
         aside = self.path.with_name(f"{FILE_NAME}.damaged-{time.time():.0f}")
         with contextlib.suppress(OSError):
-            os.replace(self.path, aside)
+            os.replace(self.path, aside)  # a symlink is moved, not what it points to
         log.warning(
             "bootstrap cache %s is damaged (%s); moved it to %s and started empty", self.path, error, aside
         )
         return []
 
-    def load(self, cache: BootstrapCache) -> None:
-        """Merge what the file holds into ``cache``."""
-        with self._locked():
-            cache.merge(self._read())
-
-    def save(self, cache: BootstrapCache) -> None:
-        """Merge the file into ``cache``, then write ``cache`` over the file, atomically."""
-        with self._locked():
-            cache.merge(self._read())
-            temporary = self.path.with_name(f"{FILE_NAME}.{os.getpid()}.tmp")
-            with open(temporary, "w") as out:
-                json.dump(cache.to_json(), out, indent=1)
-                out.flush()
-                os.fsync(out.fileno())
+    def _write(self, cache: BootstrapCache) -> None:
+        """Write a new temporary file of an unguessable name (never through a planted
+        symlink), fsync it, rename it over the file, and fsync the folder."""
+        temporary = self.path.with_name(f"{FILE_NAME}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        out = _open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            with os.fdopen(out, "wb") as file:
+                file.write(json.dumps(cache.to_json(), indent=1).encode())
+                file.flush()
+                os.fsync(file.fileno())
             os.replace(temporary, self.path)
-            folder = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        _fsync_folder(self.directory)
+
+
+# Flags absent on some platforms: Windows has neither symlinks to refuse nor non-blocking
+# opens, and needs O_BINARY for bytes to stay bytes.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _open(path: Path, flags: int) -> int:
+    """``os.open``, failing on a symlink at ``path``; a new file is ours alone (0o600)."""
+    return os.open(path, flags | _NOFOLLOW | _BINARY, 0o600)
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of the regular file at ``path``; ``OSError`` for anything else,
+    a FIFO included (opened without blocking, then refused)."""
+    with os.fdopen(_open(path, os.O_RDONLY | _NONBLOCK), "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return file.read(limit)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable. Windows cannot open a folder to fsync it."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

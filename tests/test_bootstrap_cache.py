@@ -323,19 +323,128 @@ def test_an_entry_from_the_far_future_does_not_stay_forever(tmp_path: Path) -> N
     assert {e.addr for e in cache.entries()} == {public(1), public(2)}
 
 
-@pytest.mark.xfail(raises=AssertionError, reason="issue 12 item 7: the temporary file follows symlinks")
-def test_a_planted_temporary_symlink_is_not_followed(tmp_path: Path) -> None:
-    folder, victim = tmp_path / "cache", tmp_path / "victim"
+def private_folder(tmp_path: Path) -> Path:
+    """A cache folder as CacheFile makes it: ours, 0o700."""
+    folder = tmp_path / "cache"
     folder.mkdir(mode=0o700)
+    return folder
+
+
+def test_a_planted_temporary_symlink_is_not_followed(tmp_path: Path) -> None:
+    folder, victim = private_folder(tmp_path), tmp_path / "victim"
     victim.write_text("precious")
-    (folder / f"{FILE_NAME}.{os.getpid()}.tmp").symlink_to(victim)
+    planted = folder / f"{FILE_NAME}.{os.getpid()}.tmp"  # the name the temporary file used to have
+    planted.symlink_to(victim)
     cache = BootstrapCache()
     cache.reachable(public(1), time.time())
     CacheFile(folder).save(cache)
     assert victim.read_text() == "precious"
     reloaded = BootstrapCache()
     CacheFile(folder).load(reloaded)
-    assert public(1) in reloaded
+    assert public(1) in reloaded  # and the save worked
+    assert sorted(p.name for p in folder.iterdir()) == sorted([FILE_NAME, FILE_NAME + ".lock", planted.name])
+
+
+def test_a_symlink_in_place_of_the_cache_file_is_neither_read_nor_written_through(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder, victim = private_folder(tmp_path), tmp_path / "victim"
+    write_cache(tmp_path, peer())
+    (tmp_path / FILE_NAME).rename(victim)
+    precious = victim.read_text()
+    (folder / FILE_NAME).symlink_to(victim)
+    cache = BootstrapCache()
+    with caplog.at_level(logging.WARNING):
+        CacheFile(folder).load(cache)
+    assert len(cache) == 0 and "damaged" in caplog.text  # the link was set aside, unread
+    cache.reachable(public(1), time.time())
+    CacheFile(folder).save(cache)
+    assert victim.read_text() == precious
+    assert not (folder / FILE_NAME).is_symlink() and public(1) in {e.addr for e in load_entries(folder)}
+
+
+def test_a_symlink_in_place_of_the_lock_fails_the_save_with_a_logged_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder, victim = private_folder(tmp_path), tmp_path / "victim"
+    (folder / (FILE_NAME + ".lock")).symlink_to(victim)
+    cache = BootstrapCache()
+    cache.reachable(public(1), time.time())
+    with caplog.at_level(logging.WARNING):
+        CacheFile(folder).save(cache)  # no exception
+        CacheFile(folder).load(cache)
+    assert "bootstrap cache not saved: CacheFileError" in caplog.text
+    assert "bootstrap cache not loaded: CacheFileError" in caplog.text
+    assert not victim.exists() and not (folder / FILE_NAME).exists()
+
+
+def load_entries(folder: Path) -> list[CacheEntry]:
+    """What a fresh cache loads from ``folder``."""
+    cache = BootstrapCache()
+    CacheFile(folder).load(cache)
+    return cache.entries()
+
+
+def symlinked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A symlink to a folder of ours: whoever can replace it chooses where we write."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "cache").symlink_to(tmp_path / "elsewhere")
+    return tmp_path / "cache"
+
+
+def someone_elses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder owned by another user, as we see it once our uid is not its owner's."""
+    ours = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: ours + 1)
+    return private_folder(tmp_path)
+
+
+def a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A regular file where the folder should be."""
+    (tmp_path / "cache").write_text("not a folder")
+    return tmp_path / "cache"
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners and symlinks")
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [(symlinked, "is a symlink"), (someone_elses, "not to us"), (a_file, "File exists")],
+    ids=["symlink", "not ours", "a file"],
+)
+def test_a_folder_that_is_not_a_folder_of_ours_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, make: Any, problem: str
+) -> None:
+    folder = make(tmp_path, monkeypatch)
+    cache = BootstrapCache()
+    cache.reachable(public(1), time.time())
+    with caplog.at_level(logging.WARNING):
+        CacheFile(folder).save(cache)
+    assert "bootstrap cache not saved: CacheFileError" in caplog.text and problem in caplog.text
+    assert not list(tmp_path.glob(f"*/{FILE_NAME}*"))  # nothing written, through a link or not
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_the_folder_is_created_private(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "cache"
+    CacheFile(folder).save(BootstrapCache())
+    assert folder.stat().st_mode & 0o777 == 0o700 and (folder / FILE_NAME).stat().st_mode & 0o777 == 0o600
+
+
+async def test_an_unusable_cache_folder_never_fails_the_endpoint(
+    make_endpoint: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    contact = await make_endpoint()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "cache").symlink_to(tmp_path / "elsewhere")
+    with caplog.at_level(logging.WARNING):
+        node = await make_endpoint(
+            hard_coded_contacts=[contact.local_addr], bootstrap_cache_dir=str(tmp_path / "cache")
+        )
+        await node.bootstrap()
+        assert node._membership.cache  # it learnt the contact, to save on close
+        await node.close()
+    assert "bootstrap cache not loaded" in caplog.text and "bootstrap cache not saved" in caplog.text
+    assert not list((tmp_path / "elsewhere").iterdir())
 
 
 @pytest.mark.xfail(raises=AssertionError, reason="issue 12 item 14: import fcntl fails on Windows")
