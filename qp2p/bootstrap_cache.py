@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import heapq
+import importlib
 import ipaddress
 import json
 import logging
@@ -24,7 +24,7 @@ import reprlib
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from qp2p.errors import Error
 
 __all__ = (
     "FORMAT_VERSION",
+    "LOCKING",
     "MAX_CLOCK_SKEW",
     "MAX_COUNT",
     "MAX_ENTRIES",
@@ -370,11 +371,11 @@ class CacheFile:
         self._make_folder()
         lock = _open(self.directory / (FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            _LOCK.acquire(lock)
             try:
                 yield
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                _LOCK.release(lock)
         finally:
             os.close(lock)
 
@@ -432,6 +433,62 @@ class CacheFile:
             raise
         _fsync_folder(self.directory)
 
+
+@dataclass(frozen=True, slots=True)
+class _Locking:
+    """An exclusive lock on an open file that waits for its holder, as this platform has it."""
+
+    name: str
+    acquire: Callable[[int], None]
+    release: Callable[[int], None]
+
+
+def _posix_locking() -> _Locking | None:
+    """``fcntl.flock`` on the whole file: Linux, macOS and the BSDs."""
+    try:
+        fcntl = importlib.import_module("fcntl")
+    except ImportError:
+        return None
+    return _Locking(
+        "fcntl", lambda fd: fcntl.flock(fd, fcntl.LOCK_EX), lambda fd: fcntl.flock(fd, fcntl.LOCK_UN)
+    )
+
+
+def _windows_locking() -> _Locking | None:
+    """``msvcrt.locking`` on the file's first byte: Windows."""
+    try:
+        msvcrt = importlib.import_module("msvcrt")
+    except ImportError:
+        return None
+
+    def acquire(fd: int) -> None:
+        while True:  # LK_LOCK gives up after ten tries a second apart: wait on
+            os.lseek(fd, 0, os.SEEK_SET)
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EDEADLK:
+                    raise
+
+    def release(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+    return _Locking("msvcrt", acquire, release)
+
+
+@functools.cache
+def _warn_unlocked() -> None:
+    """Once per process: where nothing locks, processes sharing a folder may lose each
+    other's new entries (never tear the file, which is replaced whole)."""
+    log.warning("no file locking on this platform: the bootstrap cache is saved without a lock")
+
+
+_LOCK = (
+    _posix_locking() or _windows_locking() or _Locking("none", lambda fd: _warn_unlocked(), lambda fd: None)
+)
+LOCKING = _LOCK.name  # how the cache's lock file is locked here: "fcntl", "msvcrt" or "none"
 
 # Flags absent on some platforms: Windows has neither symlinks to refuse nor non-blocking
 # opens, and needs O_BINARY for bytes to stay bytes.

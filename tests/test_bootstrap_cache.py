@@ -447,15 +447,118 @@ async def test_an_unusable_cache_folder_never_fails_the_endpoint(
     assert not list((tmp_path / "elsewhere").iterdir())
 
 
-@pytest.mark.xfail(raises=AssertionError, reason="issue 12 item 14: import fcntl fails on Windows")
-def test_the_package_imports_without_fcntl() -> None:
-    code = (
-        "import sys; sys.modules['fcntl'] = None\n"  # what a Windows Python looks like to the import
-        "import qp2p.endpoint, qp2p.bootstrap_cache as c; print(c.LOCKING)"
+WITHOUT_FCNTL = """
+import json, logging, sys, time
+sys.modules["fcntl"] = None  # what a Windows Python looks like to the import
+import asyncio, subprocess  # before any fake msvcrt, which would make them take Windows' paths
+{fake}
+logging.basicConfig(format="%(levelname)s %(message)s")
+import qp2p.endpoint
+from qp2p.bootstrap_cache import LOCKING, BootstrapCache, CacheFile
+cache = BootstrapCache()
+cache.reachable(("20.0.7.1", 4000), time.time())
+for _ in range(2):
+    CacheFile(sys.argv[1]).save(cache)
+reloaded = BootstrapCache()
+CacheFile(sys.argv[1]).load(reloaded)
+print(json.dumps({{"locking": LOCKING, "loaded": len(reloaded), "calls": globals().get("calls")}}))
+"""
+
+FAKE_MSVCRT = """
+import errno, os, types
+calls = []
+def locking(fd, mode, nbytes):
+    calls.append([mode, nbytes, os.lseek(fd, 0, os.SEEK_CUR)])
+    if len(calls) == 1:
+        raise OSError(errno.EDEADLK, "still locked after ten tries")  # as LK_LOCK gives up
+msvcrt = types.ModuleType("msvcrt")
+msvcrt.locking, msvcrt.LK_LOCK, msvcrt.LK_UNLCK = locking, 1, 0
+sys.modules["msvcrt"] = msvcrt
+"""
+
+
+def run_without_fcntl(folder: Path, fake: str) -> tuple[dict[str, Any], str]:
+    """What a process that cannot import fcntl reports after two saves and a load, and its log."""
+    code = WITHOUT_FCNTL.format(fake=fake)
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", code, str(folder)], capture_output=True, text=True, timeout=60
     )
-    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("msvcrt" if sys.platform == "win32" else "none")
+    return json.loads(result.stdout), result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has msvcrt: the fallback is for neither")
+def test_without_fcntl_or_msvcrt_the_package_imports_and_saves_unlocked_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    report, log = run_without_fcntl(tmp_path, fake="")
+    assert report == {"locking": "none", "loaded": 1, "calls": None}
+    assert log.count("no file locking on this platform") == 1  # once per process, not per save
+
+
+def test_without_fcntl_the_msvcrt_lock_is_used_and_waited_for(tmp_path: Path) -> None:
+    report, log = run_without_fcntl(tmp_path, fake=FAKE_MSVCRT)
+    assert report["locking"] == "msvcrt" and report["loaded"] == 1 and not log
+    lock, unlock = [1, 1, 0], [0, 1, 0]  # one byte, at the file's start
+    assert report["calls"] == [lock, lock, unlock] + [lock, unlock] * 2  # the first try was retried
+
+
+HOLDER = """
+import json, sys, time
+from qp2p.bootstrap_cache import FILE_NAME, BootstrapCache, CacheFile
+folder = CacheFile(sys.argv[1])
+cache = BootstrapCache()
+cache.reachable(("20.0.1.1", 4000), time.time())
+text = json.dumps(cache.to_json()).encode()
+with folder._locked(), open(folder.path, "wb") as out:  # a write in progress, in two halves
+    out.write(text[: len(text) // 2])
+    out.flush()
+    print("locked", flush=True)
+    sys.stdin.readline()
+    out.write(text[len(text) // 2 :])
+"""
+
+SAVER = """
+import sys, time
+from qp2p.bootstrap_cache import BootstrapCache, CacheFile
+cache = BootstrapCache()
+cache.reachable(("20.0.2.1", 4000), time.time())
+CacheFile(sys.argv[1]).save(cache)
+"""
+
+
+def waiting_for_lock(pid: int, lock: Path) -> bool:
+    """Whether process ``pid`` waits for a lock on ``lock`` (Linux lists waiters with "->")."""
+    inode = f":{lock.stat().st_ino} "
+    return any(
+        line.split()[1:2] == ["->"] and line.split()[5] == str(pid) and inode in line
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs /proc/locks to see a process wait")
+def test_a_save_waits_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-P", "-c", HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline() == "locked\n"
+    saver = subprocess.Popen([sys.executable, "-P", "-c", SAVER, str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while not waiting_for_lock(saver.pid, tmp_path / (FILE_NAME + ".lock")):
+        assert saver.poll() is None, "the save went ahead while the lock was held"
+        assert time.monotonic() < deadline, "the save never waited for the lock"
+        time.sleep(0.01)
+    holder.stdin.write("go\n")
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == 0 and saver.wait(timeout=60) == 0
+    holder.stdout.close()
+    entries = {e.addr for e in BootstrapCache.parse((tmp_path / FILE_NAME).read_text())}
+    assert entries == {("20.0.1.1", 4000), ("20.0.2.1", 4000)}  # the save read the whole file, then merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILE_NAME, FILE_NAME + ".lock"]  # nothing set aside
 
 
 def padded_cache(size: int) -> bytes:
