@@ -490,8 +490,8 @@ _LOCK = (
 )
 LOCKING = _LOCK.name  # how the cache's lock file is locked here: "fcntl", "msvcrt" or "none"
 
-# Flags absent on some platforms: Windows has neither symlinks to refuse nor non-blocking
-# opens, and needs O_BINARY for bytes to stay bytes.
+# Flags absent on some platforms: Windows has no O_NOFOLLOW (a symlink there takes a
+# privilege to create) nor O_NONBLOCK, and needs O_BINARY for bytes to stay bytes.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)

@@ -363,6 +363,17 @@ def test_a_symlink_in_place_of_the_cache_file_is_neither_read_nor_written_throug
     assert not (folder / FILE_NAME).is_symlink() and public(1) in {e.addr for e in load_entries(folder)}
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_in_place_of_the_cache_file_is_set_aside_without_blocking(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = private_folder(tmp_path)
+    os.mkfifo(folder / FILE_NAME)  # opened blocking, it would wait for a writer forever
+    with caplog.at_level(logging.WARNING):
+        assert load_entries(folder) == []
+    assert "not a regular file" in caplog.text and not (folder / FILE_NAME).exists()
+
+
 def test_a_symlink_in_place_of_the_lock_fails_the_save_with_a_logged_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
