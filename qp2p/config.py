@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from qp2p.bootstrap_cache import MAX_ENTRIES
 from qp2p.errors import ConfigError
 
 __all__ = ("Config", "Role", "Trust")
@@ -243,7 +244,9 @@ class Config:
         _check(4 <= self.upnp_lease_duration <= 86400, "upnp_lease_duration must be 4 s to a day")
         contacts = tuple(_contact(item) for item in self.hard_coded_contacts)
         object.__setattr__(self, "hard_coded_contacts", contacts)  # a list given is kept as a tuple
-        _check(1 <= self.bootstrap_cache_size <= 100_000, "bootstrap_cache_size must be 1 to 100000")
+        _check(
+            1 <= self.bootstrap_cache_size <= MAX_ENTRIES, f"bootstrap_cache_size must be 1 to {MAX_ENTRIES}"
+        )
         _check(self.bootstrap_cache_per_prefix >= 1, "bootstrap_cache_per_prefix must be at least 1")
         _check(1 <= self.bootstrap_concurrency <= 100, "bootstrap_concurrency must be 1 to 100")
         _check(self.bootstrap_timeout > 0 and self.control_timeout > 0, "timeouts must be positive")
