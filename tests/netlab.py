@@ -17,6 +17,7 @@ describes the topology and how each NAT kind is made.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -31,8 +32,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 __all__ = (
+    "IGD",
+    "NAT",
     "NAT_KINDS",
     "STUN_ADDRESSES",
     "STUN_PORTS",
@@ -42,8 +49,8 @@ __all__ = (
     "Network",
     "Site",
     "down",
-    "igd_unavailable",
-    "nat_unavailable",
+    "missing",
+    "requires",
     "unavailable",
     "wire",
 )
@@ -86,32 +93,49 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=check)
 
 
-def unavailable() -> str | None:
-    """Why namespaces cannot be used here, or None when they can."""
+# What each part of a network runs besides ``ip``, named as ``unavailable`` and ``requires`` take it:
+# NAT routers and impaired links (iptables-restore), an igd router and its UPnP client.
+NAT = ("sysctl", "iptables-restore")
+IGD = ("sysctl", "nft", "miniupnpd", "miniupnpc")
+PYTHON_MODULES = ("miniupnpc",)  # needs that are Python modules, not programs
+
+
+def missing(*needs: str) -> list[str]:
+    """Those of ``needs`` (programs on PATH, or ``PYTHON_MODULES``) that are not installed."""
+    absent = []
+    for need in dict.fromkeys(needs):
+        found = importlib.util.find_spec(need) if need in PYTHON_MODULES else shutil.which(need)
+        if found is None:
+            absent.append(need)
+    return absent
+
+
+def unavailable(*needs: str) -> str | None:
+    """Why namespaces, or any of ``needs`` besides ``ip``, cannot be used here, or None when all can."""
     if os.geteuid() != 0:
         return "network namespaces need root (CI runs as root)"
-    if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
+    absent = missing("ip", *needs)
+    if absent:
+        return f"not installed: {', '.join(absent)}"
+    return _namespaces_refused()
+
+
+def requires(*needs: str) -> pytest.MarkDecorator:
+    """A mark that skips a test, giving ``unavailable``'s reason, unless all it needs is here."""
+    import pytest  # here, so that the command line runs without pytest installed
+
+    reason = unavailable(*needs)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+@functools.cache
+def _namespaces_refused() -> str | None:
+    """Why the kernel refuses to make a network namespace, or None (tried once per process)."""
     probe = f"qp2p-{os.getpid()}-probe"
     done = _ip("netns", "add", probe, check=False)
     if done.returncode != 0:
         return f"the kernel refuses network namespaces: {done.stderr.strip()}"
     _ip("netns", "del", probe, check=False)
-    return None
-
-
-def nat_unavailable() -> str | None:
-    """Why NAT routers cannot be built here (no namespaces, or no iptables), or None."""
-    missing = [tool for tool in ("iptables", "iptables-restore") if shutil.which(tool) is None]
-    return unavailable() or (f"not installed: {', '.join(missing)}" if missing else None)
-
-
-def igd_unavailable() -> str | None:
-    """Why an igd site (miniupnpd) and its UPnP client cannot run here, or None."""
-    if shutil.which("miniupnpd") is None or shutil.which("nft") is None:
-        return "miniupnpd and nft are needed (Debian packages miniupnpd and nftables)"
-    if importlib.util.find_spec("miniupnpc") is None:
-        return "the miniupnpc Python binding is not installed (pip install miniupnpc)"
     return None
 
 

@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 
 import netlab
-import pytest
 
-REASON = netlab.unavailable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = netlab.requires("sysctl")
 
 FLOOD_PROCESS = Path(__file__).with_name("flood_process.py")
 INITIALS = 20000

@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 
 import netlab
-import pytest
 
-REASON = netlab.nat_unavailable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = netlab.requires(*netlab.NAT)
 
 NODE_PROCESS = Path(__file__).with_name("node_process.py")
 

@@ -13,12 +13,9 @@ from pathlib import Path
 
 import matrix
 import netlab
-import pytest
 
-REASON = netlab.nat_unavailable()
-IGD_REASON = netlab.igd_unavailable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-needs_igd = pytest.mark.skipif(IGD_REASON is not None, reason=IGD_REASON or "")
+pytestmark = netlab.requires(*netlab.NAT)
+needs_igd = netlab.requires(*netlab.NAT, *netlab.IGD)
 
 
 @needs_igd  # every matrix has an igd site
@@ -52,6 +49,7 @@ def test_punching_through_port_restricted_nats_with_latency_succeeds_at_the_firs
     assert sum(outcome.punch_attempts == 1 for outcome in outcomes) >= 7, outcomes
 
 
+@netlab.requires(*netlab.NAT, "iptables")  # blocks and unblocks a peer by hand
 def test_a_relayed_connection_moves_to_a_punched_one_when_the_way_opens(tmp_path: Path) -> None:
     with netlab.Network() as net:
         r = matrix.Node(net.public_site("r"), tmp_path / "r")

@@ -22,8 +22,9 @@ from typing import Any
 import netlab
 import pytest
 
-REASON = netlab.nat_unavailable()
-IGD_REASON = netlab.igd_unavailable()
+pytestmark = netlab.requires(*netlab.NAT)
+IGD_REASON = netlab.unavailable(*netlab.IGD)
+needs_igd = netlab.requires(*netlab.NAT, *netlab.IGD)
 LOSS = 0.05
 DATAGRAMS = 2000
 SLOW_DELAY_MS = 40.0
@@ -282,10 +283,8 @@ def test_symmetric_maps_each_destination_to_another_port(lab: Lab) -> None:
     assert got == [(lab.site("p1").ip, p1_port, "answer:0")]
 
 
-@pytest.mark.parametrize("site", ["cone", "restricted", "symmetric", "igd"])
+@pytest.mark.parametrize("site", ["cone", "restricted", "symmetric", pytest.param("igd", marks=needs_igd)])
 def test_unsolicited_traffic_is_dropped_without_icmp(lab: Lab, site: str) -> None:
-    if site not in lab.net.sites:
-        pytest.skip(IGD_REASON or "")
     ip, p3 = lab.site(site).ip, lab.agents["p3"]
     # The probe sees ICMP when there is some: a closed port on a public host is "refused".
     assert p3.call("probe", to=[lab.site("p1").ip, 9], timeout=1.0)["result"] == "refused"
@@ -302,7 +301,7 @@ def test_unsolicited_traffic_is_dropped_without_icmp(lab: Lab, site: str) -> Non
         assert seen == port
 
 
-@pytest.mark.skipif(IGD_REASON is not None, reason=IGD_REASON or "")
+@needs_igd
 def test_igd_host_maps_a_port_with_upnp_that_the_internet_reaches(lab: Lab) -> None:
     igd, p1, site = lab.agents["igd"], lab.agents["p1"], lab.site("igd")
     port = igd.open()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ MODULES = [
     "qp2p.cli",
     "qp2p.endpoint",
     "qp2p.session",
+    "qp2p.connection",
+    "qp2p.nat.traversal",
 ] + [f"qp2p._pure.{m}" for m in ("framing", "chunking", "retry", "packet")]
 
 
@@ -53,16 +56,42 @@ def test_all_four_modules_come_from_one_backend() -> None:
     assert run_python(code, None) == "['_qp2p_fast']"
 
 
+# Each import below is followed by printing the backend, so that no import order can quietly
+# leave the pure one in place of the compiled one.
+BACKEND_AFTER = "; import qp2p; print(qp2p.BACKEND)"
+COMPILED = ["framing", "chunking", "retry", "packet"]
+
+
 @pytest.mark.parametrize("module", MODULES)
-def test_each_module_imports_alone(module: str) -> None:
-    run_python(f"import {module}", None)
+@pytest.mark.parametrize(
+    ("no_extensions", "expected"),
+    [pytest.param(None, "fast", marks=pytest.mark.fast_ext, id="fast"), pytest.param("1", "pure", id="pure")],
+)
+def test_each_module_imports_alone(module: str, no_extensions: str | None, expected: str) -> None:
+    assert run_python(f"import {module}" + BACKEND_AFTER, no_extensions) == expected
+
+
+def compiled_built(module: str) -> bool:
+    """Whether the compiled module exists in this tree (``setup.py build_ext`` made it)."""
+    return importlib.util.find_spec(f"_qp2p_fast.{module}") is not None
 
 
 @pytest.mark.fast_ext
-@pytest.mark.parametrize("module", ["framing", "chunking", "retry", "packet"])
-def test_each_compiled_module_imports_first(module: str) -> None:
-    # It imports qp2p.errors, hence qp2p itself, which must not need a half-made module.
-    run_python(f"import _qp2p_fast.{module}; import qp2p; print(qp2p.Endpoint.__name__)", None)
+@pytest.mark.parametrize("module", COMPILED)
+def test_importing_a_compiled_module_first_still_gives_the_compiled_backend(module: str) -> None:
+    # It imports qp2p.errors, hence qp2p, whose backend choice imports the compiled modules:
+    # none of them may be found half-initialised.
+    if not compiled_built(module):
+        pytest.skip(f"_qp2p_fast.{module} is not built (setup.py build_ext --inplace)")
+    code = f"import _qp2p_fast.{module}" + BACKEND_AFTER + "; print(qp2p.Endpoint.__name__)"
+    assert run_python(code, None) == "fast\nEndpoint"
+
+
+@pytest.mark.parametrize("module", COMPILED)
+def test_importing_a_compiled_module_first_keeps_the_pure_backend_when_forced(module: str) -> None:
+    if not compiled_built(module):
+        pytest.skip(f"_qp2p_fast.{module} is not built (setup.py build_ext --inplace)")
+    assert run_python(f"import _qp2p_fast.{module}" + BACKEND_AFTER, "1") == "pure"
 
 
 def test_info_command_reports_the_backend() -> None:
