@@ -621,6 +621,8 @@ class Session:
         for flag, body in decoder:
             if flag == _FLAG_CONTROL:
                 self._control_frame(body)
+                # It may have been the Hello: the frames after it in this batch are not held.
+                append = self._events.append if self._established else self._held.append
                 continue
             cost = len(body) + _FRAME_COST
             self._charge(cost)

@@ -327,3 +327,84 @@ def test_close_is_seen_by_both_sides(pair: Pair) -> None:
     assert len(pair.take("client", s.Terminated)) == len(pair.take("server", s.Terminated)) == 1
     with pytest.raises(errors.SendError):
         pair.client.send_frame(framing.FLAG_USER, b"late")
+
+
+def raw_client_and_session() -> tuple[CheckedQuicConnection, s.Session, list[s.SessionEvent]]:
+    """A bare aioquic client (it writes whatever bytes a test gives it) against a server session,
+    handshake done, no Hello sent by the client yet."""
+    now = 0.0
+    client = quic(True)
+    client.connect(SERVER_ADDR, now)
+    first = client.datagrams_to_send(now)
+    odcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
+    server = s.Session(quic(False, original_destination_connection_id=odcid), hello(2), 4)
+    events: list[s.SessionEvent] = []
+    outbound = [datagram for datagram, _ in first]
+    for _ in range(20):
+        now += 0.001
+        for datagram in outbound:
+            server.receive_datagram(datagram, CLIENT_ADDR, now)
+        for datagram, _ in server.datagrams_to_send(now):
+            client.receive_datagram(datagram, SERVER_ADDR, now)
+        outbound = [datagram for datagram, _ in client.datagrams_to_send(now)]
+        while (event := server.next_event()) is not None:
+            events.append(event)
+    return client, server, events
+
+
+def deliver(client: CheckedQuicConnection, server: s.Session, events: list[s.SessionEvent]) -> None:
+    for datagram, _ in client.datagrams_to_send(1.0):
+        server.receive_datagram(datagram, CLIENT_ADDR, 1.0)
+    server.datagrams_to_send(1.0)  # a close the data caused begins here
+    while (event := server.next_event()) is not None:
+        events.append(event)
+
+
+def test_frames_before_the_hello_are_held_until_it_arrives() -> None:
+    client, server, events = raw_client_and_session()
+    assert not any(isinstance(e, s.Established) for e in events)
+    lane1, lane0 = client.get_next_available_stream_id(True), None
+    client.send_stream_data(lane1, framing.encode_frame(framing.FLAG_USER, b"early"))
+    deliver(client, server, events)
+    assert not [e for e in events if isinstance(e, s.FrameReceived | s.Established)]  # held, not delivered
+    lane0 = client.get_next_available_stream_id(True)
+    client.send_stream_data(lane0, wire.encode(hello(1)))
+    deliver(client, server, events)
+    kinds = [type(e) for e in events if isinstance(e, s.FrameReceived | s.Established)]
+    assert kinds == [s.Established, s.FrameReceived]  # established first, then what was held
+
+
+def test_a_request_right_after_the_hello_in_one_batch_is_delivered() -> None:
+    client, server, events = raw_client_and_session()
+    lane0 = client.get_next_available_stream_id(True)
+    request = framing.encode_frame(framing.FLAG_REQUEST, (5).to_bytes(4, "big") + b"ask")
+    client.send_stream_data(lane0, wire.encode(hello(1)) + request)
+    deliver(client, server, events)
+    frames = [e for e in events if isinstance(e, s.FrameReceived)]
+    assert [(f.request_id, bytes(f.data)) for f in frames] == [(5, b"ask")]
+
+
+def test_a_hello_that_is_not_the_certificates_closes_the_connection() -> None:
+    client, server, events = raw_client_and_session()
+    client.send_stream_data(client.get_next_available_stream_id(True), wire.encode(hello(2)))  # not ours
+    deliver(client, server, events)
+    assert not any(isinstance(e, s.Established) for e in events)
+    (closing,) = [e for e in events if isinstance(e, s.Closing)]
+    assert closing.error_code == s.CLOSE_PROTOCOL
+
+
+def test_concurrent_large_sends_get_their_own_streams() -> None:
+    pair = large_pair()
+    # The first takes all the credit the reserve leaves; the others cannot write a byte yet.
+    ids = [pair.client.start_large(framing.FLAG_USER, bytes(1 * MiB)) for _ in range(4)]
+    assert len(set(ids)) == 4
+    done = 0
+    for _ in range(400):
+        pair.pump(settle=False)
+        for frame in pair.take("server", s.FrameReceived):
+            pair.server.consumed(frame)
+        done += len(pair.take("client", s.LargeSendDone))
+        if done == 4:
+            break
+    else:
+        raise AssertionError(f"{done} of 4 large sends finished")
