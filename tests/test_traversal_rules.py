@@ -70,7 +70,7 @@ def test_a_punch_must_name_another_peer() -> None:
 
 
 def test_unsolicited_punches_one_at_a_time_per_coordinator_within_a_budget() -> None:
-    rules = t.Traversal()
+    rules = t.Traversal(t.TraversalLimits(unsolicited_per_coordinator=1))
     limits = rules.limits
     first = rules.punch(COORD, wire.Punch(ADDR_B, B, 0), solicited=False, now=0.0)
     assert first is not None
