@@ -229,6 +229,7 @@ class Session:
         # the credit we granted (frames) and by HELD_CONTROL (control messages).
         self._held: list[SessionEvent] = []
         self._held_control = 0
+        self._deliver = self._held.append  # where frames for the layer above go: held, then events
         self._closing = False  # we called close()
         self._closing_seen = False  # a close began, by anyone
         self._terminated = False
@@ -526,6 +527,7 @@ class Session:
             self._events.append(Established(peer))
             self._events.extend(self._held)
             self._held.clear()
+            self._deliver = self._events.append
 
     def _closing_begun(self) -> None:
         """Report a close as soon as it starts (ours, the peer's, or aioquic's own on an error)."""
@@ -616,13 +618,12 @@ class Session:
     def _lane_data(self, incoming: _Incoming, data: bytes | bytearray) -> None:
         decoder = incoming.decoder
         decoder.feed(data)
-        append = self._events.append if self._established else self._held.append
+        append = self._deliver
         lane = incoming.lane
         for flag, body in decoder:
             if flag == _FLAG_CONTROL:
                 self._control_frame(body)
-                # It may have been the Hello: the frames after it in this batch are not held.
-                append = self._events.append if self._established else self._held.append
+                append = self._deliver  # it may have been the Hello: what follows is not held
                 continue
             cost = len(body) + _FRAME_COST
             self._charge(cost)
@@ -700,8 +701,7 @@ class Session:
         if flag != _FLAG_USER:
             request_id = int.from_bytes(body[:4], "big")
             del body[:4]
-        event = FrameReceived(flag, request_id, body, -1, 0, True)
-        (self._events if self._established else self._held).append(event)
+        self._deliver(FrameReceived(flag, request_id, body, -1, 0, True))
 
     def _stream_end(self, stream_id: int, incoming: _Incoming) -> None:
         incoming.ended = True

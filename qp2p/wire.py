@@ -367,6 +367,9 @@ class _Reader:
             raise MalformedMessage(f"unknown address family {family}")
         return host, self.scalar("u16")
 
+    def fingerprint(self) -> str:
+        return self.take(FINGERPRINT_SIZE, "fingerprint").hex()
+
     def field(self, kind: str) -> Any:
         if kind in _SCALARS:
             return self.scalar(kind)
@@ -380,9 +383,9 @@ class _Reader:
         if kind == "blob":
             return self.take(self.scalar("u16"), "blob")
         if kind == "fingerprint":
-            return self.take(FINGERPRINT_SIZE, "fingerprint").hex()
+            return self.fingerprint()
         count = self.scalar("u16")  # "peers"
-        return tuple((self.address(), self.take(FINGERPRINT_SIZE, "fingerprint").hex()) for _ in range(count))
+        return tuple((self.address(), self.fingerprint()) for _ in range(count))
 
     def end(self) -> None:
         left = len(self._body) - self._pos
