@@ -8,15 +8,12 @@ import collections
 import datetime
 import json
 import math
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
 
 import qp2p
 from qp2p import _demo, _speedups, tls
@@ -533,34 +530,9 @@ def _file_name(text: str) -> str:
 def _write(identity: tls.Identity, folder: Path, name: str) -> None:
     """Write NAME.pem and NAME.key (0600) into ``folder``: both, or neither if either name is taken."""
     certfile, keyfile = folder / f"{name}.pem", folder / f"{name}.key"
-    for path in (certfile, keyfile):
-        if os.path.lexists(path):  # a dangling symlink too: it is never written through
-            raise FileExistsError(f"{path} exists; not overwriting it")
-    key_pem = identity.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    cert_pem = b"".join(
-        c.public_bytes(serialization.Encoding.PEM) for c in (identity.certificate, *identity.chain)
-    )
-    _create_files([(keyfile, key_pem), (certfile, cert_pem)])
+    tls.write_identity(identity, certfile, keyfile)
     print(f"wrote {certfile} and {keyfile}")
     print(f"fingerprint: {identity.fingerprint}")
-
-
-def _create_files(files: Sequence[tuple[Path, bytes]]) -> None:
-    """Create each file anew, mode 0600, never through a symlink; if one fails, remove those
-    already made, so that a key is never left without its certificate (or the other way)."""
-    made: list[Path] = []
-    try:
-        for path, data in files:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            made.append(path)
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(data)
-    except BaseException:
-        for path in made:
-            path.unlink(missing_ok=True)
-        raise
 
 
 def _ca_init(args: argparse.Namespace) -> int:

@@ -136,13 +136,13 @@ def new_ca(common_name: str = "qp2p network CA", days: int = 3650) -> Identity:
 
 
 def issue(ca: Identity, name: str, days: int = 825, not_before: datetime.datetime | None = None) -> Identity:
-    """A node certificate for ``name`` signed by ``ca``: end-entity, for TLS clients and servers."""
+    """A node certificate for ``name`` signed by ``ca``: end-entity, for TLS clients and servers.
+    It never outlives its CA: ``days`` is cut to the CA's own expiry."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or datetime.datetime.now(datetime.UTC) - _LEEWAY
+    end = min(start + datetime.timedelta(days=days), ca.certificate.not_valid_after_utc)
     certificate = (
-        _certificate(
-            name, ca.certificate.subject, key, start, start + datetime.timedelta(days=days), ca=False
-        )
+        _certificate(name, ca.certificate.subject, key, start, end, ca=False)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -156,17 +156,39 @@ def issue(ca: Identity, name: str, days: int = 825, not_before: datetime.datetim
 
 
 def write_identity(identity: Identity, certfile: str | Path, keyfile: str | Path) -> None:
-    """Certificate (and chain) and key as new PEM files, both created with mode 0600."""
+    """Certificate (and chain) and key as new PEM files, mode 0600: both, or neither. A name
+    already taken (a dangling symlink too) raises ``FileExistsError``; nothing is ever written
+    through a symlink."""
+    for path in (certfile, keyfile):
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} exists; not overwriting it")
     key_pem = identity.private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     cert_pem = b"".join(
         c.public_bytes(serialization.Encoding.PEM) for c in (identity.certificate, *identity.chain)
     )
-    for path, data in ((keyfile, key_pem), (certfile, cert_pem)):
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
+    _create_files([(Path(keyfile), key_pem), (Path(certfile), cert_pem)])
+
+
+# Windows has no O_NOFOLLOW (making a symlink there takes a privilege).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _create_files(files: list[tuple[Path, bytes]]) -> None:
+    """Create each file anew, mode 0600, never through a symlink; if one fails, remove those
+    already made, so that a key is never left without its certificate (or the other way)."""
+    made: list[Path] = []
+    try:
+        for path, data in files:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+            made.append(path)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(data)
+    except BaseException:
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def load_identity(certfile: str, keyfile: str) -> Identity:

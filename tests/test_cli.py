@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import qp2p
-from qp2p import cli, tls
+from qp2p import tls
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -207,7 +207,7 @@ def test_files_made_before_a_failure_are_removed(tmp_path: Path) -> None:
     first, second = tmp_path / "node.key", tmp_path / "node.pem"
     second.write_bytes(b"someone else's")
     with pytest.raises(FileExistsError):
-        cli._create_files([(first, b"key"), (second, b"certificate")])
+        tls._create_files([(first, b"key"), (second, b"certificate")])
     assert not first.exists() and second.read_bytes() == b"someone else's"
 
 

@@ -186,3 +186,9 @@ def test_ca_command_line(tmp_path: Path) -> None:
     assert run("ca", "issue", "node1", "--dir", str(folder)).returncode == 1  # never overwrites
     assert run("ca", "issue", "x", "--dir", str(tmp_path / "nowhere")).returncode == 1
     assert run("cert", "me", "--dir", str(tmp_path)).returncode == 0
+
+
+def test_an_issued_certificate_never_outlives_its_ca() -> None:
+    ca = tls.new_ca(days=30)
+    node = tls.issue(ca, "node", days=36500).certificate
+    assert node.not_valid_after_utc == ca.certificate.not_valid_after_utc
