@@ -11,10 +11,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from qp2p import errors, wire
+from qp2p._tasks import BackgroundTasks
 from qp2p.bootstrap_cache import CacheFile
 from qp2p.config import Config, Role
 from qp2p.connection import Connection
@@ -56,7 +57,7 @@ class Joining:
         self.file = CacheFile(folder)
         self._become_client = become_client
         self._rng = random.Random()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log, "network upkeep failed")
         self._save: asyncio.TimerHandle | None = None
 
     async def bootstrap(self) -> Connection:
@@ -148,7 +149,7 @@ class Joining:
         peers = await connection.control_request(
             wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, config.control_timeout
         )
-        self.spawn(self._discover([(addr, fingerprint) for addr, fingerprint in peers.peers]))
+        self._tasks.spawn(self._discover([(addr, fingerprint) for addr, fingerprint in peers.peers]))
 
     async def _discover(self, nodes: list[tuple[Address, str]]) -> None:
         """Dials nodes we were told about, each by the peer id we were told (those that answer
@@ -173,17 +174,6 @@ class Joining:
 
     # ---- tasks and saving ------------------------------------------------------------------
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` in the background until it ends or we close; its failure is logged."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("network upkeep failed: %r", task.exception())
-
     def schedule_save(self) -> None:
         """The cache changed: write it soon, once for a burst of changes."""
         if self._save is None:
@@ -191,13 +181,11 @@ class Joining:
 
     def _save_soon(self) -> None:
         self._save = None
-        self.spawn(asyncio.to_thread(self.file.save, self._membership.cache))
+        self._tasks.spawn(asyncio.to_thread(self.file.save, self._membership.cache))
 
     async def close(self) -> None:
         """Stop every task; write the cache one last time if it changed."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._save is not None:
             self._save.cancel()
             self._save = None

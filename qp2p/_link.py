@@ -365,14 +365,11 @@ class Refusal:
 
 class RelayPath:
     """A relayed link's way out: its datagrams travel as ``RelayData`` on the relay link.
+    ``link`` is the end-to-end link inside the circuit, once made."""
 
-    ``link`` is the end-to-end link inside the circuit, once made; ``peer_id`` the only
-    certificate it may prove (``wire.ANY_PEER`` when we dialled without naming one)."""
-
-    def __init__(self, relay: Link, circuit: int, peer_id: str) -> None:
+    def __init__(self, relay: Link, circuit: int) -> None:
         self.relay = relay
         self.circuit = circuit
-        self.peer_id = peer_id
         self.link: Link | None = None
 
     def sendto(self, data: bytes, addr: Address) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from qp2p import errors
@@ -138,7 +137,6 @@ class Connection:
         self._last_path: LinkPath = "direct"
         self._requests: dict[int, asyncio.Future[bytes | bytearray]] = {}
         self._control_waiters: dict[type, list[asyncio.Future[ControlMessage]]] = {}
-        self._change: asyncio.Future[None] = self._loop.create_future()
         self._request_ids = itertools.count(1)
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._close_error: Exception | None = None
@@ -253,18 +251,6 @@ class Connection:
         for link in list(self._links):
             link.abort()
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        """Until ``condition()`` holds after some change of links (True), or ``timeout`` passes."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not condition():
-                    if self.is_closed:
-                        return False
-                    await asyncio.shield(self._change)
-        except TimeoutError:
-            return False
-        return True
-
     async def control_request(
         self, request: ControlMessage, answer: type[T], timeout: float, refusal: type | None = None
     ) -> T:
@@ -319,7 +305,6 @@ class Connection:
             self._current = link
         else:
             self._retire(link)
-        self._changed()
 
     def frame_received(self, link: Link, event: s.FrameReceived) -> None:
         if event.flag == framing.FLAG_RESPONSE:
@@ -349,7 +334,6 @@ class Connection:
             self._last_addr = link.remote_addr
             alive = [other for other in self._links if not other.closed]
             self._current = alive[0] if alive else None
-        self._changed()
         if self._current is None:
             self._finish(link.closed_error())
 
@@ -392,11 +376,6 @@ class Connection:
         if link.path == "relayed":  # its replacement is direct: close it, freeing the relay
             link.close_later(RELAY_LINGER)
 
-    def _changed(self) -> None:
-        """Wake whoever waits for the connection's links to change (``wait_for``)."""
-        waiter, self._change = self._change, self._loop.create_future()
-        waiter.set_result(None)
-
     def _finish(self, error: Exception) -> None:
         """The handle is over: fail its waiters, leave the pool, report the disconnection once."""
         if self._closed.done():
@@ -414,5 +393,4 @@ class Connection:
             if not waiter.done():
                 waiter.set_exception(error)
         self._closed.set_result(None)
-        self._changed()
         self._events.connection_closed(self)

@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 import warnings
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
+from qp2p._tasks import BackgroundTasks
 from qp2p.bootstrap_cache import BootstrapCache
 from qp2p.config import Config, Role
 from qp2p.connection import BytesLike, Connection, Message, message_taken
@@ -168,7 +169,7 @@ class Endpoint:
         self._dials: dict[Address, _Dial] = {}  # dials by address, shared by concurrent callers
         self._arrivals: dict[str, list[asyncio.Future[None]]] = {}  # who waits for a direct link to a peer
         self._relay_paths: dict[tuple[Link, int], RelayPath] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks(log, "background work failed")
         self._failed_handshakes = 0
         self._refused_connections = 0
         self._transport: Transport | None = None
@@ -255,9 +256,7 @@ class Endpoint:
         error = errors.ClosedError("the endpoint was closed")
         try:
             await self._joining.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.close()
             if self._mapping_task is not None:
                 self._mapping_task.cancel()
                 await asyncio.gather(self._mapping_task, return_exceptions=True)
@@ -385,7 +384,7 @@ class Endpoint:
             links=sum(not link.closed for link in self._links),
             punches=self._traversal.punches,
             relay_circuits=self._traversal.circuits,
-            refusals={**self._traversal.refusals, **self._membership.refusals},
+            refusals=dict(self._traversal.refusals + self._membership.refusals),
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -460,14 +459,17 @@ class Endpoint:
     def _handshake_too_slow(self, link: Link) -> None:
         if self._pending.pop(link, None) is not None:
             log.info("no handshake with %s:%d within connect_timeout: closing", *link.remote_addr)
-            link.close()
             link.abort()
 
-    def _forgotten(self, link: Link) -> None:
-        self._links.discard(link)
+    def _settled(self, link: Link) -> None:
+        """``link`` is no longer waiting for its handshake: its timer goes."""
         timer = self._pending.pop(link, None)
         if timer is not None:
             timer.cancel()
+
+    def _forgotten(self, link: Link) -> None:
+        self._links.discard(link)
+        self._settled(link)
         path = link.packet_path
         if isinstance(path, RelayPath) and self._relay_paths.get((path.relay, path.circuit)) is path:
             self._close_relay_path(path, tell_relay=True)
@@ -501,9 +503,7 @@ class Endpoint:
     def _link_established(self, link: Link) -> None:
         """The handshake proved a certificate and the Hello arrived: the link joins the
         connection of that peer id, made now if there is none."""
-        timer = self._pending.pop(link, None)
-        if timer is not None:
-            timer.cancel()
+        self._settled(link)
         peer_id = link.peer_id
         assert peer_id is not None  # the session establishes only with a certificate
         now = asyncio.get_running_loop().time()
@@ -535,9 +535,7 @@ class Endpoint:
 
     def _handshake_ended(self, link: Link, event: Closing) -> None:
         """A link closed before it was established: a failed handshake."""
-        timer = self._pending.pop(link, None)
-        if timer is not None:
-            timer.cancel()
+        self._settled(link)
         self._failed_handshakes += 1
         host, port = link.remote_addr
         log.info("no connection with %s:%d: %s (error %#x)", host, port, event.reason, event.error_code)
@@ -584,11 +582,14 @@ class Endpoint:
         dial = self._dials.get(addr)
         if dial is not None and not dial.result.done() and dial.peer_id in (None, peer_id):
             return dial
+        dial = self._dials[addr] = self._new_dial(addr, peer_id)
+        self._add_dial_link(dial, self._client_link(self._check_open(), addr, "direct", peer_id))
+        return dial
+
+    def _new_dial(self, addr: Address, peer_id: str | None) -> _Dial:
         loop = asyncio.get_running_loop()
         dial = _Dial(addr, peer_id, loop.create_future(), loop.time())
-        self._dials[addr] = dial
         dial.result.add_done_callback(lambda _: self._dial_over(dial))
-        self._add_dial_link(dial, self._client_link(self._check_open(), addr, "direct", peer_id))
         return dial
 
     def _add_dial_link(self, dial: _Dial, link: Link) -> None:
@@ -623,16 +624,19 @@ class Endpoint:
             host, port = dial.addr
             raise errors.ConnectionError(f"no connection to {host}:{port}{what} within {timeout} s") from None
         finally:
-            dial.waiters -= 1
-            if dial.waiters == 0 and not dial.result.done():
-                self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"))
+            self._release(dial)
+
+    def _release(self, dial: _Dial) -> None:
+        """One waiter less: the dial is abandoned (its links closed) when none is left."""
+        dial.waiters -= 1
+        if dial.waiters == 0 and not dial.result.done():
+            self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"))
 
     def _existing(self, addr: Address, peer_id: str | None) -> Connection | None:
         """An open connection to ``peer_id``, or (without one) to whoever we reach at ``addr``
         over a link that observed that address or that we dialled there ourselves."""
         if peer_id is not None:
-            connection = self._peers.get(peer_id)
-            return connection if connection is not None and not connection.is_closed else None
+            return self.connection(peer_id)
         for connection in self._peers.values():
             for link in connection.links:
                 if not link.closed and (
@@ -685,7 +689,8 @@ class Endpoint:
 
     def connection(self, peer_id: str) -> Connection | None:
         """The open connection to ``peer_id``, if there is one."""
-        return self._existing(("", 0), peer_id)
+        connection = self._peers.get(peer_id)
+        return connection if connection is not None and not connection.is_closed else None
 
     # ---- NAT traversal: carrying out what ``Traversal`` decides ----------------------------
 
@@ -715,12 +720,10 @@ class Endpoint:
                     if isinstance(error, errors.CertificateError):
                         raise error
             connection = await self._relay(coordinator, target, peer_id)
-            self._spawn(self._upgrade(connection, coordinator, target))
+            self._tasks.spawn(self._upgrade(connection, coordinator, target))
             return connection
         finally:
-            dial.waiters -= 1
-            if dial.waiters == 0 and not dial.result.done():
-                self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"))
+            self._release(dial)
 
     async def _punch(
         self, coordinator: Connection, target: Address, peer_id: str | None
@@ -758,8 +761,7 @@ class Endpoint:
                 await asyncio.sleep(t.SPRAY_GAP)
             if not self._has_direct_link(path.peer_id):
                 link = self._client_link(transport, path.addr, "punched", path.peer_id)
-                dial = _Dial(path.addr, path.peer_id, loop.create_future(), loop.time())
-                dial.result.add_done_callback(lambda _: self._dial_over(dial))
+                dial = self._new_dial(path.addr, path.peer_id)
                 self._add_dial_link(dial, link)
                 dial.result.add_done_callback(lambda done: _wake(arrived, done))
             try:
@@ -771,7 +773,7 @@ class Endpoint:
                 raise
             except errors.Error:
                 return None
-            return self._existing(path.addr, path.peer_id) if self._has_direct_link(path.peer_id) else None
+            return self.connection(path.peer_id) if self._has_direct_link(path.peer_id) else None
         finally:
             self._traversal.punch_over(path.punch)
             waiters = self._arrivals.get(path.peer_id, [])
@@ -807,11 +809,9 @@ class Endpoint:
         named = peer_id or wire.ANY_PEER
         circuit = self._traversal.new_circuit_number(relay)
         self._traversal.path_opened(relay, circuit, named)
-        path = self._relay_paths[(relay, circuit)] = RelayPath(relay, circuit, named)
+        path = self._relay_paths[(relay, circuit)] = RelayPath(relay, circuit)
         coordinator.send_control(wire.RelayOpen(target, named, circuit))
-        loop = asyncio.get_running_loop()
-        dial = _Dial(target, peer_id, loop.create_future(), loop.time())
-        dial.result.add_done_callback(lambda _: self._dial_over(dial))
+        dial = self._new_dial(target, peer_id)
         path.link = self._client_link(path, target, "relayed", peer_id, remote=relay.remote_addr)
         self._add_dial_link(dial, path.link)
         return await self._await_dial(dial, self.config.connect_timeout, ", even relayed")
@@ -829,7 +829,7 @@ class Endpoint:
                 path,
                 path.relay.remote_addr,
                 "relayed",
-                self._checker(path.peer_id),
+                self._checker(self._traversal.path_peer(path.relay, path.circuit)),
                 configuration=self._server_config,
                 original_destination_connection_id=header.destination_cid,
             )
@@ -883,13 +883,13 @@ class Endpoint:
         elif isinstance(message, wire.Punch):
             opening = traversal.punch(peer, message, solicited=False, now=now)
             if opening is not None:
-                self._spawn(self._punched(opening))
+                self._tasks.spawn(self._punched(opening))
         elif isinstance(message, wire.RelayOpen):
             target = self._find_peer(message.target, message.target_id, connection)
             self._carry_out(traversal.relay_open(peer, message, target, now))
         elif isinstance(message, wire.RelayIncoming):
             if traversal.relay_incoming(peer, message):
-                self._relay_paths[(link, message.circuit)] = RelayPath(link, message.circuit, message.peer_id)
+                self._relay_paths[(link, message.circuit)] = RelayPath(link, message.circuit)
             else:
                 self._carry_out([Send(link, wire.RelayClose(message.circuit))])
         elif isinstance(message, wire.RelayData | wire.RelayClose):
@@ -908,7 +908,7 @@ class Endpoint:
         elif not isinstance(message, wire.PunchFailed):  # a late answer: nobody waits for it
             decision = self._membership.request(peer, message, now)
             if isinstance(decision, Probe):
-                self._spawn(self._verify(decision))
+                self._tasks.spawn(self._verify(decision))
             elif decision is not None:
                 self._carry_out([decision])
 
@@ -923,17 +923,6 @@ class Endpoint:
             self._carry_out([answer])
             if changed:
                 self._joining.schedule_save()
-
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run ``work`` until it ends or the endpoint closes; a failure is logged, never lost."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("background work failed: %r", task.exception())
 
     # ---- events ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ kind has a budget per peer, so no peer makes us do it more often than the rules 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -53,10 +54,10 @@ class Membership:
         self.cache = BootstrapCache(config.bootstrap_cache_size, config.bootstrap_cache_per_prefix)
         self._budgets = Budgets()
         self._checking: set[Hashable] = set()  # links with a check under way: one at a time each
-        self.refusals: dict[str, int] = {}
+        self.refusals: Counter[str] = Counter()  # why we declined what a peer asked
 
     def _refuse(self, reason: str) -> None:
-        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        self.refusals[reason] += 1
 
     def _within(self, kind: str, peer: Peer, now: float, budget: tuple[int, float]) -> bool:
         if self._budgets.take(kind, peer.peer_id, now, *budget):

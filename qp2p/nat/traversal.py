@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -123,12 +124,12 @@ class Traversal:
         self._budgets = Budgets()
         self._circuits: dict[tuple[Hashable, int], Circuit] = {}  # as a relay: both ends of each
         self._paths: dict[tuple[Hashable, int], str] = {}  # as a relayed peer: circuit -> peer id
-        self.refusals: dict[str, int] = {}  # why we declined what a peer asked, counted
+        self.refusals: Counter[str] = Counter()  # why we declined what a peer asked
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
     def _refuse(self, reason: str) -> None:
-        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        self.refusals[reason] += 1
 
     def expire(self, now: float) -> None:
         """Forget punches whose time is over."""
@@ -194,24 +195,31 @@ class Traversal:
     ) -> list[Send]:
         """A peer asks us to coordinate a punch to ``target`` (the peer we found for its
         request, None if none): a ``Punch`` to each, or ``PunchFailed`` to the asker."""
-        limits = self.limits
-        refused = [Send(asker.link, wire.PunchFailed(message.target))]
-        if asker.relayed:
-            self._refuse("punch request over a relayed link")
-            return refused
-        if not self._budgets.take(
-            "coordinate", asker.peer_id, now, limits.requests_burst, limits.requests_interval
-        ):
-            self._refuse("punch request rate")
-            return refused
-        if target is None or target.relayed or target.peer_id == asker.peer_id:
-            return refused
+        if not self._may_coordinate(asker, target, now, "punch request"):
+            return [Send(asker.link, wire.PunchFailed(message.target))]
+        assert target is not None
         # Both should act at the same moment: the nearer peer's Punch is held back.
         later = max(asker.rtt, target.rtt)
         return [
             Send(asker.link, wire.Punch(target.addr, target.peer_id, int((later - asker.rtt) * 500))),
             Send(target.link, wire.Punch(asker.addr, asker.peer_id, int((later - target.rtt) * 500))),
         ]
+
+    def _may_coordinate(self, asker: Peer, target: Peer | None, now: float, what: str) -> bool:
+        """Whether to act on ``asker``'s request (a punch or a relay) towards ``target``: not
+        over a relayed link, within the asker's budget (spent even when there is no target, so
+        that requests for nobody cost their replies a budget too), and only towards another
+        peer we reach without a relay."""
+        limits = self.limits
+        if asker.relayed:
+            self._refuse(f"{what} over a relayed link")
+            return False
+        if not self._budgets.take(
+            "coordinate", asker.peer_id, now, limits.requests_burst, limits.requests_interval
+        ):
+            self._refuse(f"{what} rate")
+            return False
+        return target is not None and not target.relayed and target.peer_id != asker.peer_id
 
     # ---- the relay -------------------------------------------------------------------------
 
@@ -223,33 +231,26 @@ class Traversal:
         if (asker.link, message.circuit) in self._circuits:
             self._refuse("circuit number in use")
             return []
-        if asker.relayed or target is None or target.relayed or target.peer_id == asker.peer_id:
+        if not self._may_coordinate(asker, target, now, "relay request"):
             return refused
-        if not self._budgets.take(
-            "coordinate", asker.peer_id, now, limits.requests_burst, limits.requests_interval
-        ):
-            self._refuse("relay request rate")
-            return refused
+        assert target is not None
         circuits = len(self._circuits) // 2
         held = sum(1 for c in self._circuits.values() if c.a_id == asker.peer_id) // 2
         if circuits >= limits.relay_circuits or held >= limits.relay_circuits_per_peer:
             self._refuse("relay circuits")
             return refused
-        theirs = self._new_number(target.link)
+        theirs = self.new_circuit_number(target.link)
         circuit = Circuit(asker.link, message.circuit, asker.peer_id, target.link, theirs)
         self._circuits[(asker.link, message.circuit)] = circuit
         self._circuits[(target.link, theirs)] = circuit
         return [Send(target.link, wire.RelayIncoming(asker.addr, asker.peer_id, theirs))]
 
-    def _new_number(self, link: Hashable) -> int:
+    def new_circuit_number(self, link: Hashable) -> int:
+        """A circuit number unused on ``link``, by our circuits and those we relay alike."""
         while True:
             number = secrets.randbits(32)
             if (link, number) not in self._circuits and (link, number) not in self._paths:
                 return number
-
-    def new_circuit_number(self, link: Hashable) -> int:
-        """A circuit number for a circuit of ours through ``link``, unused on it."""
-        return self._new_number(link)
 
     def relay(self, link: Hashable, message: wire.RelayData | wire.RelayClose) -> list[Send] | None:
         """Carry a circuit's datagram (or its end) to the other side; None if not ours to relay."""
