@@ -148,8 +148,10 @@ class RawPeer:
         endpoint_id: int | None = None,
         answer: bytes | None = None,
         idle_timeout: float = 10.0,
+        after_hello: tuple[wire.WireMessage, ...] = (),
     ) -> None:
         self.remote = remote
+        self.after_hello = after_hello  # frames written with the Hello, in the same write
         self.identity = identity if identity is not None else tls.self_signed_identity()
         self.hello = wire.Hello(
             hello_id(self.fingerprint) if endpoint_id is None else endpoint_id,
@@ -322,7 +324,7 @@ class RawPeer:
         while (event := self.quic.next_event()) is not None:
             if isinstance(event, events.HandshakeCompleted):
                 self.handshake_done = True
-                self.write(wire.encode(self.hello))
+                self.write(b"".join(wire.encode(m) for m in (self.hello, *self.after_hello)))
                 self.transmit_soon()
             elif isinstance(event, events.StreamDataReceived):
                 self._stream_data(event.stream_id, event.data)
