@@ -22,6 +22,7 @@ class Peer:
     rtt: float = 0.0  # the link's smoothed round-trip time, seconds
     relayed: bool = False
     node: bool = True  # what its Hello says: a node accepts connections, a client does not
+    received: int = 0  # bytes of datagrams the link received from it, handshake included
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ class Link:
         self.owner = owner
         self.retired = False
         self.heard = False  # a datagram came for this link: someone answers at the other end
+        self.received = 0  # bytes of the datagrams that came for it
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._cids: set[bytes] = set()
@@ -97,6 +98,7 @@ class Link:
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self.heard = True
+        self.received += len(data)
         self.session.receive_datagram(data, addr, self._loop.time())
         self._handle_events()
         # Not at once: a task woken by this datagram (a reader about to reply, a sender given

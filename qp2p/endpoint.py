@@ -573,6 +573,7 @@ class Endpoint:
             smoothed_rtt(link.session.quic),
             link.path == "relayed",
             hello.node if hello is not None else False,
+            link.received,
         )
 
     # ---- dialling --------------------------------------------------------------------------

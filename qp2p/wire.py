@@ -187,13 +187,15 @@ class PunchRequest:
 @dataclass(frozen=True, slots=True)
 class Punch:
     """From the coordinating node to each side: in ``delay_ms``, open a path to the peer
-    ``peer_id``, which the coordinator sees at ``peer``."""
+    ``peer_id``, which the coordinator sees at ``peer``. ``padding`` (ignored) is how a
+    coordinator pays for a punch the receiver did not ask for (docs/protocol.md, section 7)."""
 
     TAG: ClassVar[int] = 22
-    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u32")
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u32", "blob")
     peer: Address
     peer_id: str
     delay_ms: int
+    padding: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,18 +4,11 @@ The rogue speaks the public wire format (docs/protocol.md): a real TLS handshake
 certificate of its own, a Hello, control and user frames on lane 0. It says whatever it likes
 in them, counts every byte it sends at its socket, and can run a second QUIC connection to the
 victim inside ``RelayData`` frames on the first, as a relay would carry it (``Tunnel``).
-
-The control messages that name a peer change with the identity rewrite: a peer id becomes the
-SHA-256 fingerprint of the peer's certificate (hex) instead of the random u64 of its Hello, and
-``PunchRequest``/``RelayOpen`` gain a target id. ``punch``, ``relay_incoming``, ``punch_request``
-and ``relay_open`` build them for whichever wire version is installed, so the same attacks run
-against both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import ssl
 from dataclasses import dataclass
@@ -30,48 +23,26 @@ import qp2p
 from qp2p import tls, wire
 from qp2p._aioquic_hooks import closing_event
 from qp2p._speedups import framing
-from qp2p.session import ALPN
+from qp2p.session import ALPN, endpoint_id_of
 from qp2p.transport import CID_LENGTH
 
 __all__ = (
-    "ANY_PEER",
-    "FINGERPRINT_IDS",
     "PeerRef",
     "RawPeer",
     "RoguePeer",
     "Sink",
     "Sinks",
     "Tunnel",
-    "hello_id",
-    "peer_id_of",
     "punch",
-    "punch_request",
     "ref_of",
     "relay_incoming",
-    "relay_open",
 )
 
 Address = tuple[str, int]
 Control = TypeVar("Control", bound=wire.ControlMessage)
 KiB = 1 << 10
 
-# ---- the two wire versions ---------------------------------------------------------------
-
-
-def _field_type(cls: type[Any], name: str) -> object:
-    """The annotation of field ``name`` of dataclass ``cls`` (a string under postponed annotations)."""
-    return next((f.type for f in dataclasses.fields(cls) if f.name == name), None)
-
-
-# True once peer ids are certificate fingerprints (the identity rewrite); False for today's u64s.
-FINGERPRINT_IDS: bool = _field_type(wire.Punch, "peer_id") in (str, "str")
-# The target id of a PunchRequest or RelayOpen meaning "whoever you have at that address".
-ANY_PEER = "00" * 32
-
-
-def hello_id(fingerprint: str) -> int:
-    """The Hello endpoint id the rewrite requires of a certificate: its fingerprint's first 8 bytes."""
-    return int(fingerprint[:16], 16)
+# ---- naming peers -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,52 +52,24 @@ class PeerRef:
     fingerprint: str
     endpoint_id: int
 
-    @property
-    def wire_id(self) -> str | int:
-        """What a ``peer_id`` field carries on the installed wire version."""
-        return self.fingerprint if FINGERPRINT_IDS else self.endpoint_id
+    @classmethod
+    def of(cls, fingerprint: str) -> PeerRef:
+        return cls(fingerprint, endpoint_id_of(fingerprint))
 
 
 def ref_of(endpoint: qp2p.Endpoint) -> PeerRef:
     """How control messages name a live endpoint (the oracle an attacker would learn it from)."""
-    endpoint_id = hello_id(endpoint.fingerprint) if FINGERPRINT_IDS else endpoint.endpoint_id
-    return PeerRef(endpoint.fingerprint, endpoint_id)
+    return PeerRef.of(endpoint.peer_id)
 
 
-def _build(cls: type[Control], **values: Any) -> Control:
-    """``cls`` from the ``values`` its fields take: fields the installed version lacks are left out."""
-    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
-
-
-def punch(peer: Address, who: PeerRef, delay_ms: int) -> wire.Punch:
+def punch(peer: Address, who: PeerRef, delay_ms: int, padding: bytes = b"") -> wire.Punch:
     """A ``Punch``: "dial ``who`` at ``peer`` in ``delay_ms``"."""
-    return _build(wire.Punch, peer=peer, peer_id=who.wire_id, delay_ms=delay_ms)
+    return wire.Punch(peer, who.fingerprint, delay_ms, padding)
 
 
 def relay_incoming(peer: Address, who: PeerRef, circuit: int) -> wire.RelayIncoming:
     """A ``RelayIncoming``: "``who`` at ``peer`` reaches you through ``circuit``"."""
-    return _build(wire.RelayIncoming, peer=peer, peer_id=who.wire_id, circuit=circuit)
-
-
-def punch_request(target: Address, who: PeerRef | None = None) -> wire.PunchRequest:
-    """A ``PunchRequest`` towards ``target`` (``who``: whoever is there, if None)."""
-    target_id = ANY_PEER if who is None else who.fingerprint
-    return _build(wire.PunchRequest, target=target, target_id=target_id)
-
-
-def relay_open(target: Address, circuit: int, who: PeerRef | None = None) -> wire.RelayOpen:
-    """A ``RelayOpen`` of ``circuit`` towards ``target`` (``who``: whoever is there, if None)."""
-    target_id = ANY_PEER if who is None else who.fingerprint
-    return _build(wire.RelayOpen, target=target, target_id=target_id, circuit=circuit)
-
-
-def peer_id_of(item: qp2p.Message | qp2p.Connection) -> str | None:
-    """The peer id TLS proved for a message or connection: ``peer_id``, today ``fingerprint``."""
-    found: str | None = getattr(item, "peer_id", None)
-    if found is not None:
-        return found
-    connection = item.connection if isinstance(item, qp2p.Message) else item
-    return connection.fingerprint
+    return wire.RelayIncoming(peer, who.fingerprint, circuit)
 
 
 # ---- a peer on one raw QUIC connection ---------------------------------------------------
@@ -154,7 +97,7 @@ class RawPeer:
         self.after_hello = after_hello  # frames written with the Hello, in the same write
         self.identity = identity if identity is not None else tls.self_signed_identity()
         self.hello = wire.Hello(
-            hello_id(self.fingerprint) if endpoint_id is None else endpoint_id,
+            endpoint_id_of(self.fingerprint) if endpoint_id is None else endpoint_id,
             max_message_size=1 << 20,
             lane_threshold=64 * KiB,
             receive_window=4 << 20,

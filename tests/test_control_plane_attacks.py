@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import pytest
 import test_bad_peers
-from rogue import PeerRef, RoguePeer, Sinks, Tunnel, hello_id, peer_id_of, punch, ref_of, relay_incoming
+from rogue import PeerRef, RoguePeer, Sinks, Tunnel, punch, ref_of, relay_incoming
 from test_bad_peers import Service, assert_unharmed, digest, wait_until
 
 import qp2p
@@ -46,7 +46,7 @@ def seen(service: Service, *payloads: bytes) -> list[Seen]:
     """Every message and request the victim's application received (carrying one of
     ``payloads``, if any are given): data, src and peer id."""
     return [
-        Seen(bytes(m.data), m.src, peer_id_of(m))
+        Seen(bytes(m.data), m.src, m.peer_id)
         for m in service.messages + service.requests
         if not payloads or bytes(m.data) in payloads
     ]
@@ -226,7 +226,7 @@ BOUND = 20  # what the Punches may add to it, at most, at any time
 def stranger(number: int) -> PeerRef:
     """A peer id of nobody in particular, a different one for each Punch."""
     fingerprint = hashlib.sha256(number.to_bytes(4, "big")).hexdigest()
-    return PeerRef(fingerprint, hello_id(fingerprint))
+    return PeerRef.of(fingerprint)
 
 
 def delay_for(number: int) -> int:
@@ -345,3 +345,33 @@ async def test_unsolicited_punches_do_bounded_work(make_endpoint: MakeEndpoint, 
     if not calm:
         problems.append("no return to baseline")
     assert not problems, f"{', '.join(problems)}: {figures}"
+
+
+# ---- 5b. a patient coordinator, paying or not ----------------------------------------------
+
+PACED = 4  # Punches sent one after the other, each once the last is over
+
+
+@pytest.mark.parametrize("pays", [False, True], ids=["unpadded", "padded"])
+async def test_a_paced_coordinator_gets_at_most_three_times_what_it_sends(
+    make_endpoint: MakeEndpoint, loop_errors: Errors, pays: bool
+) -> None:
+    # Spacing its Punches so that no limit of "how many at once" or "how many in a row" ever
+    # bites, the coordinator still gets back no more than three times the bytes it sent.
+    victim = await make_endpoint()
+    async with (
+        Service(victim) as service,
+        Sinks(["127.0.0.2"], per_host=PACED) as sinks,
+        RoguePeer(victim.local_addr) as rogue,
+    ):
+        for n in range(PACED):
+            padding = bytes(2501 if pays else 0)
+            rogue.send(punch(sinks.addrs[n], stranger(n), 0, padding))
+            rogue.send(wire.EchoRequest())  # answered once V has read the Punch before it
+            await wait_until(lambda n=n: len(rogue.controls(wire.EchoResponse)) > n or rogue.closed)
+            await wait_until(lambda: victim.stats().punches == 0, timeout=5)
+        reflected, spent = sinks.bytes, rogue.bytes_sent
+        refused = victim.stats().refusals.get("punch beyond three times the coordinator's bytes", 0)
+    assert_unharmed(loop_errors, service)
+    assert reflected <= 3 * spent, f"V sent {reflected} bytes to the sinks for the {spent} the rogue sent"
+    assert sinks.hit >= (PACED - 1 if pays else 0) and (refused == 0 if pays else refused >= PACED - 1)

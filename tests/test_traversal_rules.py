@@ -10,8 +10,19 @@ A, B, R = "a" * 64, "b" * 64, "c" * 64
 ADDR_A, ADDR_B, ADDR_R = ("198.51.100.1", 1000), ("198.51.100.2", 2000), ("198.51.100.3", 3000)
 
 
-def peer(peer_id: str, addr: tuple[str, int], link: str, rtt: float = 0.05, relayed: bool = False) -> Peer:
-    return Peer(link, peer_id, addr, rtt, relayed)
+# Bytes a coordinator must have sent us for this many punches we did not ask for.
+PAID = 100 * t.UNSOLICITED_COST
+
+
+def peer(
+    peer_id: str,
+    addr: tuple[str, int],
+    link: str,
+    rtt: float = 0.05,
+    relayed: bool = False,
+    received: int = PAID,
+) -> Peer:
+    return Peer(link, peer_id, addr, rtt, relayed, received=received)
 
 
 ASKER, TARGET, COORD = peer(A, ADDR_A, "la", 0.02), peer(B, ADDR_B, "lb", 0.1), peer(R, ADDR_R, "lr")
@@ -23,7 +34,7 @@ def test_coordinator_names_each_side_by_proven_id_and_observed_address() -> None
     sends = rules.punch_request(ASKER, wire.PunchRequest(("203.0.113.9", 9)), TARGET, now=0.0)
     assert sends == [
         Send("la", wire.Punch(ADDR_B, B, 40)),  # (0.1 - 0.02) / 2 s later than the nearer side
-        Send("lb", wire.Punch(ADDR_A, A, 0)),
+        Send("lb", wire.Punch(ADDR_A, A, 0, bytes(t.PUNCH_PADDING))),  # B did not ask: we pay
     ]
 
 
@@ -147,3 +158,31 @@ def test_a_closed_link_ends_the_circuits_through_it() -> None:
     sends, ours = rules.link_closed("la")
     assert sends == [Send("lb", wire.RelayClose(incoming.message.circuit))] and ours == []
     assert rules.circuits == 0
+
+
+def test_an_unsolicited_punch_costs_at_most_three_times_what_the_coordinator_sent() -> None:
+    rules = t.Traversal(t.TraversalLimits(unsolicited_burst=100))
+    # A handshake's worth of bytes pays for no punch; each padded Punch pays for one.
+    received = 2000
+    coordinator = peer(R, ADDR_R, "lr", received=received)
+    assert rules.punch(coordinator, wire.Punch(ADDR_B, B, 0), solicited=False, now=0.0) is None
+    assert rules.refusals["punch beyond three times the coordinator's bytes"] == 1
+    allowed = 0
+    for n in range(20):
+        received += t.PUNCH_PADDING + 100  # the padded Punch, its frame and packet
+        path = rules.punch(
+            peer(R, ADDR_R, "lr", received=received), wire.Punch(ADDR_B, B, 0), False, float(n)
+        )
+        if path is not None:
+            allowed += 1
+            rules.punch_over(path.punch)
+        assert allowed * t.UNSOLICITED_COST <= 3 * received
+    assert allowed >= 19  # the first padded Punch tops up what the handshake left
+    assert (
+        rules.punch(coordinator, wire.Punch(ADDR_B, B, 0), solicited=True, now=99.0) is not None
+    )  # asked for
+    rules.link_closed("lr")  # what a link paid ends with it
+    assert (
+        rules.punch(peer(R, ADDR_R, "lr", received=received), wire.Punch(ADDR_B, B, 0), False, 100.0)
+        is not None
+    )

@@ -56,6 +56,12 @@ PUNCH_ATTEMPTS = 2
 UPGRADE_AFTER = (2.0, 10.0, 30.0)
 # How long the direct attempt gets when a coordinator is at hand to fall back on.
 DIRECT_FIRST = 1.0
+# What a punch we did not ask for may cost us at most, in bytes sent: the spray and six full
+# Initials (one more than a dial sends before its punch ends). Like QUIC's anti-amplification
+# limit, we spend on a coordinator's behalf at most three times the bytes it sent us, so a
+# coordinator pays its part with padding in the Punch it sends the side that did not ask.
+UNSOLICITED_COST = SPRAY + 6 * 1200
+PUNCH_PADDING = UNSOLICITED_COST // 3 + 100
 # A link from a peer we punched towards is "punched" if it arrives up to this long after the
 # punch ended (the other side's dial may complete last); peers remembered so, at most.
 LABEL_GRACE = 2 * PUNCH_TIMEOUT
@@ -122,6 +128,7 @@ class Traversal:
         self._next_punch = 1
         self._labels: dict[str, float] = {}  # peer id -> until when its links count as punched
         self._budgets = Budgets()
+        self._spent: dict[Hashable, int] = {}  # coordinator link -> bytes we spent on its punches
         self._circuits: dict[tuple[Hashable, int], Circuit] = {}  # as a relay: both ends of each
         self._paths: dict[tuple[Hashable, int], str] = {}  # as a relayed peer: circuit -> peer id
         self.refusals: Counter[str] = Counter()  # why we declined what a peer asked
@@ -172,11 +179,16 @@ class Traversal:
             if mine >= limits.unsolicited_per_coordinator:
                 self._refuse("a punch from this coordinator is under way")
                 return None
+            spent = self._spent.get(coordinator.link, 0) + UNSOLICITED_COST
+            if spent > 3 * coordinator.received:
+                self._refuse("punch beyond three times the coordinator's bytes")
+                return None
             if not self._budgets.take(
                 "punch", coordinator.peer_id, now, limits.unsolicited_burst, limits.unsolicited_interval
             ):
                 self._refuse("punch rate per coordinator")
                 return None
+            self._spent[coordinator.link] = spent
         at = now + min(message.delay_ms / 1000, limits.max_delay)
         until = at + PUNCH_TIMEOUT
         number = self._next_punch
@@ -202,7 +214,10 @@ class Traversal:
         later = max(asker.rtt, target.rtt)
         return [
             Send(asker.link, wire.Punch(target.addr, target.peer_id, int((later - asker.rtt) * 500))),
-            Send(target.link, wire.Punch(asker.addr, asker.peer_id, int((later - target.rtt) * 500))),
+            Send(
+                target.link,
+                wire.Punch(asker.addr, asker.peer_id, int((later - target.rtt) * 500), bytes(PUNCH_PADDING)),
+            ),
         ]
 
     def _may_coordinate(self, asker: Peer, target: Peer | None, now: float, what: str) -> bool:
@@ -314,6 +329,7 @@ class Traversal:
     def link_closed(self, link: Hashable) -> tuple[list[Send], list[int]]:
         """A link ended: the circuits relayed through it end on their other side too (the
         messages to send), and ours through it (their circuit numbers)."""
+        self._spent.pop(link, None)
         sends: list[Send] = []
         for (end, _), circuit in list(self._circuits.items()):
             if end is link:
