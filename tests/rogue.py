@@ -91,10 +91,12 @@ class RawPeer:
         endpoint_id: int | None = None,
         answer: bytes | None = None,
         idle_timeout: float = 10.0,
+        before_hello: tuple[wire.WireMessage, ...] = (),
         after_hello: tuple[wire.WireMessage, ...] = (),
     ) -> None:
         self.remote = remote
-        self.after_hello = after_hello  # frames written with the Hello, in the same write
+        # Frames written with the Hello, in the same write: before it, and after it.
+        self.before_hello, self.after_hello = before_hello, after_hello
         self.identity = identity if identity is not None else tls.self_signed_identity()
         self.hello = wire.Hello(
             endpoint_id_of(self.fingerprint) if endpoint_id is None else endpoint_id,
@@ -267,7 +269,8 @@ class RawPeer:
         while (event := self.quic.next_event()) is not None:
             if isinstance(event, events.HandshakeCompleted):
                 self.handshake_done = True
-                self.write(b"".join(wire.encode(m) for m in (self.hello, *self.after_hello)))
+                frames = (*self.before_hello, self.hello, *self.after_hello)
+                self.write(b"".join(wire.encode(m) for m in frames))
                 self.transmit_soon()
             elif isinstance(event, events.StreamDataReceived):
                 self._stream_data(event.stream_id, event.data)

@@ -375,3 +375,42 @@ async def test_a_paced_coordinator_gets_at_most_three_times_what_it_sends(
     assert_unharmed(loop_errors, service)
     assert reflected <= 3 * spent, f"V sent {reflected} bytes to the sinks for the {spent} the rogue sent"
     assert sinks.hit >= (PACED - 1 if pays else 0) and (refused == 0 if pays else refused >= PACED - 1)
+
+
+# ---- 6. what else a connected peer may ask, each past its bound -----------------------------
+
+
+async def test_echo_answers_stay_within_the_budget(make_endpoint: MakeEndpoint, loop_errors: Errors) -> None:
+    victim = await make_endpoint()
+    async with Service(victim) as service, RoguePeer(victim.local_addr) as rogue:
+        rogue.send(*(wire.EchoRequest() for _ in range(50)))
+        marker = rogue.request(b"after the echoes")  # answered once V has read all fifty
+        await wait_until(lambda: rogue.response(marker) is not None or rogue.closed)
+        answered = len(rogue.controls(wire.EchoResponse))
+        refused = victim.stats().refusals.get("echo rate", 0)
+    assert_unharmed(loop_errors, service)
+    assert answered <= 9 and answered + refused == 50, (answered, refused)  # 8, one refilled at most
+
+
+async def test_circuits_announced_to_us_stay_within_the_bound(
+    make_endpoint: MakeEndpoint, loop_errors: Errors
+) -> None:
+    victim = await make_endpoint()
+    async with Service(victim) as service, RoguePeer(victim.local_addr) as rogue:
+        rogue.send(*(relay_incoming(("127.0.0.9", 9), PeerRef.of("e" * 64), n) for n in range(1, 21)))
+        marker = rogue.request(b"after the circuits")
+        await wait_until(lambda: rogue.response(marker) is not None or rogue.closed)
+        # Four through one relay are taken; each of the rest is refused with a RelayClose.
+        assert sorted(rogue.relay_closed) == list(range(5, 21))
+    assert_unharmed(loop_errors, service)
+
+
+async def test_control_messages_before_the_hello_are_bounded(make_endpoint: MakeEndpoint) -> None:
+    victim = await make_endpoint()
+    early = tuple(wire.EchoRequest() for _ in range(17))  # one past what may come before a Hello
+    async with RoguePeer(victim.local_addr, before_hello=early, handshake=False) as rogue:
+        await wait_until(lambda: rogue.closed, timeout=5)
+        assert "0x10" in rogue.close_reason and not rogue.controls(wire.EchoResponse)
+        assert victim.stats().connections == 0
+    async with RoguePeer(victim.local_addr, before_hello=early[:16]) as patient:  # within the bound
+        await wait_until(lambda: len(patient.controls(wire.EchoResponse)) == 8, timeout=5)
