@@ -54,6 +54,7 @@ class Link:
         keep_alive_interval: float | None,
         forgotten: Callable[[Link], None],
         path: LinkPath = "direct",
+        send_timeout: float | None = None,
     ) -> None:
         self.session = session
         self.packet_path = transport
@@ -77,6 +78,8 @@ class Link:
         self._keep_alive: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._keep_alive_interval = keep_alive_interval
+        self._send_timeout = send_timeout  # how long a send may wait for the peer's credit
+        self._credit_at = self._loop.time()  # when the peer last granted credit
         self._credit_waiters: list[asyncio.Future[None]] = []
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._large_waiters: dict[int, asyncio.Future[None]] = {}
@@ -184,6 +187,7 @@ class Link:
             if kind is s.FrameReceived:
                 self.owner.frame_received(self, event)  # type: ignore[arg-type]
             elif kind is s.CreditGranted:
+                self._credit_at = self._loop.time()
                 self._wake_credit_waiters()
             elif kind is s.LargeSendDone:
                 self._settle_large(event.stream_id, None)  # type: ignore[union-attr]
@@ -249,10 +253,31 @@ class Link:
         self._wake(self._credit_waiters)
 
     async def wait_credit(self) -> None:
-        """Until the peer grants more credit, the link ends, or its owner is closing."""
+        """Until the peer grants more credit, the link ends, or its owner is closing;
+        ``SendTimeout`` after ``send_timeout`` seconds without credit."""
         waiter = self._loop.create_future()
         self._credit_waiters.append(waiter)
-        await waiter
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await waiter
+        except TimeoutError:
+            raise self._stalled() from None
+
+    def _stalled(self) -> errors.SendTimeout:
+        return errors.SendTimeout(f"no credit from the peer for {self._send_timeout} s")
+
+    async def _until_done(self, waiter: asyncio.Future[None]) -> None:
+        """Until a large send's ``waiter`` is settled; ``SendTimeout`` once the peer granted no
+        credit for ``send_timeout`` seconds (a large send moves only as credit comes)."""
+        while True:
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    await asyncio.shield(waiter)
+                return
+            except TimeoutError:
+                assert self._send_timeout is not None
+                if self._loop.time() - self._credit_at >= self._send_timeout:
+                    raise self._stalled() from None
 
     async def drain(self) -> None:
         """Until the peer acknowledged every byte written so far, or the link ended."""
@@ -283,19 +308,28 @@ class Link:
     async def send_large(self, flag: int, payload: Any, prefix: bytes) -> None:
         """Send one frame on a stream of its own, as credit allows; cancelling resets the stream."""
         assert self._large_gate is not None
-        async with self._large_gate:
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self._large_gate.acquire()
+        except TimeoutError:
+            raise errors.SendTimeout(
+                f"no large-message slot of the peer's for {self._send_timeout} s"
+            ) from None
+        try:
             self.check_open()
             stream_id = self.session.start_large(flag, payload, prefix)
             waiter = self._loop.create_future()
             self._large_waiters[stream_id] = waiter
             self.transmit_soon()
             try:
-                await waiter
-            except asyncio.CancelledError:
+                await self._until_done(waiter)
+            except (asyncio.CancelledError, errors.SendTimeout):
                 self._large_waiters.pop(stream_id, None)
                 self.session.cancel_large(stream_id)
                 self.transmit_soon()
                 raise
+        finally:
+            self._large_gate.release()
 
     @property
     def closed(self) -> bool:

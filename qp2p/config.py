@@ -173,6 +173,7 @@ class Config:
     keep_alive_interval: float | None = 10.0
     connect_timeout: float = 10.0
     close_timeout: float = 2.0
+    send_timeout: float | None = 60.0
     max_message_size: int = 64 * MiB
     max_datagram_size: int = MIN_DATAGRAM_SIZE
     lanes: int = 4
@@ -215,6 +216,7 @@ class Config:
         )
         _check(self.connect_timeout > 0, "connect_timeout must be positive")
         _check(self.close_timeout >= 0, "close_timeout must not be negative")
+        _check(self.send_timeout is None or self.send_timeout > 0, "send_timeout must be positive (or None)")
         _check(1 <= self.max_message_size <= 0xFFFFFFFF, "max_message_size must be 1 to 2**32 - 1")
         _check(
             MIN_DATAGRAM_SIZE <= self.max_datagram_size <= MAX_DATAGRAM_SIZE,

@@ -427,6 +427,7 @@ class Endpoint:
             self.config.keep_alive_interval,
             self._forgotten,
             path,
+            self.config.send_timeout,
         )
         self._links.add(link)
         # A handshake a peer started ends by this timer; a dial is given up by whoever waits

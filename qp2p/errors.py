@@ -27,6 +27,7 @@ __all__ = (
     "RecvError",
     "RequestTimeout",
     "SendError",
+    "SendTimeout",
     "TokenAddressMismatch",
     "TokenError",
     "TokenExpired",
@@ -89,6 +90,10 @@ class RequestTimeout(Error, builtins.TimeoutError):
 
 class SendError(Error):
     """A message could not be sent; includes misuse on our side (bad flag, empty message)."""
+
+
+class SendTimeout(SendError, builtins.TimeoutError):
+    """The peer let ``send_timeout`` seconds pass without granting the credit a send waited for."""
 
 
 class RecvError(Error):
