@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from test_bad_peers import wait_until
+from waiting import wait_until
 
 import qp2p
 from qp2p import tls, wire

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 import qp2p
 from qp2p import wire
@@ -40,13 +41,6 @@ INITIAL_BITS, HANDSHAKE_BITS = 0, 2  # long-header type bits of QUIC version 1
 
 def digest(data: bytes | bytearray) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-async def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Poll ``condition`` every 10 ms until it holds; ``TimeoutError`` after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 import pytest
 import test_bad_peers
 from rogue import PeerRef, RoguePeer, Sinks, Tunnel, punch, ref_of, relay_incoming
-from test_bad_peers import Service, assert_unharmed, digest, wait_until
+from test_bad_peers import Service, assert_unharmed, digest
+from waiting import wait_until
 
 import qp2p
 from qp2p import tls, wire

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
+from waiting import wait_until
 
 import qp2p
 
@@ -175,7 +176,10 @@ async def test_large_messages_beyond_the_buffer_slots_wait_and_arrive(make_endpo
     connection = await a.connect_to(b.local_addr)
     for i in range(6):
         await connection.send(bytes([i]) * 100_000)
-    await asyncio.sleep(0.5)  # every stream has ended while most wait for a slot
+    link = connection.current_link
+    assert link is not None
+    # Every stream has reached b (acknowledged whole) while most wait there for a slot.
+    await wait_until(lambda: link.session.unacked == 0)
     messages = await collect(b, 6)
     assert sorted(bytes(m.data) for m in messages) == [bytes([i]) * 100_000 for i in range(6)]
 
@@ -259,7 +263,9 @@ async def test_keep_alive_holds_an_idle_connection_open(make_endpoint: MakeEndpo
     a = await make_endpoint(idle_timeout=1.0, keep_alive_interval=0.3)
     b = await make_endpoint(idle_timeout=1.0, keep_alive_interval=None)
     connection = await a.connect_to(b.local_addr)
-    await asyncio.sleep(2.5)
+    # Eight keep-alives reach b: 2.4 s, more than twice the idle timeout, with no data.
+    base = b.stats().datagrams.received
+    await wait_until(lambda: b.stats().datagrams.received >= base + 8 or connection.is_closed)
     assert not connection.is_closed
     await connection.send(b"still here")
     assert [m.data for m in await collect(b, 1)] == [b"still here"]
@@ -329,13 +335,15 @@ async def test_slow_reader_slows_the_sender(make_endpoint: MakeEndpoint) -> None
             sent += 1
 
     sender = asyncio.create_task(send_forever())
-    await asyncio.sleep(1.0)
+    link = connection.current_link
+    assert link is not None
+    # Until the sender is held back: its credit spent, and all it sent arrived at b.
+    await wait_until(lambda: link.session.credit <= 0 and b.stats().queued_messages >= sent > 0)
     queued = b.stats().queued_messages
     assert queued * (1000 + 9 + 64) <= 256 * KiB + 2 * (1000 + 9 + 64)  # bounded by the window
     assert sent <= queued + 1
     await collect(b, 300)  # reading lets the sender go on
-    await asyncio.sleep(0.2)
-    assert sent > queued + 200
+    await wait_until(lambda: sent > queued + 200)
     sender.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sender
@@ -352,7 +360,7 @@ async def test_garbage_datagrams_are_counted_and_ignored(make_endpoint: MakeEndp
             bytes(1300),
         ):
             rogue.sendto(datagram, b.local_addr)
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: b.stats().datagrams.received == 5)
     stats = b.stats().datagrams
     # Empty, 1 byte, a 255-byte CID, zeros: malformed. A short header for no connection: unroutable.
     assert (stats.received, stats.malformed, stats.unroutable, stats.accepted) == (5, 4, 1, 0)

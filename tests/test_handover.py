@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 import test_bad_peers
 from rogue import RoguePeer
-from test_bad_peers import Service, assert_unharmed, digest, wait_until
+from test_bad_peers import Service, assert_unharmed, digest
+from waiting import wait_until
 
 import qp2p
 from qp2p import tls, wire

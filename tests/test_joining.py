@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import socket
 import time
@@ -10,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 import qp2p
 from qp2p import wire
@@ -18,12 +18,6 @@ from qp2p.bootstrap_cache import BootstrapCache, CacheFile
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 MakeEndpoint = Callable[..., Awaitable[qp2p.Endpoint]]
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -62,7 +56,7 @@ async def test_a_client_is_never_cached_or_checked(make_endpoint: MakeEndpoint) 
     client = await make_endpoint(role=qp2p.Role.CLIENT, hard_coded_contacts=[contact.local_addr])
     connection = await client.bootstrap()
     await connection.send(b"hello")
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: contact.stats().queued_messages == 1)  # all the client did has arrived
     assert client.local_addr not in contact.bootstrap_cache
     assert contact.stats().datagrams.accepted == 1  # no check connected back from a new port
     assert client.bootstrap_cache.get(contact.local_addr) is not None  # clients still learn nodes
@@ -95,7 +89,7 @@ async def test_verification_only_dials_the_asker(make_endpoint: MakeEndpoint) ->
     contact, bystander = await make_endpoint(), await make_endpoint()
     asker = await make_endpoint()
     connection = await asker.connect_to(contact.local_addr)
-    await eventually(lambda: bool(contact.connections()))
+    await wait_until(lambda: bool(contact.connections()), timeout=10)
     # Ask the contact to "check" someone else's address: it must refuse without dialling them.
     verdict = await connection.control_request(
         wire.VerificationRequest(("127.0.0.2", bystander.local_addr[1])), wire.VerificationResponse, 5
@@ -158,8 +152,8 @@ async def test_peers_learned_from_the_contact_enter_the_cache(make_endpoint: Mak
     second = await make_endpoint(hard_coded_contacts=[contact.local_addr])
     await second.bootstrap()
     # second was told of first and dialled it; first checked second when it dialled in.
-    await eventually(lambda: first.local_addr in second.bootstrap_cache)
-    await eventually(lambda: second.local_addr in first.bootstrap_cache)
+    await wait_until(lambda: first.local_addr in second.bootstrap_cache, timeout=10)
+    await wait_until(lambda: second.local_addr in first.bootstrap_cache, timeout=10)
     assert {first.local_addr, second.local_addr} <= {e.addr for e in contact.bootstrap_cache.entries()}
 
 

@@ -43,7 +43,7 @@ class Node:
             raise AssertionError(f"node {self.addr} exited with {await self.process.wait()}")
         return json.loads(line)
 
-    async def ask(self, command: str) -> Any:
+    async def ask(self, command: object) -> Any:
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(command).encode() + b"\n")
         await self.process.stdin.drain()
@@ -141,5 +141,8 @@ async def test_a_client_is_never_cached(nodes: list[Node], tmp_path: Path) -> No
     assert (await client.ask("bootstrap"))["role"] == "client"
     assert "bootstrapped" in await node.ask("bootstrap")
     await until_caches_hold([contact, node, client], {contact.addr: {node.addr}, client.addr: {contact.addr}})
-    await asyncio.sleep(0.5)
+    # What would cache a client is a node taking its connection: have it answer a request
+    # on one to each, then look.
+    for other in (contact, node):
+        assert "connected" in await client.ask({"connect": list(other.addr)})
     assert client.addr not in await contact.cache() and client.addr not in await node.cache()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from rogue import RoguePeer
-from test_bad_peers import wait_until
+from waiting import wait_until
 
 import qp2p
 from qp2p import wire
