@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from aioquic.asyncio import connect
 from aioquic.quic.configuration import QuicConfiguration
+from cryptography import x509
+from rogue import RoguePeer
+from waiting import wait_until
 
 import qp2p
 from qp2p import tls
@@ -192,3 +195,21 @@ def test_an_issued_certificate_never_outlives_its_ca() -> None:
     ca = tls.new_ca(days=30)
     node = tls.issue(ca, "node", days=36500).certificate
     assert node.not_valid_after_utc == ca.certificate.not_valid_after_utc
+
+
+def test_certificates_name_only_qp2p() -> None:
+    ca = tls.new_ca()
+    for identity in (tls.self_signed_identity(), tls.issue(ca, "node")):
+        names = identity.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [tls.SERVER_NAME] == ["qp2p"]
+        assert len(list(names)) == 1
+
+
+async def test_a_peer_without_a_certificate_is_refused_in_every_mode(make_endpoint: MakeEndpoint) -> None:
+    victim = await make_endpoint()  # encrypt_only: any certificate, but one there must be
+    anonymous = RoguePeer(victim.local_addr, handshake=False)
+    anonymous.quic.configuration.certificate = anonymous.quic.configuration.private_key = None
+    async with anonymous:
+        await wait_until(lambda: anonymous.closed)
+        assert "0x174" in anonymous.close_reason  # CRYPTO_ERROR + certificate_required (116)
+    assert victim.stats().connections == 0 and victim.stats().failed_handshakes == 1
