@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from qp2p import wire
-from qp2p.transport import Address
+from qp2p.wire import Address
 
 __all__ = ("Peer", "Send")
 

@@ -19,7 +19,7 @@ from qp2p._budget import Budgets
 from qp2p._decisions import Peer, Send
 from qp2p.bootstrap_cache import BootstrapCache
 from qp2p.config import Config, Role
-from qp2p.transport import Address
+from qp2p.wire import Address
 
 __all__ = ("Membership", "Probe")
 

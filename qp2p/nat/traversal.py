@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from qp2p import wire
 from qp2p._budget import Budgets
 from qp2p._decisions import Peer, Send
-from qp2p.transport import Address
+from qp2p.wire import Address
 
 __all__ = (
     "Circuit",
