@@ -56,6 +56,7 @@ def test_a_stopped_mapping_leaves_nothing_on_the_gateway(
     argv += ["--ip", site.host_ip, "--cache", str(tmp_path / "cache")]
     done = subprocess.run(site.host.command(argv), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "never retrieved" not in done.stderr, done.stderr  # the stopped worker's error is not lost
     report = json.loads(done.stdout)
     if held == "discover":
         assert report["added"] == []  # stopped before it asked the gateway: it never did

@@ -91,7 +91,7 @@ class PortMapping:
             return await asyncio.shield(worker)
         except asyncio.CancelledError:
             self._stopped.set()
-            await asyncio.wait([worker])
+            await _ended(worker)
             raise
 
     def _map(self) -> _Mapped:
@@ -147,7 +147,7 @@ class PortMapping:
             await asyncio.gather(self._renewal, return_exceptions=True)
             self._renewal = None
         if self._worker is not None:
-            await asyncio.wait([self._worker])
+            await _ended(self._worker)
         await self._remove()
 
     async def _remove(self) -> None:
@@ -159,3 +159,11 @@ class PortMapping:
             await asyncio.to_thread(mapped.upnp.deleteportmapping, mapped.external[1], "UDP")
         except Exception as exc:  # best effort
             log.info("could not remove the UPnP port mapping: %s", exc)
+
+
+async def _ended(worker: asyncio.Future[Any]) -> None:
+    """Until a worker's call has ended; what it raised was for its caller, who gave up on it
+    (a stopped worker raises on purpose): retrieved here, so asyncio does not report it."""
+    await asyncio.wait([worker])
+    if not worker.cancelled():
+        worker.exception()
