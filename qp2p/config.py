@@ -25,6 +25,10 @@ __all__ = ("Config", "Role", "Trust")
 
 KiB = 1 << 10
 MiB = 1 << 20
+GiB = 1 << 30
+# By default a source address (and a peer) may hold this share of the endpoint's memory_limit,
+# so attackers need that many addresses to fill it.
+MEMORY_SHARES = 16
 # aioquic writes STREAM frame and long-header lengths as 2-byte varints: above this it hangs.
 MAX_DATAGRAM_SIZE = 16383
 MIN_DATAGRAM_SIZE = 1200
@@ -181,6 +185,9 @@ class Config:
     receive_window: int = 4 * MiB
     large_message_slots: int = 4
     max_connections: int = 1000
+    memory_limit: int = 2 * GiB
+    address_memory_limit: int | None = None
+    peer_memory_limit: int | None = None
     max_incoming_streams: int = 64
     stateless_retry: bool = True
     socket_buffer_size: int = 4 * MiB
@@ -231,6 +238,13 @@ class Config:
         )
         _check(1 <= self.large_message_slots <= 1024, "large_message_slots must be 1 to 1024")
         _check(self.max_connections >= 1, "max_connections must be at least 1")
+        _check(self.memory_limit >= 16 * MiB, "memory_limit must be at least 16 MiB")
+        for name in ("address_memory_limit", "peer_memory_limit"):
+            value = getattr(self, name)
+            _check(
+                value is None or MiB <= value <= self.memory_limit,
+                f"{name} must be 1 MiB to memory_limit (or None: memory_limit / {MEMORY_SHARES})",
+            )
         _check(
             self.lanes + self.large_message_slots <= self.max_incoming_streams <= 10_000,
             "max_incoming_streams must be at least lanes + large_message_slots, and at most 10000",
@@ -261,6 +275,11 @@ class Config:
             self.external_port is None or 0 < self.external_port <= 0xFFFF,
             f"external_port out of range: {self.external_port}",
         )
+
+    def memory_limits(self) -> tuple[int, int, int]:
+        """The memory an endpoint, a source address and a peer may hold, defaults filled in."""
+        address = self.address_memory_limit or self.memory_limit // MEMORY_SHARES
+        return self.memory_limit, address, self.peer_memory_limit or address
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""

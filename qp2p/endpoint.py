@@ -34,6 +34,7 @@ from qp2p._decisions import Peer, Send
 from qp2p._joining import Joining
 from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
+from qp2p._memory import MemoryBudget, MemoryStats
 from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
 from qp2p._tasks import BackgroundTasks
@@ -43,7 +44,7 @@ from qp2p.connection import BytesLike, Connection, Message, message_taken
 from qp2p.membership import Membership, Probe
 from qp2p.nat import traversal as t
 from qp2p.nat.igd import PortMapping
-from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of
+from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of, link_memory
 from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
 
 if TYPE_CHECKING:
@@ -72,7 +73,8 @@ class EndpointStats:
     links: int = 0  # QUIC connections alive, established or not
     punches: int = 0  # hole punches under way
     relay_circuits: int = 0  # circuits we relay for others
-    refusals: dict[str, int] = field(default_factory=dict)  # control requests declined, by reason
+    refusals: dict[str, int] = field(default_factory=dict)  # requests declined, by reason
+    memory: MemoryStats | None = None  # what peers make us hold, by scope
 
 
 @dataclass(eq=False, slots=True)
@@ -148,6 +150,7 @@ class Endpoint:
             self.config.role is Role.NODE,
         )
         self._membership = Membership(self.config)
+        self._memory = MemoryBudget(*self.config.memory_limits())
         folder = self.config.bootstrap_cache_dir or platformdirs.user_cache_dir("qp2p")
         self._joining = Joining(self, self._membership, folder, self._become_client)
         self._traversal = t.Traversal(
@@ -384,7 +387,8 @@ class Endpoint:
             links=sum(not link.closed for link in self._links),
             punches=self._traversal.punches,
             relay_circuits=self._traversal.circuits,
-            refusals=dict(self._traversal.refusals + self._membership.refusals),
+            refusals=dict(self._traversal.refusals + self._membership.refusals + self._memory.refused),
+            memory=self._memory.stats(),
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -418,7 +422,8 @@ class Endpoint:
         quic = CheckedQuicConnection(peer_check=peer_check or self._peer_check, **quic_args)
         # Peers open unidirectional streams only: lanes and large messages, within a bound.
         limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
-        session = Session(quic, self._hello, self.config.lanes)
+        memory = self._memory.open(remote_addr[0], link_memory(self._hello))
+        session = Session(quic, self._hello, self.config.lanes, memory)
         link = Link(
             session,
             path_out,
