@@ -209,6 +209,11 @@ class Config:
     upnp_lease_duration: int = 120
     relay_max_circuits: int = 64
     relay_max_bytes: int = 256 * MiB
+    relay_service: bool | None = None
+    relay_circuits_per_peer: int = 4
+    relay_bytes_per_peer: int = 64 * MiB
+    relay_window: float = 60.0
+    relay_idle_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         try:
@@ -256,6 +261,15 @@ class Config:
         _check(isinstance(self.role, Role), "role must be a qp2p.Role")
         _check(
             self.relay_max_circuits >= 0 and self.relay_max_bytes >= 0, "relay limits must not be negative"
+        )
+        _check(self.relay_service in (None, True, False), "relay_service must be True, False or None")
+        _check(
+            self.relay_circuits_per_peer >= 1 and self.relay_bytes_per_peer >= 1,
+            "relay_circuits_per_peer and relay_bytes_per_peer must be at least 1",
+        )
+        _check(
+            self.relay_window > 0 and self.relay_idle_timeout > 0,
+            "relay_window and relay_idle_timeout must be positive",
         )
         _check(4 <= self.upnp_lease_duration <= 86400, "upnp_lease_duration must be 4 s to a day")
         contacts = tuple(_contact(item) for item in self.hard_coded_contacts)

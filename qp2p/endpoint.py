@@ -153,11 +153,7 @@ class Endpoint:
         self._memory = MemoryBudget(*self.config.memory_limits())
         folder = self.config.bootstrap_cache_dir or platformdirs.user_cache_dir("qp2p")
         self._joining = Joining(self, self._membership, folder, self._become_client)
-        self._traversal = t.Traversal(
-            t.TraversalLimits(
-                relay_circuits=self.config.relay_max_circuits, relay_bytes=self.config.relay_max_bytes
-            )
-        )
+        self._traversal = t.Traversal(_traversal_limits(self.config))
         self.punch_attempts = 0  # punch attempts the last connect_to(via=) made
         self._mapping: PortMapping | None = None
         self._mapping_task: asyncio.Task[Address | None] | None = None
@@ -172,6 +168,7 @@ class Endpoint:
         self._dials: dict[Address, _Dial] = {}  # dials by address, shared by concurrent callers
         self._arrivals: dict[str, list[asyncio.Future[None]]] = {}  # who waits for a direct link to a peer
         self._relay_paths: dict[tuple[Link, int], RelayPath] = {}
+        self._relay_sweep: asyncio.TimerHandle | None = None  # closes idle circuits we relay
         self._tasks = BackgroundTasks(log, "background work failed")
         self._failed_handshakes = 0
         self._refused_connections = 0
@@ -271,6 +268,10 @@ class Endpoint:
                 connection.abort(error)
             for dial in list(self._dials.values()):
                 self._fail_dial(dial, error)
+            if self._relay_sweep is not None:
+                self._relay_sweep.cancel()
+            for path in list(self._relay_paths.values()):
+                self._close_relay_path(path, tell_relay=False)
             for link in list(self._links):  # pending, or in their closing or draining period
                 link.abort()
             self._messages.close()
@@ -317,6 +318,13 @@ class Endpoint:
     def role(self) -> Role:
         """NODE or CLIENT; a node that could not be reached may have fallen back to CLIENT."""
         return self._membership.role
+
+    @property
+    def _serves_relay(self) -> bool:
+        """Whether we relay circuits for others: ``config.relay_service``, else only as a node
+        (a client, or a node fallen back to client, relays for nobody)."""
+        service = self.config.relay_service
+        return self.role is Role.NODE if service is None else service
 
     @property
     def bootstrap_cache(self) -> BootstrapCache:
@@ -830,8 +838,12 @@ class Endpoint:
                 header = packet.peek(datagram, CID_LENGTH)
             except errors.MalformedPacket:
                 return
-            if header.packet_type != packet.INITIAL or self._at_capacity():
+            if header.packet_type != packet.INITIAL:
                 return
+            if self._at_capacity():
+                self._close_relay_path(path, tell_relay=True)
+                return
+            path.cancel_expiry()
             path.link = self._new_link(
                 path,
                 path.relay.remote_addr,
@@ -843,6 +855,7 @@ class Endpoint:
         path.link.datagram_received(datagram, path.relay.remote_addr)
 
     def _close_relay_path(self, path: RelayPath, tell_relay: bool) -> None:
+        path.cancel_expiry()
         self._relay_paths.pop((path.relay, path.circuit), None)
         self._traversal.path_closed(path.relay, path.circuit)
         if tell_relay and not path.relay.closed:
@@ -850,6 +863,26 @@ class Endpoint:
             path.relay.transmit_soon()
         if path.link is not None:
             path.link.abort()
+
+    def _take_circuit(self, relay: Link, circuit: int) -> None:
+        """A circuit a relay opened to us: closed (and the relay told) unless its first
+        Initial comes within ``connect_timeout``, so an unused one holds no slot for long."""
+        path = self._relay_paths[(relay, circuit)] = RelayPath(relay, circuit)
+        path.expiry = asyncio.get_running_loop().call_later(
+            self.config.connect_timeout, self._close_relay_path, path, True
+        )
+
+    def _arm_relay_sweep(self) -> None:
+        """Have ``_sweep_relay`` run when the first circuit we relay may have fallen idle."""
+        at = self._traversal.next_idle_check()
+        if at is not None and self._relay_sweep is None:
+            self._relay_sweep = asyncio.get_running_loop().call_at(at, self._sweep_relay)
+
+    def _sweep_relay(self) -> None:
+        """Close the circuits we relay that carried nothing for ``relay_idle_timeout``."""
+        self._relay_sweep = None
+        self._carry_out(self._traversal.idle_circuits(asyncio.get_running_loop().time()))
+        self._arm_relay_sweep()
 
     def _find_peer(self, addr: Address, peer_id: str, asker: Connection) -> Peer | None:
         """The peer a request names: by peer id, else whoever we see at ``addr`` directly."""
@@ -893,10 +926,11 @@ class Endpoint:
                 self._tasks.spawn(self._punched(opening))
         elif isinstance(message, wire.RelayOpen):
             target = self._find_peer(message.target, message.target_id, connection)
-            self._carry_out(traversal.relay_open(peer, message, target, now))
+            self._carry_out(traversal.relay_open(peer, message, target, now, serving=self._serves_relay))
+            self._arm_relay_sweep()
         elif isinstance(message, wire.RelayIncoming):
             if traversal.relay_incoming(peer, message):
-                self._relay_paths[(link, message.circuit)] = RelayPath(link, message.circuit)
+                self._take_circuit(link, message.circuit)
             else:
                 self._carry_out([Send(link, wire.RelayClose(message.circuit))])
         elif isinstance(message, wire.RelayData | wire.RelayClose):
@@ -907,7 +941,7 @@ class Endpoint:
                 else:
                     self._close_relay_path(path, tell_relay=False)
                 return
-            sends = traversal.relay(link, message)
+            sends = traversal.relay(link, message, now)
             if sends is None:
                 log.debug("a relay message for an unknown circuit from %s", connection)
             else:
@@ -945,6 +979,19 @@ class Endpoint:
     def disconnections(self) -> AsyncIterator[Address]:
         """Addresses of peers whose connection ended (by either side); ends when the endpoint closes."""
         return MailboxIterator(self._disconnections)
+
+
+def _traversal_limits(config: Config) -> t.TraversalLimits:
+    """The traversal rules' bounds as ``config`` sets them."""
+    return t.TraversalLimits(
+        relay_circuits=config.relay_max_circuits,
+        relay_circuits_per_peer=config.relay_circuits_per_peer,
+        relay_bytes=config.relay_max_bytes,
+        relay_bytes_per_peer=config.relay_bytes_per_peer,
+        relay_window=config.relay_window,
+        relay_idle=config.relay_idle_timeout,
+        relayed_paths_per_relay=config.relay_circuits_per_peer,
+    )
 
 
 def _wake(waiter: asyncio.Future[None], done: asyncio.Future[Connection]) -> None:
