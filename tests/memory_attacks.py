@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rogue import RoguePeer
+from rogue import RawPeer, RoguePeer
 from waiting import wait_until
 
 import qp2p
@@ -28,6 +28,7 @@ from qp2p._speedups import framing
 
 __all__ = (
     "HOSTS",
+    "Attack",
     "Outcome",
     "Victim",
     "control_flood",
@@ -71,7 +72,8 @@ class Victim:
     @classmethod
     async def start(cls, config: dict[str, Any], *options: str, pure: bool | None = None) -> Victim:
         """Spawn a victim with ``config`` (Config fields); ``pure`` forces its backend, None
-        leaves it to this process's ``QP2P_NO_EXTENSIONS``."""
+        leaves it to this process's ``QP2P_NO_EXTENSIONS``. ``RuntimeError`` if it does not
+        start (a field this qp2p does not know, for one: its traceback is on stderr)."""
         env = os.environ.copy()
         if pure is not None:
             env["QP2P_NO_EXTENSIONS"] = "1" if pure else ""
@@ -88,6 +90,8 @@ class Victim:
             async with asyncio.timeout(30):
                 assert process.stdout is not None
                 line = await process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the victim did not start (exit code {await process.wait()})")
             return cls(process, json.loads(line))
         except BaseException:
             await _stop(process)
@@ -187,7 +191,7 @@ class Outcome:
         return self.latency is not None
 
 
-Attack = Callable[[Victim], AbstractAsyncContextManager[Sequence[RoguePeer]]]
+Attack = Callable[[Victim], AbstractAsyncContextManager[Sequence[RawPeer]]]
 
 
 async def measure(victim: Victim, attack: Attack) -> Outcome:
