@@ -51,6 +51,8 @@ HOSTS = tuple(f"127.0.0.{i}" for i in range(2, 10))
 SERVED_WITHIN = 2.0
 # Rogue datagrams: large, as loopback allows, so bulk attacks take seconds, not minutes.
 ROGUE_DATAGRAM = 16000
+# What the attackers sent has "stopped moving" after this long without an acknowledgement.
+STALLED = 2.0
 # RSS is "settled" once two readings this far apart differ by less than SETTLED_BY.
 SETTLE_STEP = 0.2
 SETTLED_BY = 2 * MiB
@@ -241,11 +243,18 @@ async def rogues(
 
 
 async def delivered(victim: Victim, peers: Sequence[RoguePeer], timeout: float = 30.0) -> None:
-    """Until the victim acknowledged every byte the peers sent, cut them off, or died."""
-    try:
-        await wait_until(lambda: not victim.alive or all(p.unacked == 0 or p.closed for p in peers), timeout)
-    except TimeoutError:
-        pass
+    """Until the victim acknowledged every byte the peers sent, cut them off or died, or what
+    is left stopped moving for ``STALLED`` seconds (the victim holds it back)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    left, moved = -1, loop.time()
+    while loop.time() < deadline and victim.alive:
+        now = sum(0 if peer.closed else peer.unacked for peer in peers)
+        if now == 0 or loop.time() - moved > STALLED:
+            return
+        if now != left:
+            left, moved = now, loop.time()
+        await asyncio.sleep(0.05)
 
 
 def _header(size: int) -> bytes:

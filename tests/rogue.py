@@ -313,6 +313,9 @@ class RawPeer:
                 self.transmit_soon()
             elif isinstance(event, events.StreamDataReceived):
                 self._stream_data(event.stream_id, event.data)
+            elif isinstance(event, events.StopSendingReceived):
+                # As RFC 9000 asks: a stream the victim will not read is reset, not resent.
+                self.quic.reset_stream(event.stream_id, event.error_code)
             elif isinstance(event, events.ConnectionTerminated):
                 self._done = True
 
