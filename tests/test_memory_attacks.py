@@ -184,3 +184,32 @@ async def test_twenty_senders_five_hundred_messages_each_arrive_exactly_once() -
             for endpoint in endpoints:
                 await endpoint.close()
     assert received["count"] == received["unique"] == senders * messages
+
+
+async def test_a_victim_that_never_reads_holds_only_its_window() -> None:
+    """A sender facing a reader that takes nothing is held back by credit, not by our memory."""
+    async with await Victim.start(victim_config(), "--reader", "never") as victim:
+        before = await victim.settled_rss()
+        async with qp2p.Endpoint() as sender:
+            connection = await sender.connect_to(victim.addr)
+            sent = 0
+
+            async def send_all() -> None:
+                nonlocal sent
+                for _ in range(1000):
+                    await connection.send(bytes(60 * KiB))
+                    sent += 1
+
+            sending = asyncio.create_task(send_all())
+            try:
+                last = -1
+                async with asyncio.timeout(20):
+                    while sent != last:  # until the sender is held back
+                        last = sent
+                        await asyncio.sleep(1.0)
+            finally:
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
+        peak = await victim.peak()
+    assert 0 < sent < 1000
+    assert peak - before <= OVERHEAD, f"{sent} messages held took {(peak - before) / MiB:.0f} MiB"
