@@ -132,45 +132,40 @@ async def relay_circuits(victim: Victim, circuits: int = 80) -> AsyncIterator[Se
         yield peers
 
 
-def attacks(connections: int) -> list[tuple[str, dict[str, Any], tuple[str, ...], Attack]]:
-    """(name, victim config, victim options, attack) for every row of the table."""
+def attacks(connections: int) -> list[tuple[str, tuple[str, ...], Attack]]:
+    """(name, victim options, attack) for every row of the table."""
     spread = HOSTS[: max(1, min(len(HOSTS), connections))]
     return [
         (
             f"1 partial lane frames ({connections} conn)",
-            {},
             (),
             lambda v: partial_lanes(v, connections=connections),
         ),
-        ("1 held large frames (16 streams)", {}, (), lambda v: held_large_frames(v, streams=16)),
-        ("2 PeersRequest flood, flow control withheld", {}, (), lambda v: control_flood(v)),
+        ("1 held large frames (16 streams)", (), lambda v: held_large_frames(v, streams=16)),
+        ("2 PeersRequest flood, flow control withheld", (), lambda v: control_flood(v)),
         (
             "2 VerificationRequest flood, flow control withheld",
-            {},
             (),
             lambda v: control_flood(v, 100_000, wire.VerificationRequest(("127.0.0.9", 9))),
         ),
         (
             "3 Hello window 2**63, 30 x 8 MiB replies",
-            {},
             ("--reply-size", str(8 * MiB)),
             lambda v: huge_window_claim(v),
         ),
         (
             f"4 buffer slots, headers only ({connections} conn)",
-            {},
             (),
             lambda v: slot_fill(v, connections=connections),
         ),
         (
             f"4 buffer slots, 8 MiB each ({connections} conn, {len(spread)} addr)",
-            {},
             (),
             lambda v: slot_fill(v, connections=connections, hosts=spread, body=8 * MiB),
         ),
-        ("5 half-open flood x 300 (one socket)", {}, (), lambda v: half_open_flood(v)),
-        ("6 forged RelayIncoming x 60", {}, (), lambda v: forged_relay_incoming(v)),
-        ("7 one peer opens every relay circuit", {}, (), lambda v: relay_circuits(v)),
+        ("5 half-open flood x 300 (one socket)", (), lambda v: half_open_flood(v)),
+        ("6 forged RelayIncoming x 60", (), lambda v: forged_relay_incoming(v)),
+        ("7 one peer opens every relay circuit", (), lambda v: relay_circuits(v)),
     ]
 
 
@@ -200,10 +195,10 @@ async def main(args: argparse.Namespace) -> int:
     print(f"Victim backend {qp2p.BACKEND}, memory_limit {limit}, {args.connections} connections.\n")
     print("| attack | victim RSS growth (settled) | at its peak | legitimate peer served | victim |")
     print("|---|---|---|---|---|")
-    for name, config, options, attack in attacks(args.connections):
+    for name, options, attack in attacks(args.connections):
         if args.only and args.only not in name:
             continue
-        print(await row(name, {**config, **extra}, options, attack, args.timeout), flush=True)
+        print(await row(name, extra, options, attack, args.timeout), flush=True)
     return 0
 
 
