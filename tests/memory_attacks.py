@@ -47,6 +47,7 @@ MiB = 1 << 20
 VICTIM_PROCESS = Path(__file__).with_name("victim_process.py")
 # The loopback addresses attackers come from when they spread over "8 addresses".
 HOSTS = tuple(f"127.0.0.{i}" for i in range(2, 10))
+LEGIT_HOST = "127.0.0.100"
 # How long a legitimate peer may take to connect and have one request answered.
 SERVED_WITHIN = 2.0
 # Rogue datagrams: large, as loopback allows, so bulk attacks take seconds, not minutes.
@@ -165,7 +166,8 @@ async def legit_latency(victim: Victim, within: float = SERVED_WITHIN) -> float 
     """Seconds a fresh, well-behaved endpoint took to connect and get one request answered,
     or None if that did not happen within ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    async with qp2p.Endpoint(qp2p.Config(connect_timeout=within)) as endpoint:
+    # From an address no attacker uses: the attackers' own address is theirs to exhaust.
+    async with qp2p.Endpoint(qp2p.Config(local_ip=LEGIT_HOST, connect_timeout=within)) as endpoint:
         started = loop.time()
         try:
             async with asyncio.timeout(within):

@@ -39,7 +39,6 @@ KiB = 1 << 10
 MiB = 1 << 20
 MEMORY_LIMIT = 128 * MiB
 OVERHEAD = 64 * MiB
-NOT_BOUNDED = pytest.mark.xfail(strict=True, reason="issue 11: not bounded yet")
 
 
 def victim_config(memory_limit: int = MEMORY_LIMIT, **fields: Any) -> dict[str, Any]:
@@ -74,8 +73,8 @@ async def test_idle_connections_cost_less_than_the_overhead() -> None:
     [
         pytest.param(1, 1, id="1-conn"),
         pytest.param(8, 1, id="8-conn"),
-        pytest.param(64, 1, id="64-conn", marks=NOT_BOUNDED),
-        pytest.param(64, 8, id="64-conn-8-addr", marks=NOT_BOUNDED),
+        pytest.param(64, 1, id="64-conn"),
+        pytest.param(64, 8, id="64-conn-8-addr"),
     ],
 )
 async def test_partial_lane_frames(connections: int, hosts: int) -> None:
@@ -88,7 +87,7 @@ async def test_partial_lane_frames(connections: int, hosts: int) -> None:
     "pure",
     [
         pytest.param(False, marks=pytest.mark.fast_ext, id="fast"),
-        pytest.param(True, marks=NOT_BOUNDED, id="pure"),
+        pytest.param(True, id="pure"),
     ],
 )
 async def test_held_large_frames(pure: bool) -> None:
@@ -114,7 +113,6 @@ async def test_control_flood_with_flow_control_withheld(message: wire.ControlMes
 # ---- 3: what the Hello claims --------------------------------------------------------------
 
 
-@NOT_BOUNDED
 async def test_hello_claiming_a_huge_window() -> None:
     """A Hello claiming 2**63 units of window, then 30 requests for 8 MiB replies that cannot leave."""
     async with await Victim.start(victim_config(), "--reply-size", str(8 * MiB)) as victim:
@@ -133,7 +131,6 @@ async def test_hello_claiming_a_huge_window() -> None:
         pytest.param(64, 8, 1 * MiB, id="64-conn-8-addr"),
     ],
 )
-@NOT_BOUNDED
 async def test_buffer_slots(backend: Any, connections: int, hosts: int, body: int) -> None:
     """Every connection fills the victim's 4 buffer slots with frames declaring 64 MiB - 1 bytes,
     never finished: ``body`` bytes of each on the fast backend, the headers alone on the pure
@@ -149,7 +146,10 @@ async def test_buffer_slots(backend: Any, connections: int, hosts: int, body: in
 
 async def test_a_256_mib_message_arrives_intact() -> None:
     size = 256 * MiB
-    config = victim_config(1 << 30, max_message_size=size, max_datagram_size=16000)
+    # One honest sender of a message larger than an address's default share of memory_limit.
+    config = victim_config(
+        1 << 30, max_message_size=size, max_datagram_size=16000, address_memory_limit=1 << 30
+    )
     payload = bytes(range(256)) * (size // 256)
     async with await Victim.start(config) as victim:
         async with qp2p.Endpoint(qp2p.Config(max_datagram_size=16000)) as sender:
@@ -165,7 +165,8 @@ async def test_a_256_mib_message_arrives_intact() -> None:
 async def test_twenty_senders_five_hundred_messages_each_arrive_exactly_once() -> None:
     senders, messages = 20, 500
     async with await Victim.start(victim_config()) as victim:
-        endpoints = [qp2p.Endpoint() for _ in range(senders)]
+        # Twenty hosts: each from an address of its own, with the default limits.
+        endpoints = [qp2p.Endpoint(qp2p.Config(local_ip=f"127.0.1.{1 + i}")) for i in range(senders)]
         for endpoint in endpoints:
             await endpoint.start()
         try:
