@@ -416,7 +416,8 @@ class RelayPath:
             self.expiry = None
 
     def sendto(self, data: bytes, addr: Address) -> None:
-        if not self.relay.closed:
+        # A relay that does not take what we send loses the datagram, as a full link would.
+        if not self.relay.closed and not self.relay.session.backlogged:
             self.relay.session.send_control(wire.RelayData(self.circuit, data))
             self.relay.transmit_soon()
 

@@ -71,6 +71,10 @@ class MemoryBudget:
         scope = _scope(self._addresses, address_key(host), "address", self.address_limit)
         return Reservation(self, [Scope("link", link_limit, holders=1), scope, self.endpoint])
 
+    def count(self, reason: str) -> None:
+        """Count a refusal (``Endpoint.stats().refusals``)."""
+        self.refused[reason] += 1
+
     def peer_scope(self, peer_id: str) -> Scope:
         return _scope(self._peers, peer_id, "peer", self.peer_limit)
 
@@ -143,7 +147,7 @@ class Reservation:
 
     def count(self, reason: str) -> None:
         """Count a refusal on this link's behalf (``Endpoint.stats().refusals``)."""
-        self._budget.refused[reason] += 1
+        self._budget.count(reason)
 
     def release(self, size: int) -> None:
         size = min(size, self.held)

@@ -911,9 +911,11 @@ class Session:
             self._pump()
             self._events.append(CreditGranted())
 
-    def _backlogged(self) -> bool:
+    @property
+    def backlogged(self) -> bool:
         """The peer leaves more of ours unacknowledged than its window allows and our answers
-        may add (a peer withholding flow control to make us queue replies)."""
+        may add (a peer withholding flow control to make us queue replies): control messages
+        for it are better dropped than queued."""
         return self.unacked > self._send_bound + CONTROL_SLACK
 
     def _control(self, message: wire.WireMessage) -> None:
@@ -928,7 +930,7 @@ class Session:
                 self._peer = message
                 self._check_established()
         elif self._established:
-            if self._backlogged():
+            if self.backlogged:
                 self.dropped_control += 1  # the peer does not take our answers: ask no more of us
                 self._memory.count("control_backlog")
                 return

@@ -202,3 +202,30 @@ async def test_a_flood_of_forged_circuits_leaves_bounded_state(
             assert victim.stats().links == 1
         assert victim.stats().refusals["relayed circuit"] == frames - 4
     assert_unharmed(loop_errors, service)
+
+
+# ---- a target that does not take what we relay -------------------------------------------
+
+
+async def test_datagrams_for_a_target_withholding_flow_control_are_dropped_not_queued(
+    make_endpoint: MakeEndpoint, loop_errors: Errors
+) -> None:
+    """The target never raises QUIC flow control: what the relay would forward to it waits in
+    the relay's send buffers. Past the target's window it is dropped, as a full link would."""
+    window = 256 * KiB
+    victim = await make_endpoint(receive_window=window)
+    async with Service(victim) as service, RoguePeer(victim.local_addr, flow_window=16 * KiB) as target:
+        async with RoguePeer(victim.local_addr) as asker:
+            open_circuit(asker, target, 1)
+            await wait_until(lambda: len(incoming(target)) == 1, timeout=10)
+            for _ in range(40):  # 40 x 50 x 1200 bytes = 2.4 MB offered, ten windows
+                asker.send(*(wire.RelayData(1, bytes(1200)) for _ in range(50)))
+                await processed(asker, b"after a batch")
+            unacked = sum(
+                link.session.unacked for link in victim._links if link.peer_id == target.fingerprint
+            )
+            dropped = victim.stats().refusals.get("control_backlog", 0)
+    assert_unharmed(loop_errors, service)
+    assert dropped > 0
+    # The target's window (ours: 256 KiB), the lane-frame and control slack, and one batch.
+    assert unacked <= window + 64 * KiB + 100 + 2 * 16 * KiB + 50 * 1300, unacked
