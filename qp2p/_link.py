@@ -370,8 +370,9 @@ class Link:
 
 
 class Refusal:
-    """Answers the Initial of a dial we will not take (too many connections) with a
-    CONNECTION_CLOSE carrying CONNECTION_REFUSED, then forgets it: no route, no timer."""
+    """Answers the Initial of a dial we will not take (too many connections or handshakes)
+    with a CONNECTION_CLOSE carrying CONNECTION_REFUSED and ``reason``, then forgets it: no
+    route, no timer."""
 
     def __init__(
         self,
@@ -379,6 +380,7 @@ class Refusal:
         transport: Transport,
         original_dcid: bytes,
         retry_scid: bytes | None,
+        reason: str,
     ) -> None:
         self._quic = QuicConnection(
             configuration=configuration,
@@ -386,6 +388,7 @@ class Refusal:
             retry_source_connection_id=retry_scid,
         )
         self._transport = transport
+        self._reason = reason
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         now = asyncio.get_running_loop().time()
@@ -393,7 +396,7 @@ class Refusal:
         # A transport-level close (frame_type given): before the handshake an application close
         # would reach the client as a bare APPLICATION_ERROR, without its reason.
         self._quic.close(
-            error_code=QuicErrorCode.CONNECTION_REFUSED, frame_type=0, reason_phrase="too many connections"
+            error_code=QuicErrorCode.CONNECTION_REFUSED, frame_type=0, reason_phrase=self._reason
         )
         for datagram, to in self._quic.datagrams_to_send(now=now):
             self._transport.sendto(datagram, to)

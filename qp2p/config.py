@@ -181,6 +181,11 @@ class Config:
     receive_window: int = 4 * MiB
     large_message_slots: int = 4
     max_connections: int = 1000
+    # Handshakes peers started and have not finished: bounded apart from max_connections
+    max_half_open: int = 100
+    max_half_open_per_address: int = 8  # per IPv4 address or IPv6 /64
+    retry_threshold: int = 50  # without stateless_retry, Retry once this many are half-open
+    handshake_timeout: float = 5.0  # for a handshake a peer started (at most connect_timeout)
     max_incoming_streams: int = 64
     stateless_retry: bool = True
     socket_buffer_size: int = 4 * MiB
@@ -231,6 +236,12 @@ class Config:
         )
         _check(1 <= self.large_message_slots <= 1024, "large_message_slots must be 1 to 1024")
         _check(self.max_connections >= 1, "max_connections must be at least 1")
+        _check(
+            1 <= self.max_half_open_per_address <= self.max_half_open,
+            "max_half_open_per_address must be at least 1 and at most max_half_open",
+        )
+        _check(0 <= self.retry_threshold <= self.max_half_open, "retry_threshold must be 0 to max_half_open")
+        _check(self.handshake_timeout > 0, "handshake_timeout must be positive")
         _check(
             self.lanes + self.large_message_slots <= self.max_incoming_streams <= 10_000,
             "max_incoming_streams must be at least lanes + large_message_slots, and at most 10000",
