@@ -184,7 +184,7 @@ class Config:
     # Handshakes peers started and have not finished: bounded apart from max_connections
     max_half_open: int = 100
     max_half_open_per_address: int = 8  # per IPv4 address or IPv6 /64
-    retry_threshold: int = 50  # without stateless_retry, Retry once this many are half-open
+    retry_threshold: int | None = None  # without stateless_retry, Retry from this many (None: half)
     handshake_timeout: float = 5.0  # for a handshake a peer started (at most connect_timeout)
     max_incoming_streams: int = 64
     stateless_retry: bool = True
@@ -240,7 +240,10 @@ class Config:
             1 <= self.max_half_open_per_address <= self.max_half_open,
             "max_half_open_per_address must be at least 1 and at most max_half_open",
         )
-        _check(0 <= self.retry_threshold <= self.max_half_open, "retry_threshold must be 0 to max_half_open")
+        _check(
+            self.retry_threshold is None or 0 <= self.retry_threshold <= self.max_half_open,
+            "retry_threshold must be 0 to max_half_open (or None)",
+        )
         _check(self.handshake_timeout > 0, "handshake_timeout must be positive")
         _check(
             self.lanes + self.large_message_slots <= self.max_incoming_streams <= 10_000,

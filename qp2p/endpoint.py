@@ -176,6 +176,8 @@ class Endpoint:
         self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
         self._half_open = HalfOpen(self.config.max_half_open, self.config.max_half_open_per_address)
         self._dial_refusals: Counter[str] = Counter()  # handshakes peers started that we refused
+        threshold = self.config.retry_threshold
+        self._retry_threshold = self.config.max_half_open // 2 if threshold is None else threshold
         self._link_dials: dict[Link, _Dial] = {}
         self._dials: dict[Address, _Dial] = {}  # dials by address, shared by concurrent callers
         self._arrivals: dict[str, list[asyncio.Future[None]]] = {}  # who waits for a direct link to a peer
@@ -502,9 +504,7 @@ class Endpoint:
             return None
         reason = self._refusal(addr[0])
         if reason is not None:
-            return Refusal(
-                self._server_config, self._transport, original_dcid, retry_scid, REFUSED_BECAUSE[reason]
-            )
+            return Refusal(self._transport, header, REFUSED_BECAUSE[reason])
         link = self._new_link(
             self._transport,
             addr,
@@ -535,7 +535,7 @@ class Endpoint:
     def _retry_required(self) -> bool:
         """Whether a new client must prove its address with a Retry first: always with
         ``stateless_retry``, else once ``retry_threshold`` handshakes are half-open."""
-        return self.config.stateless_retry or len(self._half_open) >= self.config.retry_threshold
+        return self.config.stateless_retry or len(self._half_open) >= self._retry_threshold
 
     def _link_established(self, link: Link) -> None:
         """The handshake proved a certificate and the Hello arrived: the link joins the
