@@ -10,11 +10,12 @@ peer's place.
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 __all__ = ("HalfOpen", "source_of")
 
+H = TypeVar("H", bound=Hashable)
 # IPv6 hosts usually hold a whole /64: counting per address would give one host 2**64 quotas.
 IPV6_PREFIX = 64
 
@@ -27,40 +28,59 @@ def source_of(host: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
 
 
-class HalfOpen:
-    """Which handshakes are half-open, counted per source; refuses those over the limits."""
+class HalfOpen(Generic[H]):
+    """Which handshakes are half-open, counted per source; refuses those over the limits.
+
+    When the table is full, a newcomer from a source holding fewer handshakes than the
+    busiest one takes the place of that source's oldest (``evictable``): to keep newcomers
+    out, a flood must hold the table from about as many addresses as it has places.
+    """
 
     def __init__(self, limit: int, per_source: int) -> None:
         self._limit = limit
         self._per_source = per_source
-        self._sources: dict[Hashable, str] = {}  # handshake -> its source
-        self._counts: Counter[str] = Counter()
+        self._sources: dict[H, str] = {}  # handshake -> its source
+        self._by_source: dict[str, dict[H, None]] = {}  # source -> its handshakes, oldest first
 
     def __len__(self) -> int:
         return len(self._sources)
 
-    def __contains__(self, handshake: Hashable) -> bool:
+    def __contains__(self, handshake: object) -> bool:
         return handshake in self._sources
+
+    def _count(self, source: str) -> int:
+        return len(self._by_source.get(source, ()))
 
     def refusal(self, host: str) -> str | None:
         """Why a new handshake from ``host`` may not start ("half_open" or
         "half_open_per_address"), or None if it may."""
+        if self._count(source_of(host)) >= self._per_source:
+            return "half_open_per_address"
         if len(self._sources) >= self._limit:
             return "half_open"
-        if self._counts[source_of(host)] >= self._per_source:
-            return "half_open_per_address"
         return None
 
-    def add(self, handshake: Hashable, host: str) -> None:
+    def evictable(self, host: str) -> H | None:
+        """With the table full: the oldest handshake of the busiest source, if that source
+        holds more than ``host``'s does; it gives way to ``host``'s new one."""
+        if not self._by_source:
+            return None
+        busiest = max(self._by_source.values(), key=len)
+        if len(busiest) <= self._count(source_of(host)):
+            return None
+        return next(iter(busiest))
+
+    def add(self, handshake: H, host: str) -> None:
         """``handshake`` from ``host`` started."""
         source = self._sources[handshake] = source_of(host)
-        self._counts[source] += 1
+        self._by_source.setdefault(source, {})[handshake] = None
 
-    def discard(self, handshake: Hashable) -> None:
+    def discard(self, handshake: H) -> None:
         """``handshake`` is over: established, failed or timed out (a no-op if not counted)."""
         source = self._sources.pop(handshake, None)
         if source is None:
             return
-        self._counts[source] -= 1
-        if not self._counts[source]:
-            del self._counts[source]
+        handshakes = self._by_source[source]
+        del handshakes[handshake]
+        if not handshakes:
+            del self._by_source[source]

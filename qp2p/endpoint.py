@@ -174,7 +174,9 @@ class Endpoint:
         self._events = _ConnectionEvents(self)
         self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
         self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
-        self._half_open = HalfOpen(self.config.max_half_open, self.config.max_half_open_per_address)
+        self._half_open: HalfOpen[Link] = HalfOpen(
+            self.config.max_half_open, self.config.max_half_open_per_address
+        )
         self._dial_refusals: Counter[str] = Counter()  # handshakes peers started that we refused
         threshold = self.config.retry_threshold
         self._retry_threshold = self.config.max_half_open // 2 if threshold is None else threshold
@@ -519,9 +521,22 @@ class Endpoint:
     def _refusal(self, host: str) -> str | None:
         """Why a handshake from ``host`` may not start now (counted by reason), or None."""
         reason = "max_connections" if self._at_capacity() else self._half_open.refusal(host)
+        if reason == "half_open" and self._make_room(host):
+            reason = None
         if reason is not None:
             self._dial_refusals[reason] += 1
         return reason
+
+    def _make_room(self, host: str) -> bool:
+        """With the half-open table full: end the busiest source's oldest handshake for one
+        from ``host``, if ``host`` holds fewer (counted as "half_open_evicted")."""
+        evicted = self._half_open.evictable(host)
+        if evicted is None:
+            return False
+        log.info("too many handshakes: ending one from %s:%d", *evicted.remote_addr)
+        evicted.abort()  # its end takes it out of the table
+        self._dial_refusals["half_open_evicted"] += 1
+        return True
 
     def _at_capacity(self) -> bool:
         """Whether ``max_connections`` links are open, half-open ones aside: a flood of

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -151,26 +152,29 @@ async def test_the_global_limit_holds_against_eight_addresses(
 ) -> None:
     victim = await make_endpoint(max_half_open=40, max_half_open_per_address=8)
     member = await make_endpoint(local_ip="127.0.0.10")
+    newcomer = await make_endpoint(local_ip="127.0.0.11")
     async with Service(victim) as service:
         connection = await member.connect_to(victim.local_addr)  # established before the flood
         floods = [await flood_from(f"127.0.0.{n}", victim.local_addr) for n in range(2, 10)]
         try:
             await asyncio.gather(*(flood.run(10) for flood in floods))  # 80 handshakes in all
-            refusals = victim.stats().refusals
-            await wait_until(lambda: victim.stats().datagrams.accepted == 80 + 1, 5)
+            await wait_until(lambda: victim.stats().datagrams.accepted == 1 + 80, 5)
             stats = victim.stats()
             held = half_open(victim)
+            sources = Counter(link.remote_addr[0] for link in victim._links if link in victim._half_open)
             answer = await connection.request(b"still here", timeout=2)
+            refused = await served(newcomer, victim)  # the table still full, a ninth address
         finally:
             for flood in floods:
                 flood.close()
     assert_unharmed(loop_errors, service)
     refusals = stats.refusals
-    figures = f"{held} half-open links, stats.half_open {stats.half_open}, refusals {refusals}"
-    assert held == stats.half_open == 40, figures
-    assert refusals.get("half_open", 0) + refusals.get("half_open_per_address", 0) == 40, figures
-    assert refusals["half_open"] > 0, figures  # no address was over its own 8 when refused
+    figures = f"{held} half-open links {dict(sources)}, refusals {refusals}; newcomer {refused or 'served'}"
+    assert held == stats.half_open == 40 and max(sources.values()) <= 8, figures
+    assert refusals.get("half_open", 0) + refusals["half_open_evicted"] == 80 - 40, figures
+    assert "half_open_per_address" not in refusals, figures  # no address reached its own 8
     assert answer == digest(b"still here") and not connection.is_closed  # never evicted
+    assert not refused, figures  # made room for: it came from a source holding nothing
 
 
 async def test_half_open_handshakes_end_after_handshake_timeout(make_endpoint: MakeEndpoint) -> None:
@@ -229,6 +233,9 @@ def test_half_open_sources_and_reasons() -> None:
     table.discard("a")
     table.discard("a")  # twice is harmless
     assert table.refusal("2001:db8::3") is None and "a" not in table and "b" in table
+    assert table.evictable("2001:db8::3") is None  # not full
+    table.add("d", "192.0.2.1")
+    assert table.evictable("2001:db8::3") == "c" and table.evictable("192.0.2.1") is None
     assert source_of("fe80::1%eth0") == "fe80::/64" and source_of("10.1.2.3") == "10.1.2.3"
 
 
