@@ -67,7 +67,13 @@ class Sender(Protocol):
 
 
 def _endpoint() -> qp2p.Endpoint:
-    return qp2p.Endpoint(qp2p.Config(max_datagram_size=DATAGRAM_SIZE, max_message_size=MAX_MESSAGE_SIZE))
+    # A message this large needs more than an address's default share of memory_limit.
+    config = qp2p.Config(
+        max_datagram_size=DATAGRAM_SIZE,
+        max_message_size=MAX_MESSAGE_SIZE,
+        address_memory_limit=qp2p.Config().memory_limit,
+    )
+    return qp2p.Endpoint(config)
 
 
 class Qp2pReceiver:

@@ -6,6 +6,8 @@ aioquic 1.7 has no public way to:
 - learn that a connection started closing before its draining period ends;
 - read the peer's certificate, or the connection's smoothed round-trip time;
 - limit how many streams a peer may open;
+- hold what its receive buffers keep for a peer to a window (it doubles its MAX_DATA limit as
+  bytes arrive, whether they were delivered or are kept waiting behind a gap);
 - authenticate clients: its server never asks for a client certificate, accepts an empty one
   and never checks a client's chain (``verify_mode`` is ignored on the server side).
 
@@ -25,6 +27,8 @@ from cryptography import x509
 
 if TYPE_CHECKING:
     from aioquic._buffer import Buffer
+    from aioquic.quic.packet_builder import QuicPacketBuilder
+    from aioquic.quic.recovery import QuicPacketSpace
 
 __all__ = (
     "CertificateRequired",
@@ -76,7 +80,26 @@ class CheckedQuicConnection(QuicConnection):
 
     def __init__(self, *, peer_check: PeerCheck, **kwargs: Any) -> None:
         self._qp2p_check = peer_check
+        # Bytes the peer may have sent that were not delivered yet (None: aioquic's own rule).
+        self.receive_window: int | None = None
         super().__init__(**kwargs)
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        """MAX_DATA held to what was delivered (or given up by a reset) plus ``receive_window``,
+        instead of aioquic's doubling; raised once half of that is used."""
+        limit = self._local_max_data
+        window = self.receive_window
+        if window is None:
+            super()._write_connection_limits(builder=builder, space=space)
+            return
+        if limit.value - limit.used < window // 2:
+            held = sum(len(stream.receiver._buffer) for stream in self._streams.values())
+            limit.value = max(limit.value, limit.used - held + window)
+        used, limit.used = limit.used, 0  # aioquic doubles the limit when used passes half of it
+        try:
+            super()._write_connection_limits(builder=builder, space=space)
+        finally:
+            limit.used = used
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

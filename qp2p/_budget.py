@@ -18,7 +18,8 @@ class _Bucket:
 
 
 class Budgets:
-    """Token buckets by key: ``burst`` at once, then one more per ``interval`` seconds."""
+    """Token buckets by key: ``burst`` at once, then one more per ``interval`` seconds; a
+    ``cost`` above one spends that many tokens at once (bytes, for a byte budget)."""
 
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
@@ -26,8 +27,10 @@ class Budgets:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, kind: str, peer_id: str, now: float, burst: int, interval: float) -> bool:
-        """Spend one token of ``peer_id``'s budget for ``kind``; False when none is left."""
+    def take(
+        self, kind: str, peer_id: str, now: float, burst: int, interval: float, cost: float = 1.0
+    ) -> bool:
+        """Spend ``cost`` tokens of ``peer_id``'s budget for ``kind``; False when fewer are left."""
         key = (kind, peer_id)
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -36,9 +39,9 @@ class Budgets:
             bucket = self._buckets[key] = _Bucket(float(burst), now)
         bucket.tokens = min(float(burst), bucket.tokens + max(0.0, now - bucket.at) / interval)
         bucket.at = now
-        if bucket.tokens < 1.0:
+        if bucket.tokens < cost:
             return False
-        bucket.tokens -= 1.0
+        bucket.tokens -= cost
         return True
 
     def _forget_idle(self, now: float, age: float) -> None:

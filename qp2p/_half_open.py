@@ -9,35 +9,26 @@ peer's place.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-__all__ = ("HalfOpen", "source_of")
+from qp2p._memory import address_key
+
+__all__ = ("HalfOpen",)
 
 H = TypeVar("H", bound=Hashable)
-# IPv6 hosts usually hold a whole /64: counting per address would give one host 2**64 quotas.
-IPV6_PREFIX = 64
-
-
-def source_of(host: str) -> str:
-    """The source a handshake is counted under: the IPv4 address, or the IPv6 address's /64."""
-    address = ipaddress.ip_address(host.partition("%")[0])
-    if address.version == 4:
-        return str(address)
-    return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
 
 
 class HalfOpen(Generic[H]):
-    """Which handshakes are half-open, counted per source; refuses those over the limits.
+    """Which handshakes are half-open, counted per source (an IPv4 address, an IPv6 /64);
+    refuses those over the limits.
 
     When the table is full, a newcomer from a source holding fewer handshakes than the
     busiest one takes the place of that source's oldest (``evictable``): to keep newcomers
     out, a flood must hold the table from about as many addresses as it has places.
     """
 
-    def __init__(self, limit: int, per_source: int) -> None:
-        self._limit = limit
+    def __init__(self, per_source: int) -> None:
         self._per_source = per_source
         self._sources: dict[H, str] = {}  # handshake -> its source
         self._by_source: dict[str, dict[H, None]] = {}  # source -> its handshakes, oldest first
@@ -51,12 +42,12 @@ class HalfOpen(Generic[H]):
     def _count(self, source: str) -> int:
         return len(self._by_source.get(source, ()))
 
-    def refusal(self, host: str) -> str | None:
-        """Why a new handshake from ``host`` may not start ("half_open" or
-        "half_open_per_address"), or None if it may."""
-        if self._count(source_of(host)) >= self._per_source:
+    def refusal(self, host: str, limit: int) -> str | None:
+        """Why a new handshake from ``host`` may not start with ``limit`` places in all:
+        "half_open_per_address", "half_open" (the table is full), or None if it may."""
+        if self._count(address_key(host)) >= self._per_source:
             return "half_open_per_address"
-        if len(self._sources) >= self._limit:
+        if len(self._sources) >= limit:
             return "half_open"
         return None
 
@@ -66,13 +57,13 @@ class HalfOpen(Generic[H]):
         if not self._by_source:
             return None
         busiest = max(self._by_source.values(), key=len)
-        if len(busiest) <= self._count(source_of(host)):
+        if len(busiest) <= self._count(address_key(host)):
             return None
         return next(iter(busiest))
 
     def add(self, handshake: H, host: str) -> None:
         """``handshake`` from ``host`` started."""
-        source = self._sources[handshake] = source_of(host)
+        source = self._sources[handshake] = address_key(host)
         self._by_source.setdefault(source, {})[handshake] = None
 
     def discard(self, handshake: H) -> None:

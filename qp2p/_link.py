@@ -414,6 +414,13 @@ class RelayPath:
         self.relay = relay
         self.circuit = circuit
         self.link: Link | None = None
+        self.expiry: asyncio.TimerHandle | None = None  # closes a circuit opened to us but unused
+
+    def cancel_expiry(self) -> None:
+        """The circuit got its link, or ended: its expiry timer goes."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
 
     def sendto(self, data: bytes, addr: Address) -> None:
         if not self.relay.closed:

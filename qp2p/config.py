@@ -25,6 +25,10 @@ __all__ = ("Config", "Role", "Trust")
 
 KiB = 1 << 10
 MiB = 1 << 20
+GiB = 1 << 30
+# By default a source address (and a peer) may hold this share of the endpoint's memory_limit,
+# so attackers need that many addresses to fill it.
+MEMORY_SHARES = 16
 # aioquic writes STREAM frame and long-header lengths as 2-byte varints: above this it hangs.
 MAX_DATAGRAM_SIZE = 16383
 MIN_DATAGRAM_SIZE = 1200
@@ -186,6 +190,9 @@ class Config:
     max_half_open_per_address: int = 8  # per IPv4 address or IPv6 /64
     retry_threshold: int | None = None  # without stateless_retry, Retry from this many (None: half)
     handshake_timeout: float = 5.0  # for a handshake a peer started (at most connect_timeout)
+    memory_limit: int = 2 * GiB
+    address_memory_limit: int | None = None
+    peer_memory_limit: int | None = None
     max_incoming_streams: int = 64
     stateless_retry: bool = True
     socket_buffer_size: int = 4 * MiB
@@ -207,6 +214,11 @@ class Config:
     upnp_lease_duration: int = 120
     relay_max_circuits: int = 64
     relay_max_bytes: int = 256 * MiB
+    relay_service: bool | None = None
+    relay_circuits_per_peer: int = 4
+    relay_bytes_per_peer: int = 64 * MiB
+    relay_window: float = 60.0
+    relay_idle_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         try:
@@ -236,6 +248,13 @@ class Config:
         )
         _check(1 <= self.large_message_slots <= 1024, "large_message_slots must be 1 to 1024")
         _check(self.max_connections >= 1, "max_connections must be at least 1")
+        _check(self.memory_limit >= 16 * MiB, "memory_limit must be at least 16 MiB")
+        for name in ("address_memory_limit", "peer_memory_limit"):
+            value = getattr(self, name)
+            _check(
+                value is None or MiB <= value <= self.memory_limit,
+                f"{name} must be 1 MiB to memory_limit (or None: memory_limit / {MEMORY_SHARES})",
+            )
         _check(
             1 <= self.max_half_open_per_address <= self.max_half_open,
             "max_half_open_per_address must be at least 1 and at most max_half_open",
@@ -257,6 +276,15 @@ class Config:
         _check(
             self.relay_max_circuits >= 0 and self.relay_max_bytes >= 0, "relay limits must not be negative"
         )
+        _check(self.relay_service in (None, True, False), "relay_service must be True, False or None")
+        _check(
+            self.relay_circuits_per_peer >= 1 and self.relay_bytes_per_peer >= 1,
+            "relay_circuits_per_peer and relay_bytes_per_peer must be at least 1",
+        )
+        _check(
+            self.relay_window > 0 and self.relay_idle_timeout > 0,
+            "relay_window and relay_idle_timeout must be positive",
+        )
         _check(4 <= self.upnp_lease_duration <= 86400, "upnp_lease_duration must be 4 s to a day")
         contacts = tuple(_contact(item) for item in self.hard_coded_contacts)
         object.__setattr__(self, "hard_coded_contacts", contacts)  # a list given is kept as a tuple
@@ -275,6 +303,11 @@ class Config:
             self.external_port is None or 0 < self.external_port <= 0xFFFF,
             f"external_port out of range: {self.external_port}",
         )
+
+    def memory_limits(self) -> tuple[int, int, int]:
+        """The memory an endpoint, a source address and a peer may hold, defaults filled in."""
+        address = self.address_memory_limit or self.memory_limit // MEMORY_SHARES
+        return self.memory_limit, address, self.peer_memory_limit or address
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (validated again)."""

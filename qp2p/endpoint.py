@@ -36,6 +36,7 @@ from qp2p._half_open import HalfOpen
 from qp2p._joining import Joining
 from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
+from qp2p._memory import MemoryBudget, MemoryStats
 from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
 from qp2p._tasks import BackgroundTasks
@@ -45,7 +46,7 @@ from qp2p.connection import BytesLike, Connection, Message, message_taken
 from qp2p.membership import Membership, Probe
 from qp2p.nat import traversal as t
 from qp2p.nat.igd import PortMapping
-from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of
+from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of, link_memory
 from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class EndpointStats:
     relay_circuits: int = 0  # circuits we relay for others
     half_open: int = 0  # handshakes peers started that are not done (``max_half_open``)
     refusals: dict[str, int] = field(default_factory=dict)  # requests and dials declined, by reason
+    memory: MemoryStats | None = None  # what peers make us hold, by scope
 
 
 @dataclass(eq=False, slots=True)
@@ -157,13 +159,10 @@ class Endpoint:
             self.config.role is Role.NODE,
         )
         self._membership = Membership(self.config)
+        self._memory = MemoryBudget(*self.config.memory_limits())
         folder = self.config.bootstrap_cache_dir or platformdirs.user_cache_dir("qp2p")
         self._joining = Joining(self, self._membership, folder, self._become_client)
-        self._traversal = t.Traversal(
-            t.TraversalLimits(
-                relay_circuits=self.config.relay_max_circuits, relay_bytes=self.config.relay_max_bytes
-            )
-        )
+        self._traversal = t.Traversal(_traversal_limits(self.config))
         self.punch_attempts = 0  # punch attempts the last connect_to(via=) made
         self._mapping: PortMapping | None = None
         self._mapping_task: asyncio.Task[Address | None] | None = None
@@ -174,9 +173,7 @@ class Endpoint:
         self._events = _ConnectionEvents(self)
         self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
         self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
-        self._half_open: HalfOpen[Link] = HalfOpen(
-            self.config.max_half_open, self.config.max_half_open_per_address
-        )
+        self._half_open: HalfOpen[Link] = HalfOpen(self.config.max_half_open_per_address)
         self._dial_refusals: Counter[str] = Counter()  # handshakes peers started that we refused
         threshold = self.config.retry_threshold
         self._retry_threshold = self.config.max_half_open // 2 if threshold is None else threshold
@@ -184,6 +181,7 @@ class Endpoint:
         self._dials: dict[Address, _Dial] = {}  # dials by address, shared by concurrent callers
         self._arrivals: dict[str, list[asyncio.Future[None]]] = {}  # who waits for a direct link to a peer
         self._relay_paths: dict[tuple[Link, int], RelayPath] = {}
+        self._relay_sweep: asyncio.TimerHandle | None = None  # closes idle circuits we relay
         self._tasks = BackgroundTasks(log, "background work failed")
         self._failed_handshakes = 0
         self._refused_connections = 0
@@ -283,6 +281,10 @@ class Endpoint:
                 connection.abort(error)
             for dial in list(self._dials.values()):
                 self._fail_dial(dial, error)
+            if self._relay_sweep is not None:
+                self._relay_sweep.cancel()
+            for path in list(self._relay_paths.values()):
+                self._close_relay_path(path, tell_relay=False)
             for link in list(self._links):  # pending, or in their closing or draining period
                 link.abort()
             self._messages.close()
@@ -329,6 +331,13 @@ class Endpoint:
     def role(self) -> Role:
         """NODE or CLIENT; a node that could not be reached may have fallen back to CLIENT."""
         return self._membership.role
+
+    @property
+    def _serves_relay(self) -> bool:
+        """Whether we relay circuits for others: ``config.relay_service``, else only as a node
+        (a client, or a node fallen back to client, relays for nobody)."""
+        service = self.config.relay_service
+        return self.role is Role.NODE if service is None else service
 
     @property
     def bootstrap_cache(self) -> BootstrapCache:
@@ -400,7 +409,13 @@ class Endpoint:
             punches=self._traversal.punches,
             relay_circuits=self._traversal.circuits,
             half_open=len(self._half_open),
-            refusals=dict(self._traversal.refusals + self._membership.refusals + self._dial_refusals),
+            refusals=dict(
+                self._traversal.refusals
+                + self._membership.refusals
+                + self._memory.refused
+                + self._dial_refusals
+            ),
+            memory=self._memory.stats(),
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -434,7 +449,8 @@ class Endpoint:
         quic = CheckedQuicConnection(peer_check=peer_check or self._peer_check, **quic_args)
         # Peers open unidirectional streams only: lanes and large messages, within a bound.
         limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
-        session = Session(quic, self._hello, self.config.lanes)
+        memory = self._memory.open(remote_addr[0], link_memory(self._hello))
+        session = Session(quic, self._hello, self.config.lanes, memory)
         link = Link(
             session,
             path_out,
@@ -519,10 +535,21 @@ class Endpoint:
         return link
 
     def _refusal(self, host: str) -> str | None:
-        """Why a handshake from ``host`` may not start now (counted by reason), or None."""
-        reason = "max_connections" if self._at_capacity() else self._half_open.refusal(host)
-        if reason == "half_open" and self._make_room(host):
-            reason = None
+        """Why a handshake from ``host`` may not start now (counted by reason), or None.
+
+        Half-open handshakes take the places established links and our own dials leave of
+        ``max_connections``, at most ``max_half_open``: the bound holds however many of them
+        complete, and a full table makes room for a newcomer rather than refuse it."""
+        room = self.config.max_connections - self._settled_links()
+        limit = min(room, self.config.max_half_open)
+        reason = "max_connections" if room <= 0 else self._half_open.refusal(host, limit)
+        if reason == "half_open":
+            if self._make_room(host):
+                return None
+            if len(self._half_open) >= room:
+                reason = "max_connections"
+        if reason == "max_connections":
+            self._refused_connections += 1
         if reason is not None:
             self._dial_refusals[reason] += 1
         return reason
@@ -538,14 +565,9 @@ class Endpoint:
         self._dial_refusals["half_open_evicted"] += 1
         return True
 
-    def _at_capacity(self) -> bool:
-        """Whether ``max_connections`` links are open, half-open ones aside: a flood of
-        handshakes that never finish cannot take an authenticated peer's place."""
-        open_links = sum(not link.closed and link not in self._half_open for link in self._links)
-        if open_links >= self.config.max_connections:
-            self._refused_connections += 1
-            return True
-        return False
+    def _settled_links(self) -> int:
+        """Links open but for half-open ones: established, and our own dials."""
+        return sum(not link.closed and link not in self._half_open for link in self._links)
 
     def _retry_required(self) -> bool:
         """Whether a new client must prove its address with a Retry first: always with
@@ -876,8 +898,12 @@ class Endpoint:
                 header = packet.peek(datagram, CID_LENGTH)
             except errors.MalformedPacket:
                 return
-            if header.packet_type != packet.INITIAL or self._refusal(path.relay.remote_addr[0]) is not None:
+            if header.packet_type != packet.INITIAL:
                 return
+            if self._refusal(path.relay.remote_addr[0]) is not None:
+                self._close_relay_path(path, tell_relay=True)
+                return
+            path.cancel_expiry()
             path.link = self._new_link(
                 path,
                 path.relay.remote_addr,
@@ -889,6 +915,7 @@ class Endpoint:
         path.link.datagram_received(datagram, path.relay.remote_addr)
 
     def _close_relay_path(self, path: RelayPath, tell_relay: bool) -> None:
+        path.cancel_expiry()
         self._relay_paths.pop((path.relay, path.circuit), None)
         self._traversal.path_closed(path.relay, path.circuit)
         if tell_relay and not path.relay.closed:
@@ -896,6 +923,26 @@ class Endpoint:
             path.relay.transmit_soon()
         if path.link is not None:
             path.link.abort()
+
+    def _take_circuit(self, relay: Link, circuit: int) -> None:
+        """A circuit a relay opened to us: closed (and the relay told) unless its first
+        Initial comes within ``connect_timeout``, so an unused one holds no slot for long."""
+        path = self._relay_paths[(relay, circuit)] = RelayPath(relay, circuit)
+        path.expiry = asyncio.get_running_loop().call_later(
+            self.config.connect_timeout, self._close_relay_path, path, True
+        )
+
+    def _arm_relay_sweep(self) -> None:
+        """Have ``_sweep_relay`` run when the first circuit we relay may have fallen idle."""
+        at = self._traversal.next_idle_check()
+        if at is not None and self._relay_sweep is None:
+            self._relay_sweep = asyncio.get_running_loop().call_at(at, self._sweep_relay)
+
+    def _sweep_relay(self) -> None:
+        """Close the circuits we relay that carried nothing for ``relay_idle_timeout``."""
+        self._relay_sweep = None
+        self._carry_out(self._traversal.idle_circuits(asyncio.get_running_loop().time()))
+        self._arm_relay_sweep()
 
     def _find_peer(self, addr: Address, peer_id: str, asker: Connection) -> Peer | None:
         """The peer a request names: by peer id, else whoever we see at ``addr`` directly."""
@@ -939,10 +986,11 @@ class Endpoint:
                 self._tasks.spawn(self._punched(opening))
         elif isinstance(message, wire.RelayOpen):
             target = self._find_peer(message.target, message.target_id, connection)
-            self._carry_out(traversal.relay_open(peer, message, target, now))
+            self._carry_out(traversal.relay_open(peer, message, target, now, serving=self._serves_relay))
+            self._arm_relay_sweep()
         elif isinstance(message, wire.RelayIncoming):
             if traversal.relay_incoming(peer, message):
-                self._relay_paths[(link, message.circuit)] = RelayPath(link, message.circuit)
+                self._take_circuit(link, message.circuit)
             else:
                 self._carry_out([Send(link, wire.RelayClose(message.circuit))])
         elif isinstance(message, wire.RelayData | wire.RelayClose):
@@ -953,7 +1001,7 @@ class Endpoint:
                 else:
                     self._close_relay_path(path, tell_relay=False)
                 return
-            sends = traversal.relay(link, message)
+            sends = traversal.relay(link, message, now)
             if sends is None:
                 log.debug("a relay message for an unknown circuit from %s", connection)
             else:
@@ -991,6 +1039,19 @@ class Endpoint:
     def disconnections(self) -> AsyncIterator[Address]:
         """Addresses of peers whose connection ended (by either side); ends when the endpoint closes."""
         return MailboxIterator(self._disconnections)
+
+
+def _traversal_limits(config: Config) -> t.TraversalLimits:
+    """The traversal rules' bounds as ``config`` sets them."""
+    return t.TraversalLimits(
+        relay_circuits=config.relay_max_circuits,
+        relay_circuits_per_peer=config.relay_circuits_per_peer,
+        relay_bytes=config.relay_max_bytes,
+        relay_bytes_per_peer=config.relay_bytes_per_peer,
+        relay_window=config.relay_window,
+        relay_idle=config.relay_idle_timeout,
+        relayed_paths_per_relay=config.relay_circuits_per_peer,
+    )
 
 
 def _wake(waiter: asyncio.Future[None], done: asyncio.Future[Connection]) -> None:

@@ -22,6 +22,7 @@ __all__ = (
     "FrameTooLarge",
     "MalformedMessage",
     "MalformedPacket",
+    "MemoryRefused",
     "MessageTooLarge",
     "ReachabilityError",
     "RecvError",
@@ -150,6 +151,10 @@ class UnknownTag(DecodeError):
 
 class MalformedMessage(DecodeError):
     """A frame body whose fields do not parse: short fields, bad values, or bytes left over."""
+
+
+class MemoryRefused(RecvError):
+    """We refused a peer's message because its memory scope, or the endpoint's, is full."""
 
 
 class MalformedPacket(DecodeError):

@@ -13,27 +13,44 @@ memory grow without bound. On top of QUIC, each side therefore grants the other 
 frames are free. The receiver grants more as the application consumes messages (a large
 message's bytes count as consumed when they are stored in its buffer, which was allocated in
 full when its header arrived; at most ``large_message_slots`` such buffers exist at once).
+
+Memory. What a session holds for its peer is reserved in the endpoint's scopes first
+(``qp2p._memory``): at the handshake, the window it grants (the bytes of frames, complete or
+not, it may hold) and as much again for what it sends the peer (``unacked`` may not pass it,
+whatever credit the peer claims to grant); then each large message's buffer, before it is
+allocated. A window that does not fit is halved down to ``MIN_WINDOW``, then the connection is
+refused; a buffer that does not fit waits for the peer's own messages to be taken (its link or
+peer scope is full) or is refused (its address or the whole endpoint is full).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aioquic.quic import events as quic_events
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress
 
 from qp2p import wire
-from qp2p._aioquic_hooks import closing_event, peer_certificate, unacked_bytes
+from qp2p._aioquic_hooks import CheckedQuicConnection, closing_event, peer_certificate, unacked_bytes
+from qp2p._memory import Reservation, unlimited
 from qp2p._speedups import chunking, framing
-from qp2p.errors import DecodeError, MalformedMessage, MessageTooLarge, SendError, TruncatedMessage
+from qp2p.errors import (
+    DecodeError,
+    MalformedMessage,
+    MemoryRefused,
+    MessageTooLarge,
+    SendError,
+    TruncatedMessage,
+)
 from qp2p.tls import fingerprint
 
 __all__ = (
     "ALPN",
     "endpoint_id_of",
+    "link_memory",
     "CHUNK_SIZE",
     "FRAME_OVERHEAD",
     "CidIssued",
@@ -60,8 +77,15 @@ CHUNK_SIZE = 64 * 1024
 # Application error codes on QUIC streams and connections.
 STREAM_REFUSED = 0x1  # we will not read this stream (malformed, oversized, unexpected)
 STREAM_CANCELLED = 0x2  # the sender gave up on this stream
+STREAM_NO_MEMORY = 0x3  # we have no memory for this message now: the sender may try again later
 CLOSE_NORMAL = 0x0
 CLOSE_PROTOCOL = 0x10  # the peer broke the qp2p protocol at the connection level
+CLOSE_NO_MEMORY = 0x11  # we have no memory for another connection now
+# The smallest window a session grants when memory is short; below it the connection is refused.
+MIN_WINDOW = 256 * 1024
+# Control frames, complete or not, a peer may have us hold beyond its credit; and the bytes of
+# ours it may leave unacknowledged beyond its window before we stop answering its requests.
+CONTROL_SLACK = 16 * 1024
 # Control messages a peer may send before its Hello; more breaks the protocol.
 HELD_CONTROL = 16
 
@@ -72,6 +96,13 @@ _FLAG_RESPONSE = framing.FLAG_RESPONSE
 _HEADER_SIZE = framing.HEADER_SIZE
 _FRAME_COST = _HEADER_SIZE + FRAME_OVERHEAD
 _encode_header = framing.encode_header
+
+
+def link_memory(hello: wire.Hello) -> int:
+    """The most one link may hold for its peer, given our Hello: its window's footprint (see
+    ``Session``) and a buffer per large-message slot."""
+    overshoot = hello.lane_threshold + _FRAME_COST + CONTROL_SLACK
+    return 3 * (hello.receive_window + overshoot) + hello.large_message_slots * hello.max_message_size
 
 
 def endpoint_id_of(peer_id: str) -> int:
@@ -106,7 +137,7 @@ class CidRetired:
 @dataclass(slots=True)
 class FrameReceived:
     """A user message, request or response. ``cost`` units are granted back by ``consumed()``;
-    ``large`` frames also give back their buffer slot there."""
+    ``large`` frames also give back their buffer slot and its ``held`` bytes of memory there."""
 
     flag: int
     request_id: int
@@ -114,6 +145,7 @@ class FrameReceived:
     lane: int
     cost: int
     large: bool
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +228,18 @@ class _LargeSend:
 class _Incoming:
     """What we know of one stream the peer opened: still classifying, a lane, or a large frame."""
 
-    __slots__ = ("credited", "decoder", "ended", "head", "held", "lane", "reassembler")
+    __slots__ = (
+        "credited",
+        "decoder",
+        "ended",
+        "head",
+        "held",
+        "lane",
+        "partial",
+        "reassembler",
+        "reserved",
+        "size",
+    )
 
     def __init__(self) -> None:
         self.ended = False  # the stream's FIN arrived (it may still wait for a buffer slot)
@@ -206,6 +249,9 @@ class _Incoming:
         self.reassembler: Any = None
         self.held: list[bytes] | None = None  # a large frame's bytes while it waits for a buffer slot
         self.credited = 0
+        self.partial = 0  # bytes of an incomplete frame a lane's decoder holds
+        self.size = 0  # a large frame's declared body length
+        self.reserved = 0  # memory reserved for a large frame's buffer
 
 
 def _peer_initiated_uni(stream_id: int, is_client: bool) -> bool:
@@ -216,9 +262,13 @@ def _peer_initiated_uni(stream_id: int, is_client: bool) -> bool:
 class Session:
     """The qp2p protocol on one QUIC connection. Not thread-safe; never blocks; no I/O."""
 
-    def __init__(self, quic: QuicConnection, hello: wire.Hello, lanes: int) -> None:
+    def __init__(
+        self, quic: CheckedQuicConnection, hello: wire.Hello, lanes: int, memory: Reservation | None = None
+    ) -> None:
         self._quic = quic
-        self._hello = hello
+        self._hello = hello  # ours; its window and largest message are set at the handshake
+        self._memory = memory or unlimited()
+        self._outstanding = 0  # memory held by frames handed up and not yet consumed
         self._is_client = quic.configuration.is_client
         self._events: deque[SessionEvent] = deque()
         self._peer: wire.Hello | None = None
@@ -246,27 +296,32 @@ class Session:
         self._user_queued = False  # a frame on the current lane since the last flush
         self._sent = 0
         self._limit = 0
+        self._peer_limit = 0  # the limit the peer granted; ours is also held by what it acknowledged
+        self._send_bound = 0  # bytes of ours the peer may leave unacknowledged
         self._large: dict[int, _LargeSend] = {}
         # receiving
         self._incoming: dict[int, _Incoming] = {}
         self._lanes_seen = 0
         self._consumed = 0
-        self._advertised = hello.receive_window
+        self._advertised = 0  # set with our window at the handshake; nothing arrives before
+        self._partial = 0  # bytes of incomplete frames held by the lanes' decoders
         self._free_slots = hello.large_message_slots
         self._slot_queue: deque[int] = deque()
         self._refused: dict[int, int] = {}  # stream id -> units credited, until the sender settles
         self._settled: set[int] = set()
         self._cancelled: set[int] = set()  # streams a StreamCancelled already settled
         self._received = 0  # units of the peer's frames received: held to what we granted
-        # A sender may pass its limit by one lane frame at most (large messages never pass it).
-        self._overshoot = hello.lane_threshold + _FRAME_COST
+        # A sender may pass its limit by one lane frame at most (large messages never pass it),
+        # and control frames are free of credit.
+        self._overshoot = hello.lane_threshold + _FRAME_COST + CONTROL_SLACK
         self.rejected_frames = 0  # malformed frames skipped on an otherwise sound lane
         self.refused_streams = 0  # streams we stopped reading (bad header, oversized, truncated, ...)
+        self.dropped_control = 0  # control messages not answered: the peer leaves ours unacknowledged
 
     # ---- state -----------------------------------------------------------------------------
 
     @property
-    def quic(self) -> QuicConnection:
+    def quic(self) -> CheckedQuicConnection:
         return self._quic
 
     @property
@@ -316,6 +371,8 @@ class Session:
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         self._quic.receive_datagram(data, addr, now=now)
         self._process_quic_events()
+        if self._limit < self._peer_limit and self._ready:
+            self._raise_limit()  # acknowledgements may have made room
 
     def handle_timer(self, now: float) -> None:
         self._quic.handle_timer(now=now)
@@ -433,7 +490,7 @@ class Session:
         """
         if not self._large or self._peer is None:
             return
-        reserve = self._peer.receive_window // 4
+        reserve = min(self._peer.receive_window, self._hello.receive_window) // 4
         for stream_id in list(self._large):
             send = self._large[stream_id]
             chunker = send.chunker
@@ -469,11 +526,51 @@ class Session:
     # ---- receiving -------------------------------------------------------------------------
 
     def consumed(self, event: FrameReceived) -> None:
-        """The application took ``event``'s message: grant its units back, free its slot."""
+        """The application took ``event``'s message: grant its units back, free its slot and
+        its memory."""
         self._consumed += event.cost
+        self._outstanding -= event.cost + event.held
         if event.large:
+            self._memory.release(event.held)
             self._free_slot()
-        self._grant()
+        if self._terminated:
+            self._release_memory()
+        else:
+            self._grant()
+
+    def _release_memory(self) -> None:
+        """The connection is over: keep reserved only what frames handed up and not taken yet
+        hold; once they are all taken, let go of the scopes."""
+        if not self._established:
+            self._outstanding = 0  # frames held before the Hello never reach anyone
+        self._memory.release(self._memory.held - self._outstanding)
+        if self._outstanding == 0:
+            self._memory.close()
+
+    def _footprint(self, window: int) -> int:
+        """The memory a connection granting ``window`` may make us hold: the peer's frames within
+        its credit, what QUIC keeps of them behind a gap, and ours it has not acknowledged yet."""
+        return 3 * (window + self._overshoot)  # as in link_memory()
+
+    def _reserve_window(self) -> bool:
+        """Reserve our window, halved while it does not fit (down to ``MIN_WINDOW``), and set
+        our Hello's window and largest message from it; False, and the connection closes, when
+        not even the smallest fits."""
+        peer_id = self.peer_id
+        if peer_id is not None:
+            self._memory.attach_peer(peer_id)
+        window = self._hello.receive_window
+        while window // 2 >= MIN_WINDOW and self._memory.refusal(self._footprint(window)) is not None:
+            window //= 2
+        refused = self._memory.reserve(self._footprint(window))
+        if refused is not None:
+            self.close(CLOSE_NO_MEMORY, f"no memory for another connection (the {refused} limit)")
+            return False
+        largest = max(1, min(self._hello.max_message_size, self._memory.largest()))
+        self._hello = replace(self._hello, receive_window=window, max_message_size=largest)
+        self._advertised = window
+        self._quic.receive_window = window + self._overshoot
+        return True
 
     def _grant(self) -> None:
         limit = self._consumed + self._hello.receive_window
@@ -502,7 +599,7 @@ class Session:
             elif kind is quic_events.StreamReset:
                 self._stream_reset(event.stream_id)  # type: ignore[attr-defined]
             elif kind is quic_events.StopSendingReceived:
-                self._stop_sending(event.stream_id)  # type: ignore[attr-defined]
+                self._stop_sending(event.stream_id, event.error_code)  # type: ignore[attr-defined]
             elif kind is quic_events.ConnectionTerminated:
                 self._connection_terminated(event)  # type: ignore[arg-type]
 
@@ -511,8 +608,9 @@ class Session:
             self.close(CLOSE_PROTOCOL, f"ALPN {event.alpn_protocol!r} is not {ALPN!r}")
             return
         self._handshake_done = True
-        self._send_control(self._hello)
-        self._check_established()
+        if self._reserve_window():
+            self._send_control(self._hello)
+            self._check_established()
 
     def _check_established(self) -> None:
         peer = self._peer
@@ -523,7 +621,13 @@ class Session:
                 return
             self._established = True
             self._ready = not self._closing and not self._terminated
-            self._inline_limit = min(peer.lane_threshold, peer.max_message_size)
+            # The peer's claims are held to our own ceilings: a lane frame no larger than ours,
+            # and no more of ours in flight than the window we grant.
+            self._inline_limit = min(peer.lane_threshold, peer.max_message_size, self._hello.lane_threshold)
+            window = min(peer.receive_window, self._hello.receive_window)
+            self._send_bound = window + self._overshoot
+            self._peer_limit = peer.receive_window
+            self._limit = window
             self._events.append(Established(peer))
             self._events.extend(self._held)
             self._held.clear()
@@ -544,9 +648,12 @@ class Session:
         if not self._closing_seen:
             self._closing_begun()
         self._terminated = True
+        self._release_memory()
         self._events.append(Terminated())
 
-    def _refuse(self, stream_id: int, incoming: _Incoming | None, error: Exception) -> None:
+    def _refuse(
+        self, stream_id: int, incoming: _Incoming | None, error: Exception, code: int = STREAM_REFUSED
+    ) -> None:
         """Stop reading a stream, keeping what it was credited until the sender settles it."""
         self.refused_streams += 1
         if incoming is not None:
@@ -556,12 +663,18 @@ class Session:
         self._settled.add(stream_id)
         if not self._terminated:
             try:
-                self._quic.stop_stream(stream_id, STREAM_REFUSED)
+                self._quic.stop_stream(stream_id, code)
             except ValueError:  # aioquic already discarded the stream: it ended, nothing to stop
                 pass
         self._events.append(StreamRefused(stream_id, error))
 
     def _release(self, stream_id: int, incoming: _Incoming) -> None:
+        """A stream we stop reading lets go of what it holds: its partial frame, its buffer,
+        its memory, its slot or its place in the queue for one."""
+        self._partial -= incoming.partial
+        incoming.partial = 0
+        self._memory.release(incoming.reserved)
+        incoming.reserved = 0
         if incoming.reassembler is not None:
             incoming.reassembler = None
             self._free_slot()
@@ -606,6 +719,7 @@ class Session:
         incoming.head = bytearray()
         if data_len > self._hello.lane_threshold:
             self._charge(FRAME_OVERHEAD + len(head))
+            incoming.size = data_len
             incoming.held = [bytes(head)]
             self._slot_queue.append(stream_id)
             self._assign_slots()
@@ -620,6 +734,8 @@ class Session:
         decoder.feed(data)
         append = self._deliver
         lane = incoming.lane
+        self._partial -= incoming.partial  # counted again below, once complete frames are out
+        incoming.partial = 0
         for flag, body in decoder:
             if flag == _FLAG_CONTROL:
                 self._control_frame(body)
@@ -628,19 +744,26 @@ class Session:
             cost = len(body) + _FRAME_COST
             self._charge(cost)
             if flag == _FLAG_USER:
+                self._outstanding += cost
                 append(FrameReceived(flag, 0, body, lane, cost, False))
             elif len(body) >= 4:
+                self._outstanding += cost
                 append(FrameReceived(flag, int.from_bytes(body[:4], "big"), body[4:], lane, cost, False))
             else:
                 # The frame boundary is intact, so only this frame is lost; its units are returned.
                 self._reject_frame(TruncatedMessage("request or response shorter than its request id"))
                 self._credit_received(cost)
+        # An incomplete frame's bytes are held too: within the credit, like complete ones.
+        incoming.partial = decoder.buffered
+        if incoming.partial:
+            self._partial += incoming.partial
+            self._charge(0)
 
     def _charge(self, units: int) -> None:
         """Count units the peer spent; a peer that spends beyond what we granted (more than one
         frame and one slice over) breaks the protocol, and its connection is closed."""
         self._received += units
-        if self._received > self._advertised + self._overshoot and not self._closing:
+        if self._received + self._partial > self._advertised + self._overshoot and not self._closing:
             self.close(CLOSE_PROTOCOL, "sent beyond the credit granted")
 
     def _reject_frame(self, error: DecodeError) -> None:
@@ -656,9 +779,25 @@ class Session:
         self._control(message)
 
     def _assign_slots(self) -> None:
+        """Give waiting large frames a buffer slot and the memory for their whole body, in the
+        order they came. One that does not fit waits if the peer's own messages hold the memory
+        (taking one frees it), and is refused if others do (its address, or the endpoint)."""
         while self._free_slots > 0 and self._slot_queue:
-            stream_id = self._slot_queue.popleft()
+            stream_id = self._slot_queue[0]
             incoming = self._incoming[stream_id]
+            refused = self._memory.refusal(incoming.size)
+            if refused in ("link", "peer"):
+                return
+            self._slot_queue.popleft()
+            if self._memory.reserve(incoming.size) is not None:
+                self._refuse(
+                    stream_id,
+                    incoming,
+                    MemoryRefused(f"no memory for {incoming.size} bytes now (the {refused} limit)"),
+                    STREAM_NO_MEMORY,
+                )
+                continue
+            incoming.reserved = incoming.size
             held, incoming.held = incoming.held or [], None
             self._free_slots -= 1
             incoming.reassembler = chunking.Reassembler(self._hello.max_message_size)
@@ -687,11 +826,13 @@ class Session:
         incoming.credited += len(data)
         self._credit_received(len(data))
 
-    def _deliver_large(self, stream_id: int, flag: int, body: bytearray) -> None:
+    def _deliver_large(self, stream_id: int, incoming: _Incoming, flag: int, body: bytearray) -> None:
         self._incoming.pop(stream_id, None)
         self._settled.add(stream_id)  # a complete frame: anything more on this stream is ignored
         request_id = 0
+        held, incoming.reserved = incoming.reserved, 0
         if flag == _FLAG_CONTROL or (flag != _FLAG_USER and len(body) < 4):
+            self._memory.release(held)
             self._free_slot()  # nothing is handed to the application, so the buffer goes now
             if flag == _FLAG_CONTROL:
                 self._control_frame(body)
@@ -701,7 +842,8 @@ class Session:
         if flag != _FLAG_USER:
             request_id = int.from_bytes(body[:4], "big")
             del body[:4]
-        self._deliver(FrameReceived(flag, request_id, body, -1, 0, True))
+        self._outstanding += held
+        self._deliver(FrameReceived(flag, request_id, body, -1, 0, True, held))
 
     def _stream_end(self, stream_id: int, incoming: _Incoming) -> None:
         incoming.ended = True
@@ -713,7 +855,7 @@ class Session:
         elif incoming.reassembler is not None:
             flag, body = incoming.reassembler.finish()  # TruncatedFrame if the frame is incomplete
             incoming.reassembler = None
-            self._deliver_large(stream_id, flag, body)
+            self._deliver_large(stream_id, incoming, flag, body)
         elif stream_id in self._incoming:
             raise MalformedMessage("stream ended before its first frame header was complete")
 
@@ -746,28 +888,50 @@ class Session:
             self._refused[stream_id] = incoming.credited
             self._settled.add(stream_id)
 
-    def _stop_sending(self, stream_id: int) -> None:
+    def _stop_sending(self, stream_id: int, error_code: int) -> None:
         if stream_id in self._large:
             self.cancel_large(stream_id)
-            self._events.append(LargeSendFailed(stream_id, "the peer refused the message"))
+            reason = (
+                "the peer has no memory for the message now"
+                if error_code == STREAM_NO_MEMORY
+                else "the peer refused the message"
+            )
+            self._events.append(LargeSendFailed(stream_id, reason))
         elif stream_id in self._lane_ids:
             # The peer will not read this lane any more: the next frame opens a fresh one.
             self._lane_ids[self._lane_ids.index(stream_id)] = None
 
+    def _raise_limit(self) -> None:
+        """Take up the peer's limit, but never with more of ours unacknowledged than
+        ``_send_bound``: a peer that grants credit without acknowledging makes us hold nothing."""
+        room = self._send_bound - self.unacked
+        limit = min(self._peer_limit, self._sent + room)
+        if limit > self._limit:
+            self._limit = limit
+            self._pump()
+            self._events.append(CreditGranted())
+
+    def _backlogged(self) -> bool:
+        """The peer leaves more of ours unacknowledged than its window allows and our answers
+        may add (a peer withholding flow control to make us queue replies)."""
+        return self.unacked > self._send_bound + CONTROL_SLACK
+
     def _control(self, message: wire.WireMessage) -> None:
         if isinstance(message, wire.Credit):
-            if message.limit > self._limit:
-                self._limit = message.limit
-                self._pump()
-                self._events.append(CreditGranted())
+            if message.limit > self._peer_limit:
+                self._peer_limit = message.limit
+                self._raise_limit()
         elif isinstance(message, wire.StreamCancelled):
             self._stream_cancelled(message.stream_id, message.units)
         elif isinstance(message, wire.Hello):
             if self._peer is None:
                 self._peer = message
-                self._limit = message.receive_window
                 self._check_established()
         elif self._established:
+            if self._backlogged():
+                self.dropped_control += 1  # the peer does not take our answers: ask no more of us
+                self._memory.count("control_backlog")
+                return
             self._events.append(ControlReceived(message))  # type: ignore[arg-type]
         elif self._held_control < HELD_CONTROL:
             self._held_control += 1

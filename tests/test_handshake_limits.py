@@ -25,7 +25,7 @@ from waiting import wait_until
 
 import qp2p
 from qp2p import tls
-from qp2p._half_open import HalfOpen, source_of
+from qp2p._half_open import HalfOpen
 from qp2p._speedups import packet
 from qp2p.session import ALPN
 from qp2p.transport import CID_LENGTH
@@ -177,6 +177,33 @@ async def test_the_global_limit_holds_against_eight_addresses(
     assert not refused, figures  # made room for: it came from a source holding nothing
 
 
+async def test_half_open_handshakes_take_only_the_places_left(
+    make_endpoint: MakeEndpoint, loop_errors: Errors
+) -> None:
+    victim = await make_endpoint(max_connections=4)
+    members = [await make_endpoint(local_ip=f"127.0.0.{n}") for n in (2, 3)]
+    newcomers = [await make_endpoint(local_ip=f"127.0.0.{n}") for n in (4, 5)]
+    flood = await flood_from("127.0.0.1", victim.local_addr)
+    try:
+        async with Service(victim) as service:
+            connections = [await member.connect_to(victim.local_addr) for member in members]
+            await flood.run(20)
+            await wait_until(lambda: victim.stats().datagrams.accepted == 2 + 20, 5)
+            flooded = victim.stats()
+            refused = [await served(newcomer, victim) for newcomer in newcomers]
+            answers = [await connection.request(b"still here", timeout=2) for connection in connections]
+            after = victim.stats()
+    finally:
+        flood.close()
+    assert_unharmed(loop_errors, service)
+    figures = f"flooded {flooded}; newcomers {refused}; after {after}"
+    assert flooded.half_open == 2 and flooded.links == 4, figures  # the two places left, no more
+    assert flooded.refusals["max_connections"] == 18, figures
+    assert refused == ["", ""] and after.connections == 4 and after.links == 4, figures
+    assert after.refusals["half_open_evicted"] == 2, figures
+    assert answers == [digest(b"still here")] * 2
+
+
 async def test_half_open_handshakes_end_after_handshake_timeout(make_endpoint: MakeEndpoint) -> None:
     victim = await make_endpoint(handshake_timeout=0.5)
     flood = await flood_from("127.0.0.1", victim.local_addr)
@@ -223,20 +250,19 @@ async def test_without_stateless_retry_a_retry_comes_past_the_threshold(make_end
 
 
 def test_half_open_sources_and_reasons() -> None:
-    table = HalfOpen(limit=3, per_source=2)
+    table = HalfOpen[str](per_source=2)
     table.add("a", "2001:db8::1")
     table.add("b", "2001:db8::ffff:2")  # the same /64
-    assert table.refusal("2001:db8::3") == "half_open_per_address"
-    assert table.refusal("2001:db8:0:1::1") is None  # another /64
+    assert table.refusal("2001:db8::3", 3) == "half_open_per_address"
+    assert table.refusal("2001:db8:0:1::1", 3) is None  # another /64
     table.add("c", "192.0.2.1")
-    assert table.refusal("192.0.2.2") == "half_open" and len(table) == 3
+    assert table.refusal("192.0.2.2", 3) == "half_open" and len(table) == 3
     table.discard("a")
     table.discard("a")  # twice is harmless
-    assert table.refusal("2001:db8::3") is None and "a" not in table and "b" in table
+    assert table.refusal("2001:db8::3", 3) is None and "a" not in table and "b" in table
     assert table.evictable("2001:db8::3") is None  # not full
     table.add("d", "192.0.2.1")
     assert table.evictable("2001:db8::3") == "c" and table.evictable("192.0.2.1") is None
-    assert source_of("fe80::1%eth0") == "fe80::/64" and source_of("10.1.2.3") == "10.1.2.3"
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from aioquic.quic.packet import pull_quic_header
 from qp2p import Trust, errors, tls, wire
 from qp2p import session as s
 from qp2p._aioquic_hooks import CheckedQuicConnection
+from qp2p._memory import Reservation
 from qp2p._speedups import framing
 
 KiB = 1 << 10
@@ -44,13 +45,21 @@ def quic(is_client: bool, **args: object) -> CheckedQuicConnection:
 class Pair:
     """A client and a server session whose datagrams are carried by ``pump()``."""
 
-    def __init__(self, client_hello: wire.Hello, server_hello: wire.Hello, lanes: int = 4) -> None:
+    def __init__(
+        self,
+        client_hello: wire.Hello,
+        server_hello: wire.Hello,
+        lanes: int = 4,
+        server_memory: Reservation | None = None,
+    ) -> None:
         self.now = 0.0
         self.client = s.Session(quic(True), client_hello, lanes)
         self.client.connect(SERVER_ADDR, self.now)
         first = self.client.datagrams_to_send(self.now)
         odcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
-        self.server = s.Session(quic(False, original_destination_connection_id=odcid), server_hello, lanes)
+        self.server = s.Session(
+            quic(False, original_destination_connection_id=odcid), server_hello, lanes, server_memory
+        )
         self.events: dict[str, list[s.SessionEvent]] = {"client": [], "server": []}
         for datagram, _ in first:
             self.server.receive_datagram(datagram, CLIENT_ADDR, self.now)
@@ -329,15 +338,24 @@ def test_close_is_seen_by_both_sides(pair: Pair) -> None:
         pair.client.send_frame(framing.FLAG_USER, b"late")
 
 
-def raw_client_and_session() -> tuple[CheckedQuicConnection, s.Session, list[s.SessionEvent]]:
-    """A bare aioquic client (it writes whatever bytes a test gives it) against a server session,
-    handshake done, no Hello sent by the client yet."""
+def raw_client_and_session(
+    server_memory: Reservation | None = None, withhold: bool = False, **client_args: int
+) -> tuple[CheckedQuicConnection, s.Session, list[s.SessionEvent]]:
+    """A bare aioquic client (it writes whatever bytes a test gives it; ``client_args`` set its
+    QUIC configuration; ``withhold`` keeps its flow-control limits where they start) against a
+    server session, handshake done, no Hello sent by the client yet."""
     now = 0.0
-    client = quic(True)
+    config = quic_config(True)
+    for name, value in client_args.items():
+        setattr(config, name, value)
+    client = CheckedQuicConnection(peer_check=CHECK, configuration=config)
+    if withhold:  # a peer that never raises our flow-control limits, however much it reads
+        client._write_connection_limits = lambda **_: None  # type: ignore[method-assign]
+        client._write_stream_limits = lambda **_: None  # type: ignore[method-assign]
     client.connect(SERVER_ADDR, now)
     first = client.datagrams_to_send(now)
     odcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
-    server = s.Session(quic(False, original_destination_connection_id=odcid), hello(2), 4)
+    server = s.Session(quic(False, original_destination_connection_id=odcid), hello(2), 4, server_memory)
     events: list[s.SessionEvent] = []
     outbound = [datagram for datagram, _ in first]
     for _ in range(20):

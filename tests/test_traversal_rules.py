@@ -115,27 +115,91 @@ def test_punches_in_flight_are_capped_and_expire() -> None:
 
 def test_relay_opens_a_circuit_and_forwards_both_ways() -> None:
     rules = t.Traversal()
-    sends = rules.relay_open(ASKER, wire.RelayOpen(("203.0.113.9", 9), wire.ANY_PEER, 7), TARGET, 0.0)
+    sends = rules.relay_open(
+        ASKER, wire.RelayOpen(("203.0.113.9", 9), wire.ANY_PEER, 7), TARGET, 0.0, serving=True
+    )
     assert len(sends) == 1 and sends[0].link == "lb"
     incoming = sends[0].message
     assert isinstance(incoming, wire.RelayIncoming)
     assert (incoming.peer, incoming.peer_id) == (ADDR_A, A)  # observed, proven: never claimed
     assert rules.circuits == 1
-    assert rules.relay("la", wire.RelayData(7, b"x")) == [Send("lb", wire.RelayData(incoming.circuit, b"x"))]
-    assert rules.relay("lb", wire.RelayData(incoming.circuit, b"y")) == [Send("la", wire.RelayData(7, b"y"))]
-    assert rules.relay("la", wire.RelayData(8, b"x")) is None  # not a circuit of ours
-    assert rules.relay("lb", wire.RelayClose(incoming.circuit)) == [Send("la", wire.RelayClose(7))]
+    assert rules.relay("la", wire.RelayData(7, b"x"), 0.0) == [
+        Send("lb", wire.RelayData(incoming.circuit, b"x"))
+    ]
+    assert rules.relay("lb", wire.RelayData(incoming.circuit, b"y"), 0.0) == [
+        Send("la", wire.RelayData(7, b"y"))
+    ]
+    assert rules.relay("la", wire.RelayData(8, b"x"), 0.0) is None  # not a circuit of ours
+    assert rules.relay("lb", wire.RelayClose(incoming.circuit), 0.0) == [Send("la", wire.RelayClose(7))]
     assert rules.circuits == 0
 
 
 def test_relay_limits_circuits_per_peer_and_bytes_per_circuit() -> None:
     rules = t.Traversal(t.TraversalLimits(relay_circuits_per_peer=2, relay_bytes=10, requests_burst=100))
-    opened = [rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, n), TARGET, 0.0) for n in range(4)]
+    opened = [
+        rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, n), TARGET, 0.0, serving=True) for n in range(4)
+    ]
     assert [type(sends[0].message) for sends in opened] == [wire.RelayIncoming] * 2 + [wire.RelayClose] * 2
-    assert rules.relay("la", wire.RelayData(0, b"12345")) is not None
-    closed = rules.relay("la", wire.RelayData(0, b"123456"))
+    assert rules.relay("la", wire.RelayData(0, b"12345"), 0.0) is not None
+    closed = rules.relay("la", wire.RelayData(0, b"123456"), 0.0)
     assert closed is not None and all(isinstance(send.message, wire.RelayClose) for send in closed)
     assert rules.circuits == 1
+
+
+def open_circuit(rules: t.Traversal, number: int, now: float = 0.0) -> int:
+    """Open circuit ``number`` from ASKER to TARGET; the number TARGET knows it by."""
+    (incoming,) = rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, number), TARGET, now, serving=True)
+    assert isinstance(incoming.message, wire.RelayIncoming)
+    return incoming.message.circuit
+
+
+def test_a_relay_that_does_not_serve_refuses_every_circuit() -> None:
+    rules = t.Traversal()
+    sends = rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, 7), TARGET, 0.0, serving=False)
+    assert sends == [Send("la", wire.RelayClose(7))] and rules.circuits == 0
+    assert rules.refusals["relay_off"] == 1
+
+
+def test_one_peer_holds_at_most_its_share_of_circuits() -> None:
+    rules = t.Traversal(t.TraversalLimits(relay_circuits=4, relay_circuits_per_peer=2, requests_burst=100))
+    for number in range(2):
+        open_circuit(rules, number)
+    refused = rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, 2), TARGET, 0.0, serving=True)
+    assert refused == [Send("la", wire.RelayClose(2))] and rules.refusals["relay_circuits_per_peer"] == 1
+    other = peer(B, ADDR_B, "lb")  # another peer still gets a circuit, to ASKER
+    (incoming,) = rules.relay_open(other, wire.RelayOpen(ADDR_A, A, 9), ASKER, 0.0, serving=True)
+    assert isinstance(incoming.message, wire.RelayIncoming) and rules.circuits == 3
+
+
+def test_successive_circuits_share_the_openers_byte_budget() -> None:
+    limits = t.TraversalLimits(relay_bytes_per_peer=1000, relay_window=10.0, requests_burst=100)
+    rules = t.Traversal(limits)
+    carried = 0
+    for number in range(10):  # each circuit carries up to 400 bytes, then a new one is opened
+        open_circuit(rules, number)
+        for _ in range(2):
+            sends = rules.relay("la", wire.RelayData(number, bytes(200)), 0.0) or []
+            carried += sum(200 for send in sends if isinstance(send.message, wire.RelayData))
+        rules.relay("la", wire.RelayClose(number), 0.0)
+    assert carried == 1000 and rules.refusals["relay_bytes_per_peer"] >= 1
+    theirs = open_circuit(rules, 99, now=5.0)  # half a window later, half the budget is back
+    assert rules.relay("lb", wire.RelayData(theirs, bytes(500)), 5.0) == [
+        Send("la", wire.RelayData(99, bytes(500)))
+    ]
+    closed = rules.relay("lb", wire.RelayData(theirs, bytes(1)), 5.0)  # the opener pays both ways
+    assert closed == [Send("la", wire.RelayClose(99)), Send("lb", wire.RelayClose(theirs))]
+
+
+def test_an_idle_circuit_is_closed_on_both_sides() -> None:
+    rules = t.Traversal(t.TraversalLimits(relay_idle=30.0, requests_burst=100))
+    quiet = open_circuit(rules, 1)
+    busy = open_circuit(rules, 2)
+    assert rules.next_idle_check() == 30.0 and rules.idle_circuits(29.0) == []
+    rules.relay("la", wire.RelayData(2, b"x"), 20.0)
+    assert rules.idle_circuits(30.0) == [Send("la", wire.RelayClose(1)), Send("lb", wire.RelayClose(quiet))]
+    assert rules.circuits == 1 and rules.next_idle_check() == 50.0
+    assert rules.idle_circuits(50.0) == [Send("la", wire.RelayClose(2)), Send("lb", wire.RelayClose(busy))]
+    assert rules.circuits == 0 and rules.next_idle_check() is None and rules.refusals["relay_idle"] == 2
 
 
 def test_a_relayed_peer_takes_circuits_naming_a_peer_within_bounds() -> None:
@@ -153,7 +217,7 @@ def test_a_relayed_peer_takes_circuits_naming_a_peer_within_bounds() -> None:
 
 def test_a_closed_link_ends_the_circuits_through_it() -> None:
     rules = t.Traversal()
-    (incoming,) = rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, 7), TARGET, 0.0)
+    (incoming,) = rules.relay_open(ASKER, wire.RelayOpen(ADDR_B, B, 7), TARGET, 0.0, serving=True)
     assert isinstance(incoming.message, wire.RelayIncoming)
     sends, ours = rules.link_closed("la")
     assert sends == [Send("lb", wire.RelayClose(incoming.message.circuit))] and ours == []

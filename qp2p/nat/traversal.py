@@ -80,8 +80,11 @@ class TraversalLimits:
     requests_burst: int = 10  # as a coordinator: PunchRequests and RelayOpens per asker
     requests_interval: float = 6.0  # ... then one more per this many seconds
     relay_circuits: int = 64  # as a relay: circuits at once
-    relay_circuits_per_peer: int = 8  # ... of which one peer may hold
+    relay_circuits_per_peer: int = 4  # ... of which one peer may hold
     relay_bytes: int = 256 << 20  # ... and bytes carried per circuit
+    relay_bytes_per_peer: int = 64 << 20  # ... and by all circuits one peer opened ...
+    relay_window: float = 60.0  # ... per this many seconds (refilled evenly)
+    relay_idle: float = 30.0  # ... and a circuit without a datagram for this long is closed
     relayed_paths: int = 16  # as a relayed peer: circuits opened to us at once
     relayed_paths_per_relay: int = 4  # ... of which through one relay
 
@@ -108,6 +111,7 @@ class Circuit:
     a_id: str
     b: Hashable
     b_circuit: int
+    last: float  # when it last carried a datagram (or opened)
     bytes: int = 0
 
 
@@ -238,27 +242,39 @@ class Traversal:
 
     # ---- the relay -------------------------------------------------------------------------
 
-    def relay_open(self, asker: Peer, message: wire.RelayOpen, target: Peer | None, now: float) -> list[Send]:
+    def relay_open(
+        self, asker: Peer, message: wire.RelayOpen, target: Peer | None, now: float, *, serving: bool
+    ) -> list[Send]:
         """A peer asks us to relay a circuit to ``target``: ``RelayIncoming`` to the target,
-        or ``RelayClose`` to the asker when we will not."""
-        limits = self.limits
+        or ``RelayClose`` to the asker when we will not (``serving`` False: we relay for
+        nobody)."""
         refused = [Send(asker.link, wire.RelayClose(message.circuit))]
         if (asker.link, message.circuit) in self._circuits:
             self._refuse("circuit number in use")
             return []
-        if not self._may_coordinate(asker, target, now, "relay request"):
+        if not serving:
+            self._refuse("relay_off")
+            return refused
+        if not self._may_coordinate(asker, target, now, "relay request") or not self._may_open(asker):
             return refused
         assert target is not None
-        circuits = len(self._circuits) // 2
-        held = sum(1 for c in self._circuits.values() if c.a_id == asker.peer_id) // 2
-        if circuits >= limits.relay_circuits or held >= limits.relay_circuits_per_peer:
-            self._refuse("relay circuits")
-            return refused
         theirs = self.new_circuit_number(target.link)
-        circuit = Circuit(asker.link, message.circuit, asker.peer_id, target.link, theirs)
+        circuit = Circuit(asker.link, message.circuit, asker.peer_id, target.link, theirs, now)
         self._circuits[(asker.link, message.circuit)] = circuit
         self._circuits[(target.link, theirs)] = circuit
         return [Send(target.link, wire.RelayIncoming(asker.addr, asker.peer_id, theirs))]
+
+    def _may_open(self, asker: Peer) -> bool:
+        """Whether a circuit more fits in the total and in what one peer may hold."""
+        limits = self.limits
+        if len(self._circuits) // 2 >= limits.relay_circuits:
+            self._refuse("relay circuits")
+            return False
+        held = sum(1 for c in self._circuits.values() if c.a_id == asker.peer_id) // 2
+        if held >= limits.relay_circuits_per_peer:
+            self._refuse("relay_circuits_per_peer")
+            return False
+        return True
 
     def new_circuit_number(self, link: Hashable) -> int:
         """A circuit number unused on ``link``, by our circuits and those we relay alike."""
@@ -267,8 +283,12 @@ class Traversal:
             if (link, number) not in self._circuits and (link, number) not in self._paths:
                 return number
 
-    def relay(self, link: Hashable, message: wire.RelayData | wire.RelayClose) -> list[Send] | None:
-        """Carry a circuit's datagram (or its end) to the other side; None if not ours to relay."""
+    def relay(
+        self, link: Hashable, message: wire.RelayData | wire.RelayClose, now: float
+    ) -> list[Send] | None:
+        """Carry a circuit's datagram (or its end) to the other side; None if not ours to relay.
+        A datagram is charged to the circuit and to the peer that opened it (both directions:
+        the opener chose the other end); past either budget the circuit closes on both sides."""
         circuit = self._circuits.get((link, message.circuit))
         if circuit is None:
             return None
@@ -276,13 +296,40 @@ class Traversal:
         if isinstance(message, wire.RelayClose):
             self._drop(circuit)
             return [Send(to, wire.RelayClose(number))]
-        circuit.bytes += len(message.datagram)
-        if circuit.bytes > self.limits.relay_bytes:
-            log.info("a relay circuit used up its %d bytes: closing it", self.limits.relay_bytes)
-            self._refuse("relay bytes")
-            self._drop(circuit)
-            return [Send(link, wire.RelayClose(message.circuit)), Send(to, wire.RelayClose(number))]
+        limits = self.limits
+        size = len(message.datagram)
+        circuit.bytes += size
+        circuit.last = now
+        if circuit.bytes > limits.relay_bytes:
+            log.info("a relay circuit used up its %d bytes: closing it", limits.relay_bytes)
+            return self._close(circuit, "relay bytes")
+        rate = limits.relay_window / max(1, limits.relay_bytes_per_peer)  # seconds per byte
+        if not self._budgets.take("relay bytes", circuit.a_id, now, limits.relay_bytes_per_peer, rate, size):
+            log.info(
+                "a peer used up its %d relayed bytes per window: closing its circuit",
+                limits.relay_bytes_per_peer,
+            )
+            return self._close(circuit, "relay_bytes_per_peer")
         return [Send(to, wire.RelayData(number, message.datagram))]
+
+    def _close(self, circuit: Circuit, reason: str) -> list[Send]:
+        """End ``circuit`` for ``reason``: a ``RelayClose`` to each side."""
+        self._refuse(reason)
+        self._drop(circuit)
+        return [
+            Send(circuit.a, wire.RelayClose(circuit.a_circuit)),
+            Send(circuit.b, wire.RelayClose(circuit.b_circuit)),
+        ]
+
+    def idle_circuits(self, now: float) -> list[Send]:
+        """Close the circuits that carried nothing for ``relay_idle`` seconds, on both sides."""
+        idle = {id(c): c for c in self._circuits.values() if now - c.last >= self.limits.relay_idle}
+        return [send for circuit in idle.values() for send in self._close(circuit, "relay_idle")]
+
+    def next_idle_check(self) -> float | None:
+        """When the first circuit falls idle unless it carries a datagram before (None: no circuit)."""
+        lasts = [c.last for c in self._circuits.values()]
+        return min(lasts) + self.limits.relay_idle if lasts else None
 
     def _drop(self, circuit: Circuit) -> None:
         self._circuits.pop((circuit.a, circuit.a_circuit), None)
