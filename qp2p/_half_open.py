@@ -2,9 +2,9 @@
 
 Sans-IO bookkeeping for the endpoint. A handshake is *half-open* from the Initial that opens
 it until its TLS handshake and the peer's Hello are done (or it ends). Until then nothing
-proves who the peer is, so these handshakes get their own limits, global and per source
-address, apart from ``max_connections``: a flood of them can never take an authenticated
-peer's place.
+proves who the peer is, so these handshakes get limits of their own, per source address
+and in all (the endpoint gives the table the places established links leave): a flood of
+them can never take an authenticated peer's place, and gives way to newcomers.
 """
 
 from __future__ import annotations
