@@ -49,6 +49,9 @@ async def run(args: argparse.Namespace) -> int:
         forward_port=args.forward_port,
         upnp_lease_duration=args.lease,
         connect_timeout=args.connect_timeout,
+        # The nodes of a test network share 127.0.0.1 (or a namespace's NAT address): as for
+        # hosts behind one NAT, an address may hold all of a node's memory.
+        address_memory_limit=qp2p.Config().memory_limit,
     )
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

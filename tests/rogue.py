@@ -9,8 +9,10 @@ victim inside ``RelayData`` frames on the first, as a relay would carry it (``Tu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,7 +23,7 @@ from waiting import wait_until
 
 import qp2p
 from qp2p import tls, wire
-from qp2p._aioquic_hooks import closing_event
+from qp2p._aioquic_hooks import closing_event, unacked_bytes
 from qp2p._speedups import framing
 from qp2p.session import ALPN, endpoint_id_of
 from qp2p.transport import CID_LENGTH
@@ -36,6 +38,7 @@ __all__ = (
     "punch",
     "ref_of",
     "relay_incoming",
+    "withhold_flow_control",
 )
 
 Address = tuple[str, int]
@@ -72,6 +75,13 @@ def relay_incoming(peer: Address, who: PeerRef, circuit: int) -> wire.RelayIncom
     return wire.RelayIncoming(peer, who.fingerprint, circuit)
 
 
+def withhold_flow_control(quic: QuicConnection) -> None:
+    """Never raise MAX_DATA, MAX_STREAM_DATA or MAX_STREAMS: the peer may send us only what the
+    first transport parameters allowed, and the rest waits in its send buffers."""
+    quic._write_connection_limits = lambda builder, space: None  # type: ignore[method-assign]
+    quic._write_stream_limits = lambda builder, space, stream: None  # type: ignore[method-assign]
+
+
 # ---- a peer on one raw QUIC connection ---------------------------------------------------
 
 
@@ -79,8 +89,10 @@ class RawPeer:
     """One qp2p connection to a victim, driven by hand; a subclass says where its datagrams go.
 
     Frames the victim sends are decoded into ``received``; requests are answered with ``answer``
-    when it is set. Sans-IO like aioquic: ``datagram_received`` in, ``_send_datagram`` out, one
-    timer on the event loop.
+    when it is set. ``hello_fields`` replaces fields of our Hello (claims such as a huge
+    ``receive_window``); ``flow_window`` set makes us grant the victim that many bytes of QUIC flow
+    control and never more (``withhold_flow_control``). Sans-IO like aioquic:
+    ``datagram_received`` in, ``_send_datagram`` out, one timer on the event loop.
     """
 
     def __init__(
@@ -93,6 +105,9 @@ class RawPeer:
         idle_timeout: float = 10.0,
         before_hello: tuple[wire.WireMessage, ...] = (),
         after_hello: tuple[wire.WireMessage, ...] = (),
+        hello_fields: Mapping[str, Any] | None = None,
+        flow_window: int | None = None,
+        max_datagram_size: int = 1200,
     ) -> None:
         self.remote = remote
         # Frames written with the Hello, in the same write: before it, and after it.
@@ -106,6 +121,7 @@ class RawPeer:
             large_message_slots=4,
             node=True,
         )
+        self.hello = dataclasses.replace(self.hello, **(hello_fields or {}))
         self.answer = answer
         config = QuicConfiguration(
             is_client=True,
@@ -114,11 +130,16 @@ class RawPeer:
             verify_mode=ssl.CERT_NONE,
             connection_id_length=CID_LENGTH,
             idle_timeout=idle_timeout,
+            max_datagram_size=max_datagram_size,
         )
+        if flow_window is not None:
+            config.max_data = config.max_stream_data = flow_window
         config.certificate = self.identity.certificate
         config.certificate_chain = self.identity.chain
         config.private_key = self.identity.private_key
         self.quic = QuicConnection(configuration=config)
+        if flow_window is not None:
+            withhold_flow_control(self.quic)
         self.received: list[wire.WireMessage] = []
         self.undecodable = 0
         self.peer_hello: wire.Hello | None = None
@@ -199,6 +220,24 @@ class RawPeer:
             self._lane = self.quic.get_next_available_stream_id(is_unidirectional=True)
         self.quic.send_stream_data(self._lane, frames)
 
+    def open_stream(self, data: bytes, end_stream: bool = False) -> int:
+        """Write ``data`` on a new unidirectional stream of ours (left open unless ``end_stream``)
+        and send; returns its id, for ``write_stream``."""
+        stream_id = self.quic.get_next_available_stream_id(is_unidirectional=True)
+        self.write_stream(stream_id, data, end_stream)
+        return stream_id
+
+    def write_stream(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """More bytes on a stream of ours, then send."""
+        if not self.closed:
+            self.quic.send_stream_data(stream_id, data, end_stream=end_stream)
+            self.transmit()
+
+    @property
+    def unacked(self) -> int:
+        """Bytes we queued or sent that the victim did not acknowledge yet."""
+        return unacked_bytes(self.quic)
+
     def send(self, *messages: wire.WireMessage) -> None:
         """Encode ``messages`` back to back on lane 0 (one write: as few packets as fit) and send."""
         self.write(b"".join(wire.encode(message) for message in messages))
@@ -274,6 +313,9 @@ class RawPeer:
                 self.transmit_soon()
             elif isinstance(event, events.StreamDataReceived):
                 self._stream_data(event.stream_id, event.data)
+            elif isinstance(event, events.StopSendingReceived):
+                # As RFC 9000 asks: a stream the victim will not read is reset, not resent.
+                self.quic.reset_stream(event.stream_id, event.error_code)
             elif isinstance(event, events.ConnectionTerminated):
                 self._done = True
 
@@ -308,8 +350,9 @@ class RawPeer:
 class RoguePeer(RawPeer):
     """A rogue peer on a UDP socket of its own; ``bytes_sent`` counts every byte it sent there.
 
-    ``async with RoguePeer(victim_addr) as rogue:`` binds, shakes hands and sends the Hello; with
-    ``handshake=False`` it only sends the first Initial, for a victim that may refuse it.
+    ``async with RoguePeer(victim_addr) as rogue:`` binds (on ``host``, any of 127/8 on Linux),
+    shakes hands and sends the Hello; with ``handshake=False`` it only sends the first Initial,
+    for a victim that may refuse it.
     """
 
     def __init__(
@@ -318,10 +361,12 @@ class RoguePeer(RawPeer):
         identity: tls.Identity | None = None,
         *,
         handshake: bool = True,
+        host: str = "127.0.0.1",
         **settings: Any,
     ) -> None:
         super().__init__(remote, identity, **settings)
         self.handshake = handshake
+        self.host = host
         self.bytes_sent = 0
         self.datagrams_sent = 0
         self._socket: asyncio.DatagramTransport | None = None
@@ -334,14 +379,14 @@ class RoguePeer(RawPeer):
         return host, port
 
     async def bind(self) -> None:
-        """Open our socket on 127.0.0.1."""
+        """Open our socket on ``host``."""
         peer = self
 
         class Protocol(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
                 peer.datagram_received(data)
 
-        self._socket, _ = await self._loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+        self._socket, _ = await self._loop.create_datagram_endpoint(Protocol, local_addr=(self.host, 0))
 
     def _send_datagram(self, data: bytes) -> None:
         if self._socket is not None and not self._socket.is_closing():
