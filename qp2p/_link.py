@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType
+from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from qp2p import errors, wire
 from qp2p import session as s
-from qp2p.transport import Address, PacketPath, Transport
+from qp2p._speedups import packet
+from qp2p.transport import MIN_INITIAL_SIZE, Address, PacketPath, Transport
 
 __all__ = ("Link", "LinkOwner", "LinkPath", "Refusal")
 
@@ -370,33 +371,39 @@ class Link:
 
 
 class Refusal:
-    """Answers the Initial of a dial we will not take (too many connections) with a
-    CONNECTION_CLOSE carrying CONNECTION_REFUSED, then forgets it: no route, no timer."""
+    """Answers the Initial of a dial we will not take (too many connections or handshakes)
+    with a CONNECTION_CLOSE carrying CONNECTION_REFUSED and ``reason``, then forgets it: no
+    route, no timer, and no TLS: the close goes out in an Initial packet under the keys the
+    client's connection id gives (RFC 9001 section 5.2), so a refusal costs no signature."""
 
-    def __init__(
-        self,
-        configuration: QuicConfiguration,
-        transport: Transport,
-        original_dcid: bytes,
-        retry_scid: bytes | None,
-    ) -> None:
-        self._quic = QuicConnection(
-            configuration=configuration,
-            original_destination_connection_id=original_dcid,
-            retry_source_connection_id=retry_scid,
-        )
+    def __init__(self, transport: Transport, header: packet.PacketHeader, reason: str) -> None:
         self._transport = transport
+        self._header = header
+        self._reason = reason.encode()
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        now = asyncio.get_running_loop().time()
-        self._quic.receive_datagram(data, addr, now=now)
-        # A transport-level close (frame_type given): before the handshake an application close
-        # would reach the client as a bare APPLICATION_ERROR, without its reason.
-        self._quic.close(
-            error_code=QuicErrorCode.CONNECTION_REFUSED, frame_type=0, reason_phrase="too many connections"
+        header = self._header
+        assert header.version is not None
+        crypto = CryptoPair()
+        crypto.setup_initial(header.destination_cid, is_client=False, version=header.version)
+        builder = QuicPacketBuilder(
+            host_cid=header.destination_cid,
+            peer_cid=header.source_cid,
+            version=header.version,
+            is_client=False,
+            max_datagram_size=MIN_INITIAL_SIZE,
         )
-        for datagram, to in self._quic.datagrams_to_send(now=now):
-            self._transport.sendto(datagram, to)
+        builder.start_packet(QuicPacketType.INITIAL, crypto)
+        # A transport-level close (with a frame type): before the handshake an application
+        # close would reach the client as a bare APPLICATION_ERROR, without its reason.
+        frame = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=32 + len(self._reason))
+        frame.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+        frame.push_uint_var(0)  # the frame type that caused it: none
+        frame.push_uint_var(len(self._reason))
+        frame.push_bytes(self._reason)
+        datagrams, _ = builder.flush()
+        for datagram in datagrams:
+            self._transport.sendto(datagram, addr)
 
 
 class RelayPath:

@@ -185,6 +185,11 @@ class Config:
     receive_window: int = 4 * MiB
     large_message_slots: int = 4
     max_connections: int = 1000
+    # Handshakes peers started and have not finished: bounded apart from max_connections
+    max_half_open: int = 100
+    max_half_open_per_address: int = 8  # per IPv4 address or IPv6 /64
+    retry_threshold: int | None = None  # without stateless_retry, Retry from this many (None: half)
+    handshake_timeout: float = 5.0  # for a handshake a peer started (at most connect_timeout)
     memory_limit: int = 2 * GiB
     address_memory_limit: int | None = None
     peer_memory_limit: int | None = None
@@ -250,6 +255,15 @@ class Config:
                 value is None or MiB <= value <= self.memory_limit,
                 f"{name} must be 1 MiB to memory_limit (or None: memory_limit / {MEMORY_SHARES})",
             )
+        _check(
+            1 <= self.max_half_open_per_address <= self.max_half_open,
+            "max_half_open_per_address must be at least 1 and at most max_half_open",
+        )
+        _check(
+            self.retry_threshold is None or 0 <= self.retry_threshold <= self.max_half_open,
+            "retry_threshold must be 0 to max_half_open (or None)",
+        )
+        _check(self.handshake_timeout > 0, "handshake_timeout must be positive")
         _check(
             self.lanes + self.large_message_slots <= self.max_incoming_streams <= 10_000,
             "max_incoming_streams must be at least lanes + large_message_slots, and at most 10000",

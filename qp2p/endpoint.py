@@ -21,6 +21,7 @@ import socket
 import ssl
 import time
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from qp2p import errors, tls, wire
 from qp2p._aioquic_hooks import CheckedQuicConnection, limit_streams, smoothed_rtt
 from qp2p._decisions import Peer, Send
+from qp2p._half_open import HalfOpen
 from qp2p._joining import Joining
 from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
@@ -58,6 +60,12 @@ log = logging.getLogger(__name__)
 EVENT_BACKLOG = 1024
 # QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
+# What a refused dial's CONNECTION_CLOSE says, by the reason ``EndpointStats.refusals`` counts.
+REFUSED_BECAUSE = {
+    "max_connections": "too many connections",
+    "half_open": "too many handshakes under way",
+    "half_open_per_address": "too many handshakes from this address",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +81,8 @@ class EndpointStats:
     links: int = 0  # QUIC connections alive, established or not
     punches: int = 0  # hole punches under way
     relay_circuits: int = 0  # circuits we relay for others
-    refusals: dict[str, int] = field(default_factory=dict)  # requests declined, by reason
+    half_open: int = 0  # handshakes peers started that are not done (``max_half_open``)
+    refusals: dict[str, int] = field(default_factory=dict)  # requests and dials declined, by reason
     memory: MemoryStats | None = None  # what peers make us hold, by scope
 
 
@@ -164,6 +173,10 @@ class Endpoint:
         self._events = _ConnectionEvents(self)
         self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
         self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
+        self._half_open: HalfOpen[Link] = HalfOpen(self.config.max_half_open_per_address)
+        self._dial_refusals: Counter[str] = Counter()  # handshakes peers started that we refused
+        threshold = self.config.retry_threshold
+        self._retry_threshold = self.config.max_half_open // 2 if threshold is None else threshold
         self._link_dials: dict[Link, _Dial] = {}
         self._dials: dict[Address, _Dial] = {}  # dials by address, shared by concurrent callers
         self._arrivals: dict[str, list[asyncio.Future[None]]] = {}  # who waits for a direct link to a peer
@@ -214,9 +227,9 @@ class Endpoint:
             return
         loop = asyncio.get_running_loop()
         try:
-            retry = retry_tokens.RetryTokens(os.urandom(32)) if self.config.stateless_retry else None
+            retry = retry_tokens.RetryTokens(os.urandom(32))
             _, transport = await loop.create_datagram_endpoint(
-                lambda: Transport(self._accept, retry),
+                lambda: Transport(self._accept, retry, self._retry_required),
                 local_addr=(self.config.local_ip, self.config.local_port),
             )
         except OSError as exc:
@@ -395,7 +408,13 @@ class Endpoint:
             links=sum(not link.closed for link in self._links),
             punches=self._traversal.punches,
             relay_circuits=self._traversal.circuits,
-            refusals=dict(self._traversal.refusals + self._membership.refusals + self._memory.refused),
+            half_open=len(self._half_open),
+            refusals=dict(
+                self._traversal.refusals
+                + self._membership.refusals
+                + self._memory.refused
+                + self._dial_refusals
+            ),
             memory=self._memory.stats(),
         )
 
@@ -425,8 +444,8 @@ class Endpoint:
         peer_check: PeerCheck | None = None,
         **quic_args: Any,
     ) -> Link:
-        """A link owned by the endpoint until it is established; one a peer opened is aborted
-        if that takes longer than ``connect_timeout``."""
+        """A link owned by the endpoint until it is established; one a peer opened is half-open
+        until then, and aborted if that takes longer than ``handshake_timeout``."""
         quic = CheckedQuicConnection(peer_check=peer_check or self._peer_check, **quic_args)
         # Peers open unidirectional streams only: lanes and large messages, within a bound.
         limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
@@ -445,7 +464,11 @@ class Endpoint:
         self._links.add(link)
         # A handshake a peer started ends by this timer; a dial is given up by whoever waits
         # for it, and the timer is only its backstop.
-        timeout = self.config.connect_timeout * (2 if session.is_client else 1)
+        if session.is_client:
+            timeout = self.config.connect_timeout * 2
+        else:
+            timeout = min(self.config.handshake_timeout, self.config.connect_timeout)
+            self._half_open.add(link, remote_addr[0])
         self._pending[link] = asyncio.get_running_loop().call_later(timeout, self._handshake_too_slow, link)
         return link
 
@@ -472,11 +495,13 @@ class Endpoint:
 
     def _handshake_too_slow(self, link: Link) -> None:
         if self._pending.pop(link, None) is not None:
-            log.info("no handshake with %s:%d within connect_timeout: closing", *link.remote_addr)
+            log.info("no handshake with %s:%d in time: closing", *link.remote_addr)
             link.abort()
 
     def _settled(self, link: Link) -> None:
-        """``link`` is no longer waiting for its handshake: its timer goes."""
+        """``link`` is no longer waiting for its handshake: its timer goes, and it is no
+        longer half-open."""
+        self._half_open.discard(link)
         timer = self._pending.pop(link, None)
         if timer is not None:
             timer.cancel()
@@ -495,8 +520,9 @@ class Endpoint:
         on): a server-side QUIC connection for it, or a refusal when we have too many."""
         if self._state != "open" or self._transport is None:
             return None
-        if self._at_capacity():
-            return Refusal(self._server_config, self._transport, original_dcid, retry_scid)
+        reason = self._refusal(addr[0])
+        if reason is not None:
+            return Refusal(self._transport, header, REFUSED_BECAUSE[reason])
         link = self._new_link(
             self._transport,
             addr,
@@ -508,11 +534,45 @@ class Endpoint:
         link.add_cid(header.destination_cid)  # the client uses it until it learns ours
         return link
 
-    def _at_capacity(self) -> bool:
-        if sum(not link.closed for link in self._links) >= self.config.max_connections:
+    def _refusal(self, host: str) -> str | None:
+        """Why a handshake from ``host`` may not start now (counted by reason), or None.
+
+        Half-open handshakes take the places established links and our own dials leave of
+        ``max_connections``, at most ``max_half_open``: the bound holds however many of them
+        complete, and a full table makes room for a newcomer rather than refuse it."""
+        room = self.config.max_connections - self._settled_links()
+        limit = min(room, self.config.max_half_open)
+        reason = "max_connections" if room <= 0 else self._half_open.refusal(host, limit)
+        if reason == "half_open":
+            if self._make_room(host):
+                return None
+            if len(self._half_open) >= room:
+                reason = "max_connections"
+        if reason == "max_connections":
             self._refused_connections += 1
-            return True
-        return False
+        if reason is not None:
+            self._dial_refusals[reason] += 1
+        return reason
+
+    def _make_room(self, host: str) -> bool:
+        """With the half-open table full: end the busiest source's oldest handshake for one
+        from ``host``, if ``host`` holds fewer (counted as "half_open_evicted")."""
+        evicted = self._half_open.evictable(host)
+        if evicted is None:
+            return False
+        log.info("too many handshakes: ending one from %s:%d", *evicted.remote_addr)
+        evicted.abort()  # its end takes it out of the table
+        self._dial_refusals["half_open_evicted"] += 1
+        return True
+
+    def _settled_links(self) -> int:
+        """Links open but for half-open ones: established, and our own dials."""
+        return sum(not link.closed and link not in self._half_open for link in self._links)
+
+    def _retry_required(self) -> bool:
+        """Whether a new client must prove its address with a Retry first: always with
+        ``stateless_retry``, else once ``retry_threshold`` handshakes are half-open."""
+        return self.config.stateless_retry or len(self._half_open) >= self._retry_threshold
 
     def _link_established(self, link: Link) -> None:
         """The handshake proved a certificate and the Hello arrived: the link joins the
@@ -840,7 +900,7 @@ class Endpoint:
                 return
             if header.packet_type != packet.INITIAL:
                 return
-            if self._at_capacity():
+            if self._refusal(path.relay.remote_addr[0]) is not None:
                 self._close_relay_path(path, tell_relay=True)
                 return
             path.cancel_expiry()

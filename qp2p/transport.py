@@ -28,6 +28,7 @@ __all__ = (
     "Address",
     "PacketPath",
     "Receiver",
+    "RetryRequired",
     "Transport",
     "TransportStats",
     "normalize",
@@ -82,6 +83,8 @@ class TransportStats:
 
 # (header, client address, original destination CID, retry source CID or None) -> receiver.
 Acceptor = Callable[[packet.PacketHeader, Address, bytes, bytes | None], Receiver | None]
+# Whether an Initial without a token must prove its client's address first: asked per Initial.
+RetryRequired = Callable[[], bool]
 # A fresh retry key this often; tokens under the previous key stay valid (their lifetime is 10 s).
 RETRY_KEY_LIFETIME = 120.0
 
@@ -90,14 +93,22 @@ class Transport(asyncio.DatagramProtocol):
     """Routes datagrams; ``accept`` decides whether an unknown Initial opens a connection.
 
     With ``retry`` tokens, an Initial without a token gets a stateless Retry (RFC 9000
-    section 8.1.2) and nothing else; only an Initial whose token proves the client owns its
-    address reaches ``accept``. A spoofed flood therefore costs us no state, and each Retry is
-    smaller than the Initial it answers, within the anti-amplification limit.
+    section 8.1.2) and nothing else whenever ``retry_required()`` says so (always, by
+    default); only an Initial whose token proves the client owns its address reaches
+    ``accept`` then. A spoofed flood therefore costs us no state, and each Retry is smaller
+    than the Initial it answers, within the anti-amplification limit. An Initial with a token
+    is always checked: its client got a Retry from us and expects its handshake to say so.
     """
 
-    def __init__(self, accept: Acceptor, retry: retry_tokens.RetryTokens | None = None) -> None:
+    def __init__(
+        self,
+        accept: Acceptor,
+        retry: retry_tokens.RetryTokens | None = None,
+        retry_required: RetryRequired = lambda: True,
+    ) -> None:
         self._accept = accept
         self._retry = retry
+        self._retry_required = retry_required
         self._retry_key_at = time.time()
         self._routes: dict[bytes, Receiver] = {}
         self._transport: asyncio.DatagramTransport | None = None
@@ -182,7 +193,7 @@ class Transport(asyncio.DatagramProtocol):
 
     def _initial(self, header: packet.PacketHeader, data: bytes, peer: Address) -> None:
         original_dcid, retry_scid = header.destination_cid, None
-        if self._retry is not None:
+        if self._retry is not None and (header.token or self._retry_required()):
             now = time.time()
             if not header.token:
                 self._send_retry(header, peer, now)
