@@ -335,7 +335,7 @@ class Link:
     @property
     def closed(self) -> bool:
         """True once the connection began closing: it can no longer carry anything."""
-        return self.end is not None
+        return self.end is not None or self.session.closing
 
     def closed_error(self) -> Exception:
         """What an operation on this link raises once it ended: ours to close, or lost."""

@@ -337,6 +337,12 @@ class Session:
         return self._terminated
 
     @property
+    def closing(self) -> bool:
+        """A close began (ours, the peer's or aioquic's), though its ``Closing`` event may
+        still be to come: nothing more can be sent."""
+        return self._closing or self._closing_seen
+
+    @property
     def peer_id(self) -> str | None:
         """The peer's identity: SHA-256 fingerprint (hex) of the certificate TLS proved it holds
         the key of; known once the handshake completed, None before."""
