@@ -90,8 +90,10 @@ async def answer(server: qp2p.Endpoint) -> None:
 
 async def main(args: argparse.Namespace) -> int:
     sent_to = {"spoofed": 0, "real": 0}
-    # The real clients all come from 127.0.0.1: that address may hold all the server's memory.
-    async with qp2p.Endpoint(qp2p.Config(address_memory_limit=qp2p.Config().memory_limit)) as server:
+    # The real clients all come from 127.0.0.1: that address may hold all the server's memory,
+    # and all the handshakes they start at once.
+    config = qp2p.Config(address_memory_limit=qp2p.Config().memory_limit, max_half_open_per_address=100)
+    async with qp2p.Endpoint(config) as server:
         transport = server._transport
         assert transport is not None
         send = transport.sendto

@@ -162,9 +162,10 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 # ---- measuring -----------------------------------------------------------------------------
 
 
-async def legit_latency(victim: Victim, within: float = SERVED_WITHIN) -> float | None:
+async def legit_latency(victim: Victim, within: float = SERVED_WITHIN, requests: int = 50) -> float | None:
     """Seconds a fresh, well-behaved endpoint took to connect and get one request answered,
-    or None if that did not happen within ``within`` seconds."""
+    or None if that, and ``requests`` more answered exactly (none of the victim's replies
+    lost), did not happen within ``within`` seconds."""
     loop = asyncio.get_running_loop()
     # From an address no attacker uses: the attackers' own address is theirs to exhaust.
     async with qp2p.Endpoint(qp2p.Config(local_ip=LEGIT_HOST, connect_timeout=within)) as endpoint:
@@ -173,9 +174,12 @@ async def legit_latency(victim: Victim, within: float = SERVED_WITHIN) -> float 
             async with asyncio.timeout(within):
                 connection = await endpoint.connect_to(victim.addr)
                 reply = await connection.request(b"legitimate")
+                latency = loop.time() - started
+                asks = [b"legitimate %d" % n for n in range(requests)]
+                replies = await asyncio.gather(*(connection.request(ask) for ask in asks))
         except (TimeoutError, qp2p.Error):
             return None
-        return loop.time() - started if reply == b"legitimate" else None
+        return latency if reply == b"legitimate" and replies == asks else None
 
 
 @dataclass(frozen=True, slots=True)

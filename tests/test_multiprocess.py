@@ -63,8 +63,13 @@ async def hub(make_endpoint: object, request: pytest.FixtureRequest) -> AsyncIte
     """A hub endpoint; ``@pytest.mark.parametrize("hub", [settings], indirect=True)`` changes its Config."""
     settings = getattr(request, "param", {})
     # Every peer comes from 127.0.0.1: as for a node many peers reach through one NAT, the
-    # address may hold all of the endpoint's memory, not the default share.
-    settings = {"address_memory_limit": qp2p.Config().memory_limit, **settings}
+    # address may hold all of the endpoint's memory, not the default share, and all the
+    # handshakes the peers start at once.
+    settings = {
+        "address_memory_limit": qp2p.Config().memory_limit,
+        "max_half_open_per_address": 100,
+        **settings,
+    }
     endpoint = await make_endpoint(max_datagram_size=8000, **settings)  # type: ignore[operator]
     hub = Hub(endpoint)
     runner = asyncio.create_task(hub.run())
