@@ -356,7 +356,7 @@ class Connection:
         assert peer is not None
         if size > peer.max_message_size:
             raise errors.MessageTooLarge(peer.max_message_size, size)
-        if size > peer.lane_threshold:
+        if size > link.session.inline_limit:  # the peer's lane threshold, held to ours
             await link.send_large(flag, data, prefix)
             return
         body = prefix + data if prefix else bytes(data)

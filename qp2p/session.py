@@ -357,6 +357,11 @@ class Session:
         return self._peer
 
     @property
+    def inline_limit(self) -> int:
+        """The largest body sent on a lane; larger ones take a stream of their own."""
+        return self._inline_limit
+
+    @property
     def credit(self) -> int:
         """Units we may still send before the peer grants more (negative after an overshoot)."""
         return self._limit - self._sent

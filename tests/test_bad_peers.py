@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from rogue import RoguePeer
 from waiting import wait_until
 
 import qp2p
@@ -513,3 +514,19 @@ async def test_rogue_ignoring_credit_is_held_to_the_receive_window(
     # making), then cut off for cheating.
     assert victim.stats().queued_messages * cost <= window + LANE_THRESHOLD + 2 * cost + CONTROL_SLACK
     await connection.wait_closed()
+
+
+async def test_a_peer_claiming_a_huge_lane_threshold_still_gets_large_messages_on_their_own_stream(
+    make_endpoint: MakeEndpoint, loop_errors: list[dict[str, Any]]
+) -> None:
+    """A Hello claiming lanes take frames of 2 GiB: we hold it to our own threshold, so a
+    200 KiB message goes on a stream of its own (before, the send waited for credit forever)."""
+    victim = await make_endpoint(send_timeout=5.0)
+    payload = bytes(range(256)) * 800
+    async with RoguePeer(victim.local_addr, hello_fields={"lane_threshold": 1 << 31}) as rogue:
+        await wait_until(lambda: victim.connection(rogue.fingerprint) is not None)
+        connection = victim.connection(rogue.fingerprint)
+        assert connection is not None
+        await connection.send(payload)
+        await wait_until(lambda: payload in rogue.user_data())
+    assert not loop_errors
