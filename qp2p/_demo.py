@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import qp2p
+from qp2p import _loops
 
 HEADER = struct.Struct(">HI")
 # How long a node waits for each line from the parent before the exchange, and the parent for
@@ -46,8 +47,10 @@ MAX_ERRORS = 10
 Address = tuple[str, int]
 
 
-def node_command(index: int, messages: int, requests: int, size: int, timeout: float) -> list[str]:
-    """The command line that starts node ``index`` with the current interpreter."""
+def node_command(
+    index: int, messages: int, requests: int, size: int, timeout: float, loop: str = "auto"
+) -> list[str]:
+    """The command line that starts node ``index`` with the current interpreter, on ``loop``."""
     return [
         sys.executable,
         "-P",  # the current folder may hold a qp2p source tree: run the installed one
@@ -58,6 +61,7 @@ def node_command(index: int, messages: int, requests: int, size: int, timeout: f
         f"--requests={requests}",
         f"--size={size}",
         f"--timeout={timeout}",
+        f"--loop={loop}",
     ]
 
 
@@ -331,7 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--timeout", type=float, required=True)
-    return asyncio.run(_run(parser.parse_args(argv)))
+    parser.add_argument("--loop", choices=_loops.LOOPS, default="auto")
+    args = parser.parse_args(argv)
+    return _loops.run(_run(args), args.loop)
 
 
 if __name__ == "__main__":

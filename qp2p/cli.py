@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import qp2p
-from qp2p import _demo, _speedups, tls
+from qp2p import _demo, _loops, _speedups, tls
 
 Address = tuple[str, int]
 
@@ -37,6 +37,7 @@ def _info(_args: argparse.Namespace) -> int:
 
     print(f"qp2p {qp2p.__version__}")
     print(f"backend: {_speedups.BACKEND}")
+    print(f"event loop: {_loops.chosen(_args.loop)}")
     if _speedups.NO_EXTENSIONS:
         print("reason: QP2P_NO_EXTENSIONS is set (or the interpreter is not CPython)")
     elif _speedups.IMPORT_ERROR is not None:
@@ -148,7 +149,7 @@ class _Child:
 
     @classmethod
     async def start(cls, index: int, args: argparse.Namespace) -> _Child:
-        command = _demo.node_command(index, args.messages, args.requests, args.size, args.timeout)
+        command = _demo.node_command(index, args.messages, args.requests, args.size, args.timeout, args.loop)
         process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.PIPE,
@@ -364,7 +365,7 @@ def _failures(args: argparse.Namespace, children: Sequence[_Child], reports: Seq
 async def _demo_run(args: argparse.Namespace) -> int:
     """``qp2p demo``: run the nodes, print the table; 0 only if nothing went missing or wrong."""
     pairs = args.nodes * (args.nodes - 1)
-    print(f"qp2p {qp2p.__version__} demo, backend: {qp2p.BACKEND}")
+    print(f"qp2p {qp2p.__version__} demo, backend: {qp2p.BACKEND}, event loop: {_loops.chosen(args.loop)}")
     print(
         f"{args.nodes} nodes on 127.0.0.1, one process each; every node sends each of the other "
         f"{args.nodes - 1}\n{args.messages} messages of {args.size} bytes and {args.requests} requests "
@@ -430,13 +431,19 @@ def _run(
     """A command as ``main`` calls it: the coroutine run in a fresh event loop."""
 
     def run(args: argparse.Namespace) -> int:
-        return asyncio.run(command(args))
+        return _loops.run(command(args), args.loop)
 
     return run
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qp2p", description="Peer-to-peer messaging over QUIC.")
+    parser.add_argument(
+        "--loop",
+        choices=_loops.LOOPS,
+        default="auto",
+        help="the event loop: uvloop if installed (auto, the default), or asyncio's own",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print the version, the active backend and its modules")
     info.set_defaults(run=_info)

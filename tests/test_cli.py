@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import queue
 import signal
@@ -146,10 +147,14 @@ def test_send_request_shows_a_peer_reply_safely(
     assert answered.stdout == shown + "\n"
 
 
-def test_demo() -> None:
-    result = run("demo", "--nodes", "3", "--messages", "200", "--requests", "20", timeout=150)
+UVLOOP = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed")
+
+
+@pytest.mark.parametrize("loop", [pytest.param("uvloop", marks=UVLOOP), "asyncio"])
+def test_demo(loop: str) -> None:
+    result = run("--loop", loop, "demo", "--nodes", "3", "--messages", "200", "--requests", "20", timeout=150)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"backend: {qp2p.BACKEND}" in result.stdout
+    assert f"backend: {qp2p.BACKEND}, event loop: {loop}" in result.stdout
     assert "3 nodes" in result.stdout
     assert "OK: all 3 nodes reported no errors" in result.stdout
     totals = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["all"])
