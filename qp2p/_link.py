@@ -424,8 +424,7 @@ class RelayPath:
 
     def sendto(self, data: bytes, addr: Address) -> None:
         # A relay that does not take what we send loses the datagram, as a full link would.
-        if not self.relay.closed and not self.relay.session.backlogged:
-            self.relay.session.send_control(wire.RelayData(self.circuit, data))
+        if not self.relay.closed and self.relay.session.send_control(wire.RelayData(self.circuit, data)):
             self.relay.transmit_soon()
 
     def add_route(self, cid: bytes, receiver: Any) -> None:

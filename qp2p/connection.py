@@ -262,7 +262,7 @@ class Connection:
         kinds = (answer,) if refusal is None else (answer, refusal)
         for kind in kinds:
             self._control_waiters.setdefault(kind, []).append(waiter)
-        link.session.send_control(request)
+        link.session.send_control(request)  # dropped for a backlogged peer: then it times out
         link.transmit_soon()
         try:
             async with asyncio.timeout(timeout):
@@ -279,11 +279,11 @@ class Connection:
         return reply
 
     def send_control(self, message: ControlMessage) -> bool:
-        """Queue a control message on the current link; False if there is none open."""
+        """Queue a control message on the current link; False if there is none open, or the
+        peer leaves what we send unacknowledged (the message is dropped)."""
         link = self._current
-        if link is None or link.closed:
+        if link is None or link.closed or not link.session.send_control(message):
             return False
-        link.session.send_control(message)
         link.transmit_soon()
         return True
 

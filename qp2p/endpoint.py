@@ -968,13 +968,8 @@ class Endpoint:
         for send in sends:
             link = send.link
             assert isinstance(link, Link)
-            if link.closed:
-                continue
-            if link.session.backlogged:  # it does not take what we send: queue no more for it
-                self._memory.count("control_backlog")
-                continue
-            link.session.send_control(send.message)
-            link.transmit_soon()
+            if not link.closed and link.session.send_control(send.message):
+                link.transmit_soon()
 
     def _control(self, connection: Connection, link: Link, message: wire.ControlMessage) -> None:
         """A control message nobody waited for: a request of the peer's, for a decider."""

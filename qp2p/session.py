@@ -316,7 +316,9 @@ class Session:
         self._overshoot = hello.lane_threshold + _FRAME_COST + CONTROL_SLACK
         self.rejected_frames = 0  # malformed frames skipped on an otherwise sound lane
         self.refused_streams = 0  # streams we stopped reading (bad header, oversized, truncated, ...)
-        self.dropped_control = 0  # control messages not answered: the peer leaves ours unacknowledged
+        self.dropped_control = (
+            0  # control messages not answered or not sent: the peer leaves ours unacknowledged
+        )
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -523,11 +525,20 @@ class Session:
             else:
                 return
 
-    def send_control(self, message: wire.ControlMessage) -> None:
-        """Queue a control message (free of credit) on the first lane."""
+    def send_control(self, message: wire.ControlMessage) -> bool:
+        """Queue a control message (free of credit) on the first lane; while the peer is
+        ``backlogged`` it is dropped instead (counted as control_backlog) and False returned."""
         if self._closing:
             raise SendError("the connection is closing")
+        if self.backlogged:
+            self._drop_control()
+            return False
         self._send_control(message)
+        return True
+
+    def _drop_control(self) -> None:
+        self.dropped_control += 1
+        self._memory.count("control_backlog")
 
     def _send_control(self, message: wire.ControlMessage) -> None:
         frame = wire.encode(message)
@@ -941,9 +952,8 @@ class Session:
                 self._peer = message
                 self._check_established()
         elif self._established:
-            if self.backlogged:
-                self.dropped_control += 1  # the peer does not take our answers: ask no more of us
-                self._memory.count("control_backlog")
+            if self.backlogged:  # the peer does not take our answers: ask no more of us
+                self._drop_control()
                 return
             self._events.append(ControlReceived(message))  # type: ignore[arg-type]
         elif self._held_control < HELD_CONTROL:
