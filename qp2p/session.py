@@ -98,11 +98,23 @@ _FRAME_COST = _HEADER_SIZE + FRAME_OVERHEAD
 _encode_header = framing.encode_header
 
 
+def _overshoot(lane_threshold: int) -> int:
+    """How far a peer may pass the credit granted: one lane frame, and control frames (free of
+    credit) in the making."""
+    return lane_threshold + _FRAME_COST + CONTROL_SLACK
+
+
+def _footprint(window: int, lane_threshold: int) -> int:
+    """The memory a connection granting ``window`` may make us hold: the peer's frames within
+    its credit, what QUIC keeps of them behind a gap, and ours it has not acknowledged yet."""
+    return 3 * (window + _overshoot(lane_threshold))
+
+
 def link_memory(hello: wire.Hello) -> int:
-    """The most one link may hold for its peer, given our Hello: its window's footprint (see
-    ``Session``) and a buffer per large-message slot."""
-    overshoot = hello.lane_threshold + _FRAME_COST + CONTROL_SLACK
-    return 3 * (hello.receive_window + overshoot) + hello.large_message_slots * hello.max_message_size
+    """The most one link may hold for its peer, given our Hello: its window's footprint and a
+    buffer per large-message slot."""
+    footprint = _footprint(hello.receive_window, hello.lane_threshold)
+    return footprint + hello.large_message_slots * hello.max_message_size
 
 
 def endpoint_id_of(peer_id: str) -> int:
@@ -313,7 +325,7 @@ class Session:
         self._received = 0  # units of the peer's frames received: held to what we granted
         # A sender may pass its limit by one lane frame at most (large messages never pass it),
         # and control frames are free of credit.
-        self._overshoot = hello.lane_threshold + _FRAME_COST + CONTROL_SLACK
+        self._overshoot = _overshoot(hello.lane_threshold)
         self.rejected_frames = 0  # malformed frames skipped on an otherwise sound lane
         self.refused_streams = 0  # streams we stopped reading (bad header, oversized, truncated, ...)
         self.dropped_control = (
@@ -569,11 +581,6 @@ class Session:
         if self._outstanding == 0:
             self._memory.close()
 
-    def _footprint(self, window: int) -> int:
-        """The memory a connection granting ``window`` may make us hold: the peer's frames within
-        its credit, what QUIC keeps of them behind a gap, and ours it has not acknowledged yet."""
-        return 3 * (window + self._overshoot)  # as in link_memory()
-
     def _reserve_window(self) -> bool:
         """Reserve our window, halved while it does not fit (down to ``MIN_WINDOW``), and set
         our Hello's window and largest message from it; False, and the connection closes, when
@@ -582,9 +589,10 @@ class Session:
         if peer_id is not None:
             self._memory.attach_peer(peer_id)
         window = self._hello.receive_window
-        while window // 2 >= MIN_WINDOW and self._memory.refusal(self._footprint(window)) is not None:
+        threshold = self._hello.lane_threshold
+        while window // 2 >= MIN_WINDOW and self._memory.refusal(_footprint(window, threshold)) is not None:
             window //= 2
-        refused = self._memory.reserve(self._footprint(window))
+        refused = self._memory.reserve(_footprint(window, threshold))
         if refused is not None:
             self.close(CLOSE_NO_MEMORY, f"no memory for another connection (the {refused} limit)")
             return False
