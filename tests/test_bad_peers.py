@@ -530,3 +530,30 @@ async def test_a_peer_claiming_a_huge_lane_threshold_still_gets_large_messages_o
         await connection.send(payload)
         await wait_until(lambda: payload in rogue.user_data())
     assert not loop_errors
+
+
+async def test_control_messages_for_a_peer_withholding_flow_control_are_dropped_not_queued(
+    make_endpoint: MakeEndpoint, loop_errors: list[dict[str, Any]]
+) -> None:
+    """Our own control messages to a peer that never raises QUIC flow control: once it leaves a
+    window's worth unacknowledged, Connection.send_control drops them and says so."""
+    window = 256 * KiB
+    victim = await make_endpoint(receive_window=window)
+    padding = wire.PeersResponse(tuple(((f"192.0.2.{n}", 1), "ab" * 32) for n in range(12)))
+    async with RoguePeer(victim.local_addr, flow_window=16 * KiB) as rogue:
+        await wait_until(lambda: victim.connection(rogue.fingerprint) is not None)
+        connection = victim.connection(rogue.fingerprint)
+        assert connection is not None
+        sent = 0
+        for _ in range(2000):  # about 2 MB offered, eight windows
+            if not connection.send_control(padding):
+                break
+            sent += 1
+        link = connection.current_link
+        assert link is not None
+        assert not connection.send_control(padding)
+        assert victim.stats().refusals["control_backlog"] >= 2
+        # The window, the lane-frame and control slack, and the last message.
+        assert link.session.unacked <= window + 64 * KiB + 100 + 2 * 16 * KiB + len(wire.encode(padding))
+        assert sent < 2000
+    assert not loop_errors
