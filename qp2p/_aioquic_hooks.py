@@ -9,7 +9,10 @@ aioquic 1.7 has no public way to:
 - hold what its receive buffers keep for a peer to a window (it doubles its MAX_DATA limit as
   bytes arrive, whether they were delivered or are kept waiting behind a gap);
 - authenticate clients: its server never asks for a client certificate, accepts an empty one
-  and never checks a client's chain (``verify_mode`` is ignored on the server side).
+  and never checks a client's chain (``verify_mode`` is ignored on the server side);
+- discover the path MTU: it sends every packet at one configured size, and neither sends
+  probes, nor honours the peer's max_udp_payload_size, nor can change the size of a live
+  connection.
 
 The version is pinned to 1.7.x in pyproject.toml; tests/test_aioquic_hooks.py fails if an
 upgrade moves anything used here.
@@ -17,17 +20,22 @@ upgrade moves anything used here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from aioquic import tls
-from aioquic.quic.connection import QuicConnection
+from aioquic._buffer import Buffer
+from aioquic.quic.congestion.base import QuicCongestionControl
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionState, QuicNetworkPath
 from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_transport_parameters
+from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder, QuicSentPacket
 from cryptography import x509
 
+from ._pmtud import BASE_SIZE, PathMtu
+
 if TYPE_CHECKING:
-    from aioquic._buffer import Buffer
-    from aioquic.quic.packet_builder import QuicPacketBuilder
     from aioquic.quic.recovery import QuicPacketSpace
 
 __all__ = (
@@ -78,11 +86,95 @@ class CheckedQuicConnection(QuicConnection):
     connection with CRYPTO_ERROR plus the alert.
     """
 
-    def __init__(self, *, peer_check: PeerCheck, **kwargs: Any) -> None:
+    def __init__(self, *, peer_check: PeerCheck, datagram_ceiling: int = BASE_SIZE, **kwargs: Any) -> None:
         self._qp2p_check = peer_check
         # Bytes the peer may have sent that were not delivered yet (None: aioquic's own rule).
         self.receive_window: int | None = None
+        # The datagram size this path carries; packets are built at path_mtu.size.
+        self.path_mtu = PathMtu(datagram_ceiling)
+        self._probed_path: QuicNetworkPath | None = None  # the path path_mtu describes
         super().__init__(**kwargs)
+        congestion = self._loss._cc
+        congestion.__class__ = _watching(type(congestion))
+        congestion._qp2p_connection = self  # type: ignore[attr-defined]
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """aioquic's datagrams, then a path MTU probe when one is due."""
+        datagrams = super().datagrams_to_send(now=now)
+        if self._handshake_confirmed and self._state is QuicConnectionState.CONNECTED:
+            network_path = self._network_paths[0]
+            if network_path is not self._probed_path:  # the peer moved: its new path is unknown
+                if self._probed_path is not None:
+                    self.path_mtu.restart()
+                    self._use_size(BASE_SIZE)
+                self._probed_path = network_path
+            if network_path.is_validated:  # never more than 1200 bytes toward an unproven address
+                size = self.path_mtu.probe_size(now)
+                if size is not None:
+                    datagrams += self._send_mtu_probe(size, now)
+        return datagrams
+
+    def _send_mtu_probe(self, size: int, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """One 1-RTT packet of exactly ``size`` bytes: a PING, then PADDING to fill it. It is
+        sent even when the congestion window is full (one at a time, like a PTO probe)."""
+        version = self._version
+        assert version is not None  # known since the handshake, which is confirmed
+        builder = QuicPacketBuilder(
+            host_cid=self.host_cid,
+            is_client=self._is_client,
+            max_datagram_size=size,
+            packet_number=self._packet_number,
+            peer_cid=self._peer_cid.cid,
+            quic_logger=self._quic_logger,
+            spin_bit=self._spin_bit,
+            version=version,
+        )
+        builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[tls.Epoch.ONE_RTT])
+        builder.start_frame(QuicFrameType.PING, handler=self._mtu_probe_delivered, handler_args=(size,))
+        padding = builder.remaining_buffer_space
+        builder.start_frame(QuicFrameType.PADDING, capacity=padding).push_bytes(bytes(padding - 1))
+        return self._flush_builder(
+            builder=builder, network_path=self._network_paths[0], peer_cid=self._peer_cid.cid, now=now
+        )
+
+    def _mtu_probe_delivered(self, delivery: QuicDeliveryState, size: int) -> None:
+        path = self.path_mtu
+        if delivery == QuicDeliveryState.ACKED:
+            path.probe_acked(size)
+        else:
+            path.probe_lost(size)
+        self._use_size(path.size)
+
+    def large_packets_lost(self, packets: Iterable[QuicSentPacket]) -> None:
+        """Packets were declared lost in one event: count it if some were above the base size
+        (probes aside), and fall back to the base size when the path turned into a black hole."""
+        if any(packet.sent_bytes > BASE_SIZE and not self.is_mtu_probe(packet) for packet in packets):
+            if self.path_mtu.large_lost():
+                self._use_size(BASE_SIZE)
+
+    def is_mtu_probe(self, packet: QuicSentPacket) -> bool:
+        """Whether ``packet`` is one of our path MTU probes."""
+        handlers = packet.delivery_handlers
+        return bool(handlers) and handlers[0][0] == self._mtu_probe_delivered
+
+    def _use_size(self, size: int) -> None:
+        """Build packets at ``size`` from now on, and let congestion control count in it."""
+        if size != self._max_datagram_size:
+            self._max_datagram_size = size
+            loss = self._loss
+            loss._pacer._max_datagram_size = size
+            congestion = loss._cc
+            congestion._max_datagram_size = size  # type: ignore[attr-defined]
+            if hasattr(congestion, "additive_increase_factor"):  # cubic
+                congestion.additive_increase_factor = size
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        """aioquic's parsing, then the peer's max_udp_payload_size bounds the path MTU search."""
+        super()._parse_transport_parameters(data, from_session_ticket)
+        limit = pull_quic_transport_parameters(Buffer(data=data)).max_udp_payload_size
+        if limit is not None:
+            self.path_mtu.limit(limit)
+            self._use_size(self.path_mtu.size)
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         """MAX_DATA held to what was delivered (or given up by a reset) plus ``receive_window``,
@@ -108,6 +200,40 @@ class CheckedQuicConnection(QuicConnection):
         context._qp2p_check = self._qp2p_check  # type: ignore[attr-defined]
         if not self._is_client:
             context._request_client_certificate = True
+
+
+@cache
+def _watching(base: type[QuicCongestionControl]) -> type[QuicCongestionControl]:
+    """``base`` (aioquic's congestion controller) telling its connection about large packets
+    acknowledged and lost, and leaving the loss of a path MTU probe out of its window: a probe
+    larger than the path is lost for its size, not for congestion (RFC 8899 section 3)."""
+
+    class Watching(base):  # type: ignore[valid-type, misc]
+        _qp2p_connection: CheckedQuicConnection
+
+        def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+            super().on_packet_acked(now=now, packet=packet)
+            if packet.sent_bytes > BASE_SIZE:
+                self._qp2p_connection.path_mtu.large_acked()
+
+        def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+            connection = self._qp2p_connection
+            packets = list(packets)
+            probes = [packet for packet in packets if connection.is_mtu_probe(packet)]
+            if probes:
+                super().on_packets_expired(packets=probes)
+                packets = [packet for packet in packets if not connection.is_mtu_probe(packet)]
+            if packets:
+                super().on_packets_lost(now=now, packets=packets)
+                connection.large_packets_lost(packets)
+
+        def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+            packets = list(packets)
+            super().on_packets_expired(packets=packets)
+            self._qp2p_connection.large_packets_lost(packets)
+
+    Watching.__name__ = Watching.__qualname__ = f"Watching{base.__name__}"
+    return Watching
 
 
 def unacked_bytes(quic: QuicConnection) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from qp2p._pmtud import BASE_SIZE
 from qp2p.bootstrap_cache import MAX_ENTRIES
 from qp2p.errors import ConfigError
 
@@ -31,7 +32,7 @@ GiB = 1 << 30
 MEMORY_SHARES = 16
 # aioquic writes STREAM frame and long-header lengths as 2-byte varints: above this it hangs.
 MAX_DATAGRAM_SIZE = 16383
-MIN_DATAGRAM_SIZE = 1200
+MIN_DATAGRAM_SIZE = BASE_SIZE
 
 
 def _read_pem(source: str | bytes | os.PathLike[str], what: str) -> bytes:
@@ -179,7 +180,7 @@ class Config:
     close_timeout: float = 2.0
     send_timeout: float | None = 60.0
     max_message_size: int = 64 * MiB
-    max_datagram_size: int = MIN_DATAGRAM_SIZE
+    max_datagram_size: int = MAX_DATAGRAM_SIZE  # the ceiling of path MTU discovery (1200: off)
     lanes: int = 4
     lane_threshold: int = 64 * KiB
     receive_window: int = 4 * MiB

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from qp2p import errors
 from qp2p import session as s
 from qp2p._link import Link, LinkPath
+from qp2p._pmtud import BASE_SIZE
 from qp2p._speedups import framing
 from qp2p.transport import Address
 from qp2p.wire import ControlMessage
@@ -168,6 +169,13 @@ class Connection:
         or ``"relayed"`` by a node (still end-to-end encrypted); it may change while connected."""
         link = self._current
         return self._last_path if link is None else link.path
+
+    @property
+    def datagram_size(self) -> int:
+        """The UDP payload size packets to the peer are built at now: 1200 until path MTU
+        discovery confirms a larger one (at most ``Config.max_datagram_size``), 1200 once closed."""
+        link = self._current
+        return BASE_SIZE if link is None else link.session.datagram_size
 
     @property
     def is_closed(self) -> bool:

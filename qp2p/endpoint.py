@@ -37,6 +37,8 @@ from qp2p._joining import Joining
 from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._memory import MemoryBudget, MemoryStats
+from qp2p._mtu import forbid_fragmentation, route_payload
+from qp2p._pmtud import BASE_SIZE
 from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
 from qp2p._tasks import BackgroundTasks
@@ -186,6 +188,7 @@ class Endpoint:
         self._failed_handshakes = 0
         self._refused_connections = 0
         self._transport: Transport | None = None
+        self._unfragmented = False  # the socket sets don't-fragment: path MTU probes mean something
         self._peers: dict[str, Connection] = {}
         self._messages: Mailbox[Message] = Mailbox()
         self._connections: Mailbox[Connection] = Mailbox(EVENT_BACKLOG)
@@ -197,7 +200,7 @@ class Endpoint:
             alpn_protocols=[ALPN],
             connection_id_length=CID_LENGTH,
             idle_timeout=self.config.idle_timeout,
-            max_datagram_size=self.config.max_datagram_size,
+            max_datagram_size=BASE_SIZE,  # path MTU discovery raises it per connection
             server_name=tls.SERVER_NAME if is_client else None,
             verify_mode=ssl.CERT_NONE,
         )
@@ -237,6 +240,8 @@ class Endpoint:
                 f"cannot bind {self.config.local_ip}:{self.config.local_port}: {exc}"
             ) from exc
         self._size_buffers(transport)
+        sock = transport.socket
+        self._unfragmented = sock is not None and forbid_fragmentation(sock)
         self._transport = transport
         self._state = "open"
         if self.config.forward_port:  # in the background: discovery takes seconds
@@ -446,7 +451,11 @@ class Endpoint:
     ) -> Link:
         """A link owned by the endpoint until it is established; one a peer opened is half-open
         until then, and aborted if that takes longer than ``handshake_timeout``."""
-        quic = CheckedQuicConnection(peer_check=peer_check or self._peer_check, **quic_args)
+        quic = CheckedQuicConnection(
+            peer_check=peer_check or self._peer_check,
+            datagram_ceiling=self._datagram_ceiling(remote_addr, path),
+            **quic_args,
+        )
         # Peers open unidirectional streams only: lanes and large messages, within a bound.
         limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
         memory = self._memory.open(remote_addr[0], link_memory(self._hello))
@@ -471,6 +480,17 @@ class Endpoint:
             self._half_open.add(link, remote_addr[0])
         self._pending[link] = asyncio.get_running_loop().call_later(timeout, self._handshake_too_slow, link)
         return link
+
+    def _datagram_ceiling(self, remote_addr: Address, path: LinkPath) -> int:
+        """The largest datagram path MTU discovery tries toward ``remote_addr``: the configured
+        maximum, held to what the local interface carries. A relayed link stays at the base size
+        (its datagrams ride inside the relay's), as does every link of a socket that cannot set
+        don't-fragment."""
+        if path == "relayed" or not self._unfragmented:
+            return BASE_SIZE
+        interface = route_payload(remote_addr[0])
+        ceiling = self.config.max_datagram_size
+        return ceiling if interface is None else min(ceiling, interface)
 
     def _checker(self, peer_id: str | None) -> PeerCheck | None:
         if peer_id is None or peer_id == wire.ANY_PEER:

@@ -376,6 +376,11 @@ class Session:
         return self._inline_limit
 
     @property
+    def datagram_size(self) -> int:
+        """The size packets are built at: what path MTU discovery confirmed."""
+        return self._quic.path_mtu.size
+
+    @property
     def credit(self) -> int:
         """Units we may still send before the peer grants more (negative after an overshoot)."""
         return self._limit - self._sent
@@ -772,7 +777,8 @@ class Session:
                 append = self._deliver  # it may have been the Hello: what follows is not held
                 continue
             cost = len(body) + _FRAME_COST
-            self._charge(cost)
+            if not self._charge(cost):
+                return  # it overspent: nothing more of what it sent is delivered
             if flag == _FLAG_USER:
                 self._outstanding += cost
                 append(FrameReceived(flag, 0, body, lane, cost, False))
@@ -789,12 +795,16 @@ class Session:
             self._partial += incoming.partial
             self._charge(0)
 
-    def _charge(self, units: int) -> None:
+    def _charge(self, units: int) -> bool:
         """Count units the peer spent; a peer that spends beyond what we granted (more than one
-        frame and one slice over) breaks the protocol, and its connection is closed."""
+        frame and one slice over) breaks the protocol, and its connection is closed. False once
+        that happened."""
         self._received += units
-        if self._received + self._partial > self._advertised + self._overshoot and not self._closing:
-            self.close(CLOSE_PROTOCOL, "sent beyond the credit granted")
+        if self._received + self._partial > self._advertised + self._overshoot:
+            if not self._closing:
+                self.close(CLOSE_PROTOCOL, "sent beyond the credit granted")
+            return False
+        return True
 
     def _reject_frame(self, error: DecodeError) -> None:
         self.rejected_frames += 1

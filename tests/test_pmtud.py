@@ -1,0 +1,309 @@
+"""Path MTU discovery: the sans-IO search, then real aioquic connections over a path that drops
+what is too large, then endpoints on loopback. The netns tests (real veth MTUs, a black-hole
+router) are in test_path_mtu_netns.py."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import StreamDataReceived
+from aioquic.quic.packet import (
+    QuicTransportParameters,
+    pull_quic_header,
+    pull_quic_transport_parameters,
+    push_quic_transport_parameters,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qp2p
+from qp2p import Trust, tls
+from qp2p._aioquic_hooks import CheckedQuicConnection
+from qp2p._pmtud import BASE_SIZE, BLACK_HOLE_LOSSES, MAX_PROBES, MIN_STEP, RAISE_INTERVAL, PathMtu
+
+# ---- the search, without I/O --------------------------------------------------------------------
+
+
+def search(path: PathMtu, passes: int, now: float = 0.0, rounds: int = 200) -> int:
+    """Answer every probe as a path carrying ``passes`` bytes would; returns the probes sent."""
+    for _ in range(rounds):
+        size = path.probe_size(now)
+        if size is None:
+            return path.probes_sent
+        if size <= passes:
+            path.probe_acked(size)
+        else:
+            path.probe_lost(size)
+    raise AssertionError("the search never ended")
+
+
+def test_the_ceiling_is_tried_first_and_one_probe_confirms_it() -> None:
+    path = PathMtu(1472)
+    assert path.size == BASE_SIZE and path.state == "searching"
+    assert search(path, 1472) == 1
+    assert path.size == 1472 and path.state == "complete"
+
+
+def test_a_ceiling_at_the_base_size_sends_no_probe() -> None:
+    path = PathMtu(BASE_SIZE)
+    assert path.state == "complete"
+    assert path.probe_size(0.0) is None and path.probe_size(RAISE_INTERVAL * 2) is None
+
+
+def test_one_probe_at_a_time() -> None:
+    path = PathMtu(9000)
+    assert path.probe_size(0.0) == 9000
+    assert path.state == "probing" and path.probe_size(0.0) is None
+
+
+def test_a_size_fails_only_after_max_probes_losses() -> None:
+    path = PathMtu(9000)
+    for _ in range(MAX_PROBES):
+        assert path.probe_size(0.0) == 9000
+        path.probe_lost(9000)
+    assert path.probe_size(0.0) == (BASE_SIZE + 9000) // 2
+
+
+def test_a_stale_answer_is_ignored() -> None:
+    path = PathMtu(9000)
+    assert path.probe_size(0.0) == 9000
+    path.probe_acked(5000)  # no probe of that size is in flight
+    assert path.size == BASE_SIZE and path.state == "probing"
+
+
+@given(ceiling=st.integers(BASE_SIZE, 16383), data=st.data())
+def test_the_search_ends_just_below_what_the_path_carries(ceiling: int, data: st.DataObject) -> None:
+    passes = data.draw(st.integers(BASE_SIZE, ceiling))
+    path = PathMtu(ceiling)
+    probes = search(path, passes)
+    assert passes - MIN_STEP < path.size <= passes
+    assert probes <= MAX_PROBES * 11  # the ceiling, then at most 10 halvings of 15183 bytes down to 20
+
+
+def test_a_complete_search_below_the_ceiling_looks_again_after_the_raise_interval() -> None:
+    path = PathMtu(9000)
+    search(path, 1500, now=100.0)  # its last look starts the interval
+    assert path.probe_size(100.0 + RAISE_INTERVAL - 1) is None
+    assert path.probe_size(100.0 + RAISE_INTERVAL) == 9000  # the path may have grown
+    path.probe_acked(9000)
+    assert path.size == 9000 and path.state == "complete"
+
+
+def test_a_black_hole_falls_back_to_the_base_size_and_searches_below_the_size_that_failed() -> None:
+    path = PathMtu(1472)
+    search(path, 1472)
+    for _ in range(BLACK_HOLE_LOSSES - 1):
+        assert not path.large_lost()
+    assert path.size == 1472
+    assert path.large_lost()
+    assert path.size == BASE_SIZE and path.black_holes == 1
+    search(path, 1400)
+    assert 1400 - MIN_STEP < path.size <= 1400
+
+
+def test_an_acknowledged_large_packet_means_no_black_hole() -> None:
+    path = PathMtu(1472)
+    search(path, 1472)
+    for _ in range(5 * BLACK_HOLE_LOSSES):
+        assert not path.large_lost()
+        assert not path.large_lost()
+        path.large_acked()  # ordinary loss: large packets keep getting through
+    assert path.size == 1472 and path.black_holes == 0
+
+
+def test_losses_at_the_base_size_are_never_a_black_hole() -> None:
+    path = PathMtu(BASE_SIZE + 100)
+    assert not any(path.large_lost() for _ in range(10))
+    assert path.black_holes == 0
+
+
+def test_the_peer_limit_lowers_the_ceiling_and_the_size() -> None:
+    path = PathMtu(9000)
+    search(path, 9000)
+    path.limit(1300)
+    assert path.size == 1300 and path.ceiling == 1300
+    path.limit(5000)  # a limit never raises the ceiling
+    assert path.ceiling == 1300
+
+
+# ---- real aioquic connections over a path that drops large datagrams ------------------------------
+
+IDENTITIES = (tls.self_signed_identity(), tls.self_signed_identity())
+CHECK = tls.peer_check(Trust.encrypt_only())
+CLIENT, SERVER = ("10.0.0.1", 4000), ("10.0.0.2", 5000)
+
+
+def quic_config(is_client: bool) -> QuicConfiguration:
+    config = QuicConfiguration(is_client=is_client, alpn_protocols=["qp2p-test"], verify_mode=ssl.CERT_NONE)
+    identity = IDENTITIES[0 if is_client else 1]
+    config.certificate, config.private_key = identity.certificate, identity.private_key
+    return config
+
+
+class LimitingServer(CheckedQuicConnection):
+    """A peer that names its own max_udp_payload_size in its transport parameters."""
+
+    advertise = 1300
+
+    def _serialize_transport_parameters(self) -> bytes:
+        buf = Buffer(data=super()._serialize_transport_parameters())
+        params: QuicTransportParameters = pull_quic_transport_parameters(buf)
+        params.max_udp_payload_size = self.advertise
+        out = Buffer(capacity=4096)
+        push_quic_transport_parameters(out, params)
+        return out.data
+
+
+class Path:
+    """Two connections and the path between them: datagrams above ``carries`` bytes are lost."""
+
+    def __init__(
+        self, ceiling: int, carries: int, server_class: type[CheckedQuicConnection] = CheckedQuicConnection
+    ) -> None:
+        self.carries = carries
+        self.now = 0.0
+        self.client = CheckedQuicConnection(
+            peer_check=CHECK, configuration=quic_config(True), datagram_ceiling=ceiling
+        )
+        self.client.connect(SERVER, now=self.now)
+        first = self.client.datagrams_to_send(now=self.now)
+        odcid = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=8).destination_cid
+        self.server = server_class(
+            peer_check=CHECK,
+            configuration=quic_config(False),
+            original_destination_connection_id=odcid,
+            datagram_ceiling=ceiling,
+        )
+        self.dropped = 0
+        self.largest_from_client = 0
+        self.client_addr = CLIENT  # where the server sees the client's datagrams come from
+        for datagram, _ in first:
+            self.server.receive_datagram(datagram, CLIENT, now=self.now)
+        self.received = 0
+
+    def run(self, seconds: float, until: object = None) -> None:
+        """Carry datagrams and fire timers in 1 ms steps (at most ``seconds`` of simulated time)."""
+        end = self.now + seconds
+        while self.now < end:
+            self.now += 0.001
+            for quic in (self.client, self.server):
+                timer = quic.get_timer()
+                if timer is not None and timer <= self.now:
+                    quic.handle_timer(now=self.now)
+            for sender, receiver, src in (
+                (self.client, self.server, self.client_addr),
+                (self.server, self.client, SERVER),
+            ):
+                for datagram, _ in sender.datagrams_to_send(now=self.now):
+                    if sender is self.client:
+                        self.largest_from_client = max(self.largest_from_client, len(datagram))
+                    if len(datagram) > self.carries:
+                        self.dropped += 1
+                    else:
+                        receiver.receive_datagram(datagram, src, now=self.now)
+            self._drain()
+            if callable(until) and until():
+                return
+
+    def _drain(self) -> None:
+        while (event := self.server.next_event()) is not None:
+            if isinstance(event, StreamDataReceived):
+                self.received += len(event.data)
+        while self.client.next_event() is not None:
+            pass
+
+    def send(self, size: int) -> None:
+        stream = self.client.get_next_available_stream_id(is_unidirectional=True)
+        self.client.send_stream_data(stream, bytes(size), end_stream=True)
+
+
+def test_both_ends_find_the_size_the_path_carries() -> None:
+    path = Path(ceiling=9000, carries=1500)
+    path.run(5.0, until=lambda: path.client.path_mtu.state == path.server.path_mtu.state == "complete")
+    for quic in (path.client, path.server):
+        assert 1500 - MIN_STEP < quic.path_mtu.size <= 1500
+        assert quic._max_datagram_size == quic.path_mtu.size
+
+
+def test_data_flows_at_the_size_found_and_probe_losses_cost_no_congestion_window() -> None:
+    path = Path(ceiling=9000, carries=4000)
+    path.run(5.0, until=lambda: path.client.path_mtu.state == "complete")
+    assert path.dropped >= MAX_PROBES  # probes above 4000 were lost...
+    assert path.client._loss._cc.ssthresh is None  # ...and congestion control never noticed
+    path.send(1 << 20)
+    path.run(30.0, until=lambda: path.received == 1 << 20)
+    assert path.received == 1 << 20
+
+
+def test_a_black_hole_is_detected_and_the_transfer_completes() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    path.run(5.0, until=lambda: path.client.path_mtu.size == 9000)
+    path.carries = 1400  # the path now drops what it used to carry, and says nothing
+    path.send(1 << 20)
+    path.run(60.0, until=lambda: path.received == 1 << 20)
+    assert path.received == 1 << 20
+    mtu = path.client.path_mtu
+    assert mtu.black_holes == 1
+    path.run(10.0, until=lambda: mtu.state == "complete")
+    assert 1400 - MIN_STEP < mtu.size <= 1400
+
+
+def test_the_peer_max_udp_payload_size_is_a_ceiling() -> None:
+    path = Path(ceiling=9000, carries=9000, server_class=LimitingServer)
+    path.run(5.0, until=lambda: path.client.path_mtu.state == "complete")
+    assert path.client.path_mtu.size == LimitingServer.advertise
+    path.send(100_000)
+    path.run(10.0, until=lambda: path.received == 100_000)
+    assert path.largest_from_client == LimitingServer.advertise  # never a probe above it
+
+
+# ---- endpoints on loopback --------------------------------------------------------------------------
+
+
+async def settled_size(connection: qp2p.Connection) -> int:
+    """The connection's datagram size once its search is over (bounded wait)."""
+    for _ in range(500):
+        link = connection.current_link
+        assert link is not None
+        if link.session.quic.path_mtu.state == "complete":
+            return connection.datagram_size
+        await asyncio.sleep(0.01)
+    raise AssertionError("the path MTU search never ended")
+
+
+@pytest.mark.parametrize(("ceiling", "expected"), [(None, 16383), (4000, 4000), (1200, 1200)])
+async def test_loopback_reaches_the_configured_ceiling(ceiling: int | None, expected: int) -> None:
+    config = qp2p.Config() if ceiling is None else qp2p.Config(max_datagram_size=ceiling)
+    async with qp2p.Endpoint(config) as server, qp2p.Endpoint(config) as client:
+        connection = await client.connect_to(server.local_addr)
+        assert await settled_size(connection) == expected
+        await connection.send(b"x" * 100_000)
+        async for message in server.incoming_messages():
+            assert len(message.data) == 100_000
+            assert await settled_size(message.connection) == expected
+            break
+
+
+def test_a_restart_goes_back_to_the_base_size_and_searches_again() -> None:
+    path = PathMtu(9000)
+    search(path, 9000)
+    path.restart()
+    assert path.size == BASE_SIZE and path.state == "searching"
+    search(path, 1500)
+    assert 1500 - MIN_STEP < path.size <= 1500
+
+
+def test_a_peer_that_moves_starts_again_at_the_base_size() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    path.run(5.0, until=lambda: path.server.path_mtu.size == 9000)
+    path.client_addr = ("10.0.0.3", 4001)  # the client's NAT gave it a new address: a new path
+    path.carries = 1500
+    path.send(100_000)
+    path.run(30.0, until=lambda: path.received == 100_000 and path.server.path_mtu.state == "complete")
+    assert path.received == 100_000
+    assert 1500 - MIN_STEP < path.server.path_mtu.size <= 1500
+    assert path.server.path_mtu.black_holes == 0  # it restarted; it did not have to detect a black hole
