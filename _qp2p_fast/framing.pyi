@@ -9,8 +9,14 @@ __all__ = (
     "FLAG_USER",
     "HEADER_SIZE",
     "MAX_DATA_LEN",
+    "TAKE_BROKEN",
+    "TAKE_DONE",
+    "TAKE_ODD",
+    "TAKE_OVER_BUDGET",
     "VERSION",
     "FrameDecoder",
+    "FrameReceived",
+    "append_frame",
     "decode_header",
     "encode_frame",
     "encode_header",
@@ -23,10 +29,35 @@ FLAG_USER: Final[int]
 FLAG_CONTROL: Final[int]
 FLAG_REQUEST: Final[int]
 FLAG_RESPONSE: Final[int]
+TAKE_BROKEN: Final[int]
+TAKE_DONE: Final[int]
+TAKE_ODD: Final[int]
+TAKE_OVER_BUDGET: Final[int]
 
 def encode_header(flag: int, data_len: int) -> bytes: ...
 def encode_frame(flag: int, body: Buffer) -> bytes: ...
 def decode_header(data: Buffer, max_size: int) -> tuple[int, int]: ...
+def append_frame(out: bytearray, flag: int, body: bytes) -> None: ...
+
+@disjoint_base
+class FrameReceived:
+    flag: int
+    request_id: int
+    data: bytes | bytearray
+    lane: int
+    cost: int
+    large: bool
+    held: int
+    def __init__(
+        self,
+        flag: int,
+        request_id: int,
+        data: bytes | bytearray,
+        lane: int,
+        cost: int,
+        large: bool,
+        held: int = 0,
+    ) -> None: ...
 
 @disjoint_base
 class FrameDecoder:
@@ -37,6 +68,9 @@ class FrameDecoder:
     def buffered(self) -> int: ...
     def feed(self, data: Buffer) -> None: ...
     def next_frame(self) -> tuple[int, bytes] | None: ...
+    def take(
+        self, lane: int, budget: int, frame_cost: int
+    ) -> tuple[list[FrameReceived], int, int, tuple[int, bytes] | None]: ...
     def __iter__(self) -> FrameDecoder: ...
     def __next__(self) -> tuple[int, bytes]: ...
     def finish(self) -> None: ...

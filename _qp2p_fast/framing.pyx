@@ -1,8 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled twin of ``qp2p._pure.framing``; see there for the documentation."""
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memmove
@@ -24,8 +26,14 @@ __all__ = (
     "FLAG_USER",
     "HEADER_SIZE",
     "MAX_DATA_LEN",
+    "TAKE_BROKEN",
+    "TAKE_DONE",
+    "TAKE_ODD",
+    "TAKE_OVER_BUDGET",
     "VERSION",
     "FrameDecoder",
+    "FrameReceived",
+    "append_frame",
     "decode_header",
     "encode_frame",
     "encode_header",
@@ -39,7 +47,13 @@ FLAG_CONTROL = 1
 FLAG_REQUEST = 2
 FLAG_RESPONSE = 3
 
+TAKE_DONE = 0
+TAKE_ODD = 1
+TAKE_OVER_BUDGET = 2
+TAKE_BROKEN = 3
+
 cdef enum:
+    C_FLAG_CONTROL = 1
     C_VERSION = 1
     C_HEADER_SIZE = 9
     C_FLAG_USER = 0
@@ -91,6 +105,55 @@ def encode_frame(flag, body):
         return out
     finally:
         PyBuffer_Release(&view)
+
+
+def append_frame(bytearray out, flag, bytes body):
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(body)
+    _check_encode(flag, size)
+    cdef Py_ssize_t at = PyByteArray_GET_SIZE(out)
+    PyByteArray_Resize(out, at + C_HEADER_SIZE + size)
+    cdef uint8_t* p = <uint8_t*>PyByteArray_AS_STRING(out) + at
+    _write_header(p, <uint32_t>size, <uint8_t>flag)
+    memcpy(p + C_HEADER_SIZE, PyBytes_AS_STRING(body), size)
+
+
+@cython.freelist(256)
+@cython.final
+cdef class FrameReceived:
+    cdef public object flag
+    cdef public object request_id
+    cdef public object data
+    cdef public object lane
+    cdef public object cost
+    cdef public object large
+    cdef public object held
+
+    def __init__(self, flag, request_id, data, lane, cost, large, held=0):
+        self.flag = flag
+        self.request_id = request_id
+        self.data = data
+        self.lane = lane
+        self.cost = cost
+        self.large = large
+        self.held = held
+
+    def __repr__(self):
+        return (
+            f"FrameReceived(flag={self.flag}, request_id={self.request_id}, {len(self.data)} bytes, "
+            f"lane={self.lane}, cost={self.cost}, large={self.large}, held={self.held})"
+        )
+
+
+cdef FrameReceived _frame(object flag, object request_id, object data, object lane, object cost):
+    cdef FrameReceived frame = FrameReceived.__new__(FrameReceived)
+    frame.flag = flag
+    frame.request_id = request_id
+    frame.data = data
+    frame.lane = lane
+    frame.cost = cost
+    frame.large = False
+    frame.held = 0
+    return frame
 
 
 cdef inline uint64_t _data_len(const uint8_t* p) noexcept:
@@ -219,6 +282,50 @@ cdef class FrameDecoder:
     def next_frame(self):
         self._raise_if_failed()
         return self._next()
+
+    def take(self, lane, long long budget, long long frame_cost):
+        self._raise_if_failed()
+        cdef list frames = []
+        cdef long long spent = 0
+        cdef long long cost
+        cdef Py_ssize_t avail
+        cdef const uint8_t* p
+        cdef const uint8_t* body
+        cdef uint64_t data_len
+        cdef unsigned int flag
+        cdef uint32_t request_id
+        while True:
+            avail = self._end - self._start
+            if avail < C_HEADER_SIZE:
+                return frames, spent, TAKE_DONE, None
+            p = self._buf + self._start
+            try:
+                _check_header(p, self._max_size)
+            except Exception as exc:
+                self._error = exc
+                if frames:
+                    return frames, spent, TAKE_BROKEN, None
+                raise exc.with_traceback(None) from None
+            data_len = _data_len(p)
+            if <uint64_t>(avail - C_HEADER_SIZE) < data_len:
+                return frames, spent, TAKE_DONE, None
+            flag = p[6]
+            body = p + C_HEADER_SIZE
+            if flag == C_FLAG_CONTROL or (flag != C_FLAG_USER and data_len < 4):
+                self._start += C_HEADER_SIZE + <Py_ssize_t>data_len
+                return frames, spent, TAKE_ODD, (flag, PyBytes_FromStringAndSize(<const char*>body, <Py_ssize_t>data_len))
+            cost = <long long>data_len + frame_cost
+            if spent + cost > budget:
+                return frames, spent, TAKE_OVER_BUDGET, None
+            if flag == C_FLAG_USER:
+                data = PyBytes_FromStringAndSize(<const char*>body, <Py_ssize_t>data_len)
+                frames.append(_frame(flag, 0, data, lane, cost))
+            else:
+                request_id = (<uint32_t>body[0] << 24) | (<uint32_t>body[1] << 16) | (<uint32_t>body[2] << 8) | body[3]
+                data = PyBytes_FromStringAndSize(<const char*>body + 4, <Py_ssize_t>data_len - 4)
+                frames.append(_frame(flag, request_id, data, lane, cost))
+            self._start += C_HEADER_SIZE + <Py_ssize_t>data_len
+            spent += cost
 
     def __iter__(self):
         return self

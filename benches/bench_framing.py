@@ -73,6 +73,40 @@ def test_framing_decode_pieces_10000x64B(
     benchmark(run)
 
 
+@pytest.mark.benchmark(group="framing.take_pieces.10000x64B")
+def test_framing_take_pieces_10000x64B(
+    benchmark: BenchmarkFixture, framing: ModuleType, packets: list[bytes]
+) -> None:
+    """What a lane does with stream data: feed 1200 bytes, ``take`` the messages as
+    ``FrameReceived`` objects within a budget, after each feed."""
+
+    def run() -> None:
+        decoder = framing.FrameDecoder(MAX_SIZE)
+        frames: list[object] = []
+        for piece in packets:
+            decoder.feed(piece)
+            frames.extend(decoder.take(1, 1 << 40, 73)[0])
+        last = frames[-1]
+        assert len(frames) == FRAMES and last.data == LAST_FRAME[1] and decoder.buffered == 0  # type: ignore[attr-defined]
+
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="framing.append.10000x55B")
+def test_framing_append_10000x55B(benchmark: BenchmarkFixture, framing: ModuleType) -> None:
+    """``append_frame`` of 10,000 55-byte bodies to one lane buffer, as sends queue them."""
+    bodies = [_body(i) for i in range(FRAMES)]
+
+    def run() -> None:
+        out = bytearray()
+        append = framing.append_frame
+        for body in bodies:
+            append(out, FLAG_USER, body)
+        assert len(out) == FRAMES * 64 and out[-BODY_SIZE:] == LAST_FRAME[1]
+
+    benchmark(run)
+
+
 def _bench_encode(benchmark: BenchmarkFixture, framing: ModuleType, size: int) -> None:
     """``encode_frame`` of one user body of ``size`` bytes (header plus a copy of the body)."""
     body = payload(size)

@@ -38,7 +38,7 @@ class LinkOwner(Protocol):
     of a batch sends the rest of the batch to the new owner."""
 
     def link_established(self, link: Link) -> None: ...
-    def frame_received(self, link: Link, event: s.FrameReceived) -> None: ...
+    def frames_received(self, link: Link, frames: list[s.FrameReceived]) -> None: ...
     def control_received(self, link: Link, message: wire.ControlMessage) -> None: ...
     def link_closed(self, link: Link, event: s.Closing) -> None: ...
 
@@ -185,8 +185,8 @@ class Link:
         session = self.session
         while (event := session.next_event()) is not None:
             kind = type(event)
-            if kind is s.FrameReceived:
-                self.owner.frame_received(self, event)  # type: ignore[arg-type]
+            if kind is s.FramesReceived:
+                self.owner.frames_received(self, event.frames)  # type: ignore[union-attr]
             elif kind is s.CreditGranted:
                 self._credit_at = self._loop.time()
                 self._wake_credit_waiters()

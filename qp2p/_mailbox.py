@@ -42,6 +42,19 @@ class Mailbox(Generic[T]):
         self._items.append(item)
         self._wake_one()
 
+    def put_many(self, items: list[T]) -> None:
+        """``put`` each of ``items``, in order, waking as many readers as there are items."""
+        if self._closed:
+            return
+        queue = self._items
+        queue.extend(items)
+        if self._maxlen is not None:
+            while len(queue) > self._maxlen:
+                queue.popleft()
+                self.dropped += 1
+        for _ in range(min(len(items), len(self._waiters))):
+            self._wake_one()
+
     def _wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()

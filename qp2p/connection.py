@@ -36,6 +36,7 @@ BytesLike = bytes | bytearray | memoryview
 RELAY_LINGER = 2.0
 T = TypeVar("T")
 _FLAG_USER = framing.FLAG_USER
+_FLAG_RESPONSE = framing.FLAG_RESPONSE
 # A sender that never waits for credit still yields to the event loop once this many bytes
 # are queued, so packets leave while it goes on and other tasks get their turn.
 YIELD_AFTER = 64 * 1024
@@ -44,7 +45,7 @@ YIELD_AFTER = 64 * 1024
 class ConnectionEvents(Protocol):
     """What a connection reports upwards, to the endpoint that made it."""
 
-    def message_received(self, message: Message) -> None: ...
+    def messages_received(self, messages: list[Message]) -> None: ...
     def control_received(self, connection: Connection, link: Link, message: ControlMessage) -> None: ...
     def link_closed(self, link: Link) -> None: ...
     def connection_closed(self, connection: Connection) -> None: ...
@@ -314,15 +315,19 @@ class Connection:
         else:
             self._retire(link)
 
-    def frame_received(self, link: Link, event: s.FrameReceived) -> None:
-        if event.flag == framing.FLAG_RESPONSE:
-            waiter = self._requests.get(event.request_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event.data)
-            link.session.consumed(event)  # delivered (or nobody waits any more): credit goes back
-            link.transmit_soon()
-            return
-        self._events.message_received(Message(self, link, event))
+    def frames_received(self, link: Link, frames: list[s.FrameReceived]) -> None:
+        messages = []
+        for event in frames:
+            if event.flag == _FLAG_RESPONSE:
+                waiter = self._requests.get(event.request_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event.data)
+                link.session.consumed(event)  # delivered (or nobody waits any more): credit goes back
+                link.transmit_soon()
+            else:
+                messages.append(Message(self, link, event))
+        if messages:
+            self._events.messages_received(messages)
 
     def control_received(self, link: Link, message: ControlMessage) -> None:
         waiters = self._control_waiters.get(type(message))

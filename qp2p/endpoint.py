@@ -110,7 +110,7 @@ class _Router:
     def link_established(self, link: Link) -> None:
         self._endpoint._link_established(link)
 
-    def frame_received(self, link: Link, event: FrameReceived) -> None:
+    def frames_received(self, link: Link, frames: list[FrameReceived]) -> None:
         raise AssertionError("the session delivers no frame before the link is established")
 
     def control_received(self, link: Link, message: wire.ControlMessage) -> None:
@@ -126,8 +126,8 @@ class _ConnectionEvents:
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
 
-    def message_received(self, message: Message) -> None:
-        self._endpoint._messages.put(message)
+    def messages_received(self, messages: list[Message]) -> None:
+        self._endpoint._messages.put_many(messages)
 
     def control_received(self, connection: Connection, link: Link, message: wire.ControlMessage) -> None:
         self._endpoint._control(connection, link, message)

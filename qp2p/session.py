@@ -60,6 +60,7 @@ __all__ = (
     "CreditGranted",
     "Established",
     "FrameReceived",
+    "FramesReceived",
     "LargeSendDone",
     "LargeSendFailed",
     "Session",
@@ -95,7 +96,8 @@ _FLAG_REQUEST = framing.FLAG_REQUEST
 _FLAG_RESPONSE = framing.FLAG_RESPONSE
 _HEADER_SIZE = framing.HEADER_SIZE
 _FRAME_COST = _HEADER_SIZE + FRAME_OVERHEAD
-_encode_header = framing.encode_header
+_append_frame = framing.append_frame
+_TAKE_ODD, _TAKE_OVER_BUDGET, _TAKE_BROKEN = framing.TAKE_ODD, framing.TAKE_OVER_BUDGET, framing.TAKE_BROKEN
 
 
 def _overshoot(lane_threshold: int) -> int:
@@ -146,18 +148,16 @@ class CidRetired:
     cid: bytes
 
 
-@dataclass(slots=True)
-class FrameReceived:
-    """A user message, request or response. ``cost`` units are granted back by ``consumed()``;
-    ``large`` frames also give back their buffer slot and its ``held`` bytes of memory there."""
+# A user message, request or response (compiled with the lane decoder that makes them).
+FrameReceived = framing.FrameReceived
 
-    flag: int
-    request_id: int
-    data: bytes | bytearray
-    lane: int
-    cost: int
-    large: bool
-    held: int = 0
+
+@dataclass(frozen=True, slots=True)
+class FramesReceived:
+    """Frames of one lane, in order, as one piece of stream data held them: delivered together,
+    so a burst of small messages costs one event, not one each."""
+
+    frames: list[FrameReceived]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +214,7 @@ SessionEvent = (
     Established
     | CidIssued
     | CidRetired
-    | FrameReceived
+    | FramesReceived
     | ControlReceived
     | CreditGranted
     | LargeSendDone
@@ -462,9 +462,7 @@ class Session:
             # Unpinned messages share one of the other lanes until the next flush, then the
             # next takes over: a burst packs into few STREAM frames, and lanes take turns.
             lane = 0 if flag != _FLAG_USER else self._next_lane
-        pending = self._lane_out[lane % self._lanes]
-        pending += _encode_header(flag, size)
-        pending += body
+        _append_frame(self._lane_out[lane % self._lanes], flag, body)
         self._sent += size + _FRAME_COST
         self.queued += size + _HEADER_SIZE
         self._user_queued = self._user_queued or flag == _FLAG_USER
@@ -767,28 +765,32 @@ class Session:
     def _lane_data(self, incoming: _Incoming, data: bytes | bytearray) -> None:
         decoder = incoming.decoder
         decoder.feed(data)
-        append = self._deliver
         lane = incoming.lane
         self._partial -= incoming.partial  # counted again below, once complete frames are out
         incoming.partial = 0
-        for flag, body in decoder:
+        while True:
+            budget = self._advertised + self._overshoot - self._received - self._partial
+            frames, spent, stop, odd = decoder.take(lane, budget, _FRAME_COST)
+            if frames:
+                self._received += spent
+                self._outstanding += spent
+                self._deliver(FramesReceived(frames))
+            if stop == _TAKE_OVER_BUDGET:
+                self._overspent()  # nothing more of what it sent is delivered
+                return
+            if stop == _TAKE_BROKEN:
+                continue  # the frames before a bad header are delivered; now it raises
+            if stop != _TAKE_ODD:
+                break
+            flag, body = odd
             if flag == _FLAG_CONTROL:
-                self._control_frame(body)
-                append = self._deliver  # it may have been the Hello: what follows is not held
-                continue
-            cost = len(body) + _FRAME_COST
-            if not self._charge(cost):
-                return  # it overspent: nothing more of what it sent is delivered
-            if flag == _FLAG_USER:
-                self._outstanding += cost
-                append(FrameReceived(flag, 0, body, lane, cost, False))
-            elif len(body) >= 4:
-                self._outstanding += cost
-                append(FrameReceived(flag, int.from_bytes(body[:4], "big"), body[4:], lane, cost, False))
-            else:
+                self._control_frame(body)  # it may be the Hello: what follows is not held
+            elif self._charge(len(body) + _FRAME_COST):
                 # The frame boundary is intact, so only this frame is lost; its units are returned.
                 self._reject_frame(TruncatedMessage("request or response shorter than its request id"))
-                self._credit_received(cost)
+                self._credit_received(len(body) + _FRAME_COST)
+            else:
+                return
         # An incomplete frame's bytes are held too: within the credit, like complete ones.
         incoming.partial = decoder.buffered
         if incoming.partial:
@@ -801,10 +803,13 @@ class Session:
         that happened."""
         self._received += units
         if self._received + self._partial > self._advertised + self._overshoot:
-            if not self._closing:
-                self.close(CLOSE_PROTOCOL, "sent beyond the credit granted")
+            self._overspent()
             return False
         return True
+
+    def _overspent(self) -> None:
+        if not self._closing:
+            self.close(CLOSE_PROTOCOL, "sent beyond the credit granted")
 
     def _reject_frame(self, error: DecodeError) -> None:
         self.rejected_frames += 1
@@ -883,7 +888,7 @@ class Session:
             request_id = int.from_bytes(body[:4], "big")
             del body[:4]
         self._outstanding += held
-        self._deliver(FrameReceived(flag, request_id, body, -1, 0, True, held))
+        self._deliver(FramesReceived([FrameReceived(flag, request_id, body, -1, 0, True, held)]))
 
     def _stream_end(self, stream_id: int, incoming: _Incoming) -> None:
         incoming.ended = True

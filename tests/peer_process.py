@@ -3,8 +3,9 @@
 python peer_process.py senders HUB --peers N --messages M --size S [--datagram D]
     N endpoints; each sends M messages of S bytes to HUB, then a request carrying M, and checks
     the reply: SHA-256 over the sorted SHA-256 digests of its messages. Prints one JSON line.
-python peer_process.py large HUB --size-mib N
-    connects, prints "sending", sends one N MiB message, prints "sent".
+python peer_process.py large HUB --size-mib N [--datagram D]
+    connects, prints "sending", sends one N MiB message, prints "sent"; at 1200-byte datagrams
+    by default, so that the message takes seconds to cross (a test kills the sender meanwhile).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ async def senders(args: argparse.Namespace) -> int:
 
 
 async def large(args: argparse.Namespace) -> int:
-    async with qp2p.Endpoint() as endpoint:
+    async with qp2p.Endpoint(qp2p.Config(max_datagram_size=args.datagram)) as endpoint:
         connection = await endpoint.connect_to(parse_addr(args.hub))
         print("sending", flush=True)
         await connection.send(bytes(args.size_mib << 20))
@@ -75,6 +76,7 @@ def main() -> int:
     big = commands.add_parser("large")
     big.add_argument("hub")
     big.add_argument("--size-mib", type=int, required=True)
+    big.add_argument("--datagram", type=int, default=1200)
     args = parser.parse_args()
     return asyncio.run(senders(args) if args.command == "senders" else large(args))
 

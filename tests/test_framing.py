@@ -225,3 +225,73 @@ def test_round_trip_under_any_split(
         got.extend(decoder)
     decoder.finish()
     assert got == frames
+
+
+# ---- take: a lane's frames as messages ---------------------------------------------------------
+
+COST = 73  # what the session charges per frame beyond its body
+
+
+def lane_stream(framing: ModuleType, *frames: tuple[int, bytes]) -> bytearray:
+    out = bytearray()
+    for flag, body in frames:
+        framing.append_frame(out, flag, body)
+    return out
+
+
+def test_append_frame_writes_what_encode_frame_does(framing: ModuleType) -> None:
+    out = bytearray(b"kept")
+    framing.append_frame(out, framing.FLAG_REQUEST, b"body")
+    assert out == b"kept" + framing.encode_frame(framing.FLAG_REQUEST, b"body")
+    with pytest.raises(errors.SendError):
+        framing.append_frame(out, framing.FLAG_USER, b"")  # what a reader would reject
+
+
+def test_take_returns_messages_and_cuts_request_ids(framing: ModuleType) -> None:
+    decoder = framing.FrameDecoder(MiB)
+    decoder.feed(lane_stream(framing, (framing.FLAG_USER, b"one"), (framing.FLAG_REQUEST, b"\0\0\0\x09ask")))
+    frames, spent, stop, odd = decoder.take(2, 10_000, COST)
+    assert [(f.flag, f.request_id, f.data, f.lane, f.cost, f.large) for f in frames] == [
+        (framing.FLAG_USER, 0, b"one", 2, 3 + COST, False),
+        (framing.FLAG_REQUEST, 9, b"ask", 2, 7 + COST, False),  # the id counts, though cut off
+    ]
+    assert type(frames[1].data) is bytes
+    assert (spent, stop, odd, decoder.buffered) == (10 + 2 * COST, framing.TAKE_DONE, None, 0)
+
+
+def test_take_stops_at_a_control_frame_and_hands_it_over(framing: ModuleType) -> None:
+    decoder = framing.FrameDecoder(MiB)
+    decoder.feed(lane_stream(framing, (0, b"a"), (framing.FLAG_CONTROL, b"hello"), (0, b"b")))
+    frames, _, stop, odd = decoder.take(0, 10_000, COST)
+    assert [f.data for f in frames] == [b"a"] and stop == framing.TAKE_ODD
+    assert odd == (framing.FLAG_CONTROL, b"hello")
+    frames, _, stop, _ = decoder.take(0, 10_000, COST)  # what follows it comes with the next call
+    assert [f.data for f in frames] == [b"b"] and stop == framing.TAKE_DONE
+
+
+def test_take_hands_over_a_request_too_short_for_its_id(framing: ModuleType) -> None:
+    decoder = framing.FrameDecoder(MiB)
+    decoder.feed(lane_stream(framing, (framing.FLAG_RESPONSE, b"\0\0")))
+    assert decoder.take(0, 10_000, COST) == ([], 0, framing.TAKE_ODD, (framing.FLAG_RESPONSE, b"\0\0"))
+
+
+def test_take_stops_before_a_frame_beyond_the_budget(framing: ModuleType) -> None:
+    decoder = framing.FrameDecoder(MiB)
+    decoder.feed(lane_stream(framing, (0, b"x" * 27), (0, b"y" * 27)))
+    frames, spent, stop, _ = decoder.take(0, 150, COST)  # room for one frame of 100 units, not two
+    assert [f.data for f in frames] == [b"x" * 27] and spent == 100 and stop == framing.TAKE_OVER_BUDGET
+    assert decoder.buffered == framing.HEADER_SIZE + 27  # the frame that did not fit is still there
+
+
+def test_take_keeps_an_incomplete_frame_and_raises_on_a_bad_header(framing: ModuleType) -> None:
+    decoder = framing.FrameDecoder(10)
+    stream = lane_stream(framing, (0, b"12345"))
+    decoder.feed(stream[:-1])
+    assert decoder.take(0, 10_000, COST) == ([], 0, framing.TAKE_DONE, None)
+    decoder.feed(stream[-1:] + framing.encode_header(0, 11))  # complete, then a body above max_size
+    frames, _, stop, _ = decoder.take(0, 10_000, COST)  # what came before the bad header first
+    assert [f.data for f in frames] == [b"12345"] and stop == framing.TAKE_BROKEN
+    with pytest.raises(errors.FrameTooLarge):
+        decoder.take(0, 10_000, COST)
+    with pytest.raises(errors.FrameTooLarge):  # the decoder stays broken
+        decoder.take(0, 10_000, COST)

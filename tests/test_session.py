@@ -87,8 +87,7 @@ class Pair:
     def _collect(self) -> None:
         for name in ("client", "server"):
             session = getattr(self, name)
-            while (event := session.next_event()) is not None:
-                self.events[name].append(event)
+            collect(session, self.events[name])
 
     def take(self, side: str, kind: type) -> list:
         found = [e for e in self.events[side] if isinstance(e, kind)]
@@ -365,17 +364,24 @@ def raw_client_and_session(
         for datagram, _ in server.datagrams_to_send(now):
             client.receive_datagram(datagram, SERVER_ADDR, now)
         outbound = [datagram for datagram, _ in client.datagrams_to_send(now)]
-        while (event := server.next_event()) is not None:
-            events.append(event)
+        collect(server, events)
     return client, server, events
+
+
+def collect(session: s.Session, events: list[s.SessionEvent]) -> None:
+    """The session's events, each frame of a ``FramesReceived`` batch on its own."""
+    while (event := session.next_event()) is not None:
+        if isinstance(event, s.FramesReceived):
+            events.extend(event.frames)  # type: ignore[arg-type]
+        else:
+            events.append(event)
 
 
 def deliver(client: CheckedQuicConnection, server: s.Session, events: list[s.SessionEvent]) -> None:
     for datagram, _ in client.datagrams_to_send(1.0):
         server.receive_datagram(datagram, CLIENT_ADDR, 1.0)
     server.datagrams_to_send(1.0)  # a close the data caused begins here
-    while (event := server.next_event()) is not None:
-        events.append(event)
+    collect(server, events)
 
 
 def test_frames_before_the_hello_are_held_until_it_arrives() -> None:

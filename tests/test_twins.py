@@ -170,6 +170,50 @@ def test_encode_frame_agrees(flag: int, body: bytes) -> None:
     assert_same(lambda m: m.encode_frame(flag, body), "framing")
 
 
+def take_all(framing: ModuleType, stream: bytes, cuts: list[int], budgets: list[int]) -> list[Any]:
+    """Feed ``stream`` in pieces and ``take`` after each with the next budget, as a lane does."""
+    decoder = framing.FrameDecoder(64)
+    events: list[Any] = []
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    for index, (start, end) in enumerate(zip(points, points[1:], strict=False)):
+        decoder.feed(stream[start:end])
+        budget = budgets[index % len(budgets)] if budgets else 1 << 40
+        got = outcome(lambda: decoder.take(index, budget, 73))  # noqa: B023 - called at once
+        if got[0] == "ok":
+            frames, spent, stop, odd = got[1]
+            fields = [(f.flag, f.request_id, f.data, f.lane, f.cost, f.large, f.held) for f in frames]
+            got = (fields, spent, stop, odd, decoder.buffered)
+        events.append(got)
+    return events
+
+
+@given(
+    seed=st.integers(0, 2**32),
+    count=st.integers(0, 12),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=2),
+    cuts=st.lists(st.integers(0, 10**6), max_size=8),
+    budgets=st.lists(st.integers(-10, 2000), max_size=4),
+)
+def test_framing_take_agrees(
+    seed: int, count: int, flips: list[tuple[int, int]], cuts: list[int], budgets: list[int]
+) -> None:
+    stream = bytearray(valid_stream(seed, count))
+    for at, value in flips:
+        if stream:
+            stream[at % len(stream)] = value
+    assert_same(lambda m: take_all(m, bytes(stream), cuts, budgets), "framing")
+
+
+@given(st.integers(-2, 6), st.binary(max_size=50), st.binary(max_size=20))
+def test_append_frame_agrees(flag: int, body: bytes, before: bytes) -> None:
+    def append(m: ModuleType) -> Any:
+        out = bytearray(before)
+        result = outcome(lambda: m.append_frame(out, flag, body))
+        return result, bytes(out)
+
+    assert_same(append, "framing")
+
+
 # ---- chunking ------------------------------------------------------------------------------
 
 

@@ -29,8 +29,14 @@ __all__ = (
     "FLAG_USER",
     "HEADER_SIZE",
     "MAX_DATA_LEN",
+    "TAKE_BROKEN",
+    "TAKE_DONE",
+    "TAKE_ODD",
+    "TAKE_OVER_BUDGET",
     "VERSION",
     "FrameDecoder",
+    "FrameReceived",
+    "append_frame",
     "decode_header",
     "encode_frame",
     "encode_header",
@@ -43,6 +49,12 @@ FLAG_USER = 0
 FLAG_CONTROL = 1
 FLAG_REQUEST = 2
 FLAG_RESPONSE = 3
+
+# What ``FrameDecoder.take`` stopped at.
+TAKE_DONE = 0  # no complete frame is left
+TAKE_ODD = 1  # a frame that is not a message: a control frame, or a request too short for its id
+TAKE_OVER_BUDGET = 2  # the next frame costs more than the budget left (it stays in the decoder)
+TAKE_BROKEN = 3  # a bad header follows the frames returned: the next call raises its error
 
 _HEADER = struct.Struct(">HIB2x")
 # Consumed bytes are dropped from the front of the buffer once they pass this mark.
@@ -66,6 +78,44 @@ def encode_frame(flag: int, body: Buffer) -> bytes:
     """Header and body in one ``bytes`` (a copy: meant for small frames)."""
     view = memoryview(body)
     return encode_header(flag, view.nbytes) + view
+
+
+def append_frame(out: bytearray, flag: int, body: bytes) -> None:
+    """Append header and body to ``out``: how lanes queue small frames, in one call."""
+    out += encode_header(flag, len(body))
+    out += body
+
+
+class FrameReceived:
+    """A user message, request or response. ``cost`` units are granted back once the
+    application consumed it; ``large`` frames also give back their buffer slot and the
+    ``held`` bytes of memory they had there."""
+
+    __slots__ = ("cost", "data", "flag", "held", "lane", "large", "request_id")
+
+    def __init__(
+        self,
+        flag: int,
+        request_id: int,
+        data: bytes | bytearray,
+        lane: int,
+        cost: int,
+        large: bool,
+        held: int = 0,
+    ) -> None:
+        self.flag = flag
+        self.request_id = request_id
+        self.data = data
+        self.lane = lane
+        self.cost = cost
+        self.large = large
+        self.held = held
+
+    def __repr__(self) -> str:
+        return (
+            f"FrameReceived(flag={self.flag}, request_id={self.request_id}, {len(self.data)} bytes, "
+            f"lane={self.lane}, cost={self.cost}, large={self.large}, held={self.held})"
+        )
 
 
 def _check_header(version: int, data_len: int, flag: int, max_size: int) -> None:
@@ -160,6 +210,52 @@ class FrameDecoder:
             return None
         self._pos = end
         return flag, bytes(buf[start:end])
+
+    def take(
+        self, lane: int, budget: int, frame_cost: int
+    ) -> tuple[list[FrameReceived], int, int, tuple[int, bytes] | None]:
+        """Every complete message frame, as ``FrameReceived`` of ``lane`` costing its body's
+        length plus ``frame_cost``, while their cost fits ``budget``.
+
+        Returns ``(frames, spent, stop, odd)``: ``stop`` says why it stopped (``TAKE_*``);
+        for ``TAKE_ODD``, ``odd`` is the ``(flag, body)`` of the frame it stopped at, taken
+        from the stream. A bad header raises, unless frames came before it: those are
+        returned first (``TAKE_BROKEN``), and the next call raises. A request's or response's
+        id is cut from its body in the one copy.
+        """
+        frames: list[FrameReceived] = []
+        spent = 0
+        while True:
+            self._raise_if_failed()
+            buf = self._buf
+            pos = self._pos
+            if len(buf) - pos < HEADER_SIZE:
+                return frames, spent, TAKE_DONE, None
+            version, data_len, flag = _HEADER.unpack_from(buf, pos)
+            try:
+                _check_header(version, data_len, flag, self._max_size)
+            except Exception as exc:
+                self._fail(exc)
+                if frames:
+                    return frames, spent, TAKE_BROKEN, None
+                raise exc from None
+            start = pos + HEADER_SIZE
+            end = start + data_len
+            if end > len(buf):
+                return frames, spent, TAKE_DONE, None
+            if flag == FLAG_CONTROL or (flag != FLAG_USER and data_len < 4):
+                self._pos = end
+                return frames, spent, TAKE_ODD, (flag, bytes(buf[start:end]))
+            cost = data_len + frame_cost
+            if spent + cost > budget:
+                return frames, spent, TAKE_OVER_BUDGET, None
+            self._pos = end
+            spent += cost
+            if flag == FLAG_USER:
+                frames.append(FrameReceived(flag, 0, bytes(buf[start:end]), lane, cost, False))
+            else:
+                request_id = int.from_bytes(buf[start : start + 4], "big")
+                frames.append(FrameReceived(flag, request_id, bytes(buf[start + 4 : end]), lane, cost, False))
 
     def __iter__(self) -> FrameDecoder:
         return self
