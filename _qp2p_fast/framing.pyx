@@ -283,8 +283,38 @@ cdef class FrameDecoder:
         self._raise_if_failed()
         return self._next()
 
-    def take(self, lane, long long budget, long long frame_cost):
+    def take(self, data, lane, long long budget, long long frame_cost):
         self._raise_if_failed()
+        cdef Py_buffer view
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t left
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if self._start == self._end and view.len:
+                # Straight from the caller's bytes: each body is copied once; only a tail is kept.
+                try:
+                    return self._take_from(<const uint8_t*>view.buf, &pos, view.len, lane, budget, frame_cost)
+                finally:
+                    left = view.len - pos
+                    if left:
+                        self._reserve(left)
+                        memcpy(self._buf + self._end, <const uint8_t*>view.buf + pos, left)
+                        self._end += left
+            if view.len:
+                self._reserve(view.len)
+                memcpy(self._buf + self._end, view.buf, view.len)
+                self._end += view.len
+            pos = self._start
+            try:
+                return self._take_from(self._buf, &pos, self._end, lane, budget, frame_cost)
+            finally:
+                self._start = pos
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef tuple _take_from(
+        self, const uint8_t* base, Py_ssize_t* at, Py_ssize_t end, object lane, long long budget, long long frame_cost
+    ):
         cdef list frames = []
         cdef long long spent = 0
         cdef long long cost
@@ -295,10 +325,10 @@ cdef class FrameDecoder:
         cdef unsigned int flag
         cdef uint32_t request_id
         while True:
-            avail = self._end - self._start
+            avail = end - at[0]
             if avail < C_HEADER_SIZE:
                 return frames, spent, TAKE_DONE, None
-            p = self._buf + self._start
+            p = base + at[0]
             try:
                 _check_header(p, self._max_size)
             except Exception as exc:
@@ -312,19 +342,19 @@ cdef class FrameDecoder:
             flag = p[6]
             body = p + C_HEADER_SIZE
             if flag == C_FLAG_CONTROL or (flag != C_FLAG_USER and data_len < 4):
-                self._start += C_HEADER_SIZE + <Py_ssize_t>data_len
+                at[0] += C_HEADER_SIZE + <Py_ssize_t>data_len
                 return frames, spent, TAKE_ODD, (flag, PyBytes_FromStringAndSize(<const char*>body, <Py_ssize_t>data_len))
             cost = <long long>data_len + frame_cost
             if spent + cost > budget:
                 return frames, spent, TAKE_OVER_BUDGET, None
             if flag == C_FLAG_USER:
-                data = PyBytes_FromStringAndSize(<const char*>body, <Py_ssize_t>data_len)
-                frames.append(_frame(flag, 0, data, lane, cost))
+                payload = PyBytes_FromStringAndSize(<const char*>body, <Py_ssize_t>data_len)
+                frames.append(_frame(flag, 0, payload, lane, cost))
             else:
                 request_id = (<uint32_t>body[0] << 24) | (<uint32_t>body[1] << 16) | (<uint32_t>body[2] << 8) | body[3]
-                data = PyBytes_FromStringAndSize(<const char*>body + 4, <Py_ssize_t>data_len - 4)
-                frames.append(_frame(flag, request_id, data, lane, cost))
-            self._start += C_HEADER_SIZE + <Py_ssize_t>data_len
+                payload = PyBytes_FromStringAndSize(<const char*>body + 4, <Py_ssize_t>data_len - 4)
+                frames.append(_frame(flag, request_id, payload, lane, cost))
+            at[0] += C_HEADER_SIZE + <Py_ssize_t>data_len
             spent += cost
 
     def __iter__(self):

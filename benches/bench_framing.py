@@ -84,8 +84,7 @@ def test_framing_take_pieces_10000x64B(
         decoder = framing.FrameDecoder(MAX_SIZE)
         frames: list[object] = []
         for piece in packets:
-            decoder.feed(piece)
-            frames.extend(decoder.take(1, 1 << 40, 73)[0])
+            frames.extend(decoder.take(piece, 1, 1 << 40, 73)[0])
         last = frames[-1]
         assert len(frames) == FRAMES and last.data == LAST_FRAME[1] and decoder.buffered == 0  # type: ignore[attr-defined]
 

@@ -764,13 +764,13 @@ class Session:
 
     def _lane_data(self, incoming: _Incoming, data: bytes | bytearray) -> None:
         decoder = incoming.decoder
-        decoder.feed(data)
         lane = incoming.lane
         self._partial -= incoming.partial  # counted again below, once complete frames are out
         incoming.partial = 0
         while True:
             budget = self._advertised + self._overshoot - self._received - self._partial
-            frames, spent, stop, odd = decoder.take(lane, budget, _FRAME_COST)
+            frames, spent, stop, odd = decoder.take(data, lane, budget, _FRAME_COST)
+            data = b""
             if frames:
                 self._received += spent
                 self._outstanding += spent

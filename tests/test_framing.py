@@ -250,7 +250,7 @@ def test_append_frame_writes_what_encode_frame_does(framing: ModuleType) -> None
 def test_take_returns_messages_and_cuts_request_ids(framing: ModuleType) -> None:
     decoder = framing.FrameDecoder(MiB)
     decoder.feed(lane_stream(framing, (framing.FLAG_USER, b"one"), (framing.FLAG_REQUEST, b"\0\0\0\x09ask")))
-    frames, spent, stop, odd = decoder.take(2, 10_000, COST)
+    frames, spent, stop, odd = decoder.take(b"", 2, 10_000, COST)
     assert [(f.flag, f.request_id, f.data, f.lane, f.cost, f.large) for f in frames] == [
         (framing.FLAG_USER, 0, b"one", 2, 3 + COST, False),
         (framing.FLAG_REQUEST, 9, b"ask", 2, 7 + COST, False),  # the id counts, though cut off
@@ -262,36 +262,47 @@ def test_take_returns_messages_and_cuts_request_ids(framing: ModuleType) -> None
 def test_take_stops_at_a_control_frame_and_hands_it_over(framing: ModuleType) -> None:
     decoder = framing.FrameDecoder(MiB)
     decoder.feed(lane_stream(framing, (0, b"a"), (framing.FLAG_CONTROL, b"hello"), (0, b"b")))
-    frames, _, stop, odd = decoder.take(0, 10_000, COST)
+    frames, _, stop, odd = decoder.take(b"", 0, 10_000, COST)
     assert [f.data for f in frames] == [b"a"] and stop == framing.TAKE_ODD
     assert odd == (framing.FLAG_CONTROL, b"hello")
-    frames, _, stop, _ = decoder.take(0, 10_000, COST)  # what follows it comes with the next call
+    frames, _, stop, _ = decoder.take(b"", 0, 10_000, COST)  # what follows it comes with the next call
     assert [f.data for f in frames] == [b"b"] and stop == framing.TAKE_DONE
 
 
 def test_take_hands_over_a_request_too_short_for_its_id(framing: ModuleType) -> None:
     decoder = framing.FrameDecoder(MiB)
     decoder.feed(lane_stream(framing, (framing.FLAG_RESPONSE, b"\0\0")))
-    assert decoder.take(0, 10_000, COST) == ([], 0, framing.TAKE_ODD, (framing.FLAG_RESPONSE, b"\0\0"))
+    assert decoder.take(b"", 0, 10_000, COST) == ([], 0, framing.TAKE_ODD, (framing.FLAG_RESPONSE, b"\0\0"))
 
 
 def test_take_stops_before_a_frame_beyond_the_budget(framing: ModuleType) -> None:
     decoder = framing.FrameDecoder(MiB)
     decoder.feed(lane_stream(framing, (0, b"x" * 27), (0, b"y" * 27)))
-    frames, spent, stop, _ = decoder.take(0, 150, COST)  # room for one frame of 100 units, not two
+    frames, spent, stop, _ = decoder.take(b"", 0, 150, COST)  # room for one frame of 100 units, not two
     assert [f.data for f in frames] == [b"x" * 27] and spent == 100 and stop == framing.TAKE_OVER_BUDGET
     assert decoder.buffered == framing.HEADER_SIZE + 27  # the frame that did not fit is still there
+
+
+def test_take_reads_what_it_is_given_and_keeps_only_the_incomplete_tail(framing: ModuleType) -> None:
+    decoder = framing.FrameDecoder(MiB)
+    stream = lane_stream(framing, (0, b"a" * 10), (0, b"b" * 10), (0, b"c" * 10))
+    cut = len(stream) - 5
+    frames, _, stop, _ = decoder.take(bytes(stream[:cut]), 0, 10_000, COST)
+    assert [f.data for f in frames] == [b"a" * 10, b"b" * 10] and stop == framing.TAKE_DONE
+    assert decoder.buffered == framing.HEADER_SIZE + 10 - 5  # the third frame's first bytes
+    frames, _, _, _ = decoder.take(bytes(stream[cut:]), 0, 10_000, COST)
+    assert [f.data for f in frames] == [b"c" * 10] and decoder.buffered == 0
 
 
 def test_take_keeps_an_incomplete_frame_and_raises_on_a_bad_header(framing: ModuleType) -> None:
     decoder = framing.FrameDecoder(10)
     stream = lane_stream(framing, (0, b"12345"))
     decoder.feed(stream[:-1])
-    assert decoder.take(0, 10_000, COST) == ([], 0, framing.TAKE_DONE, None)
+    assert decoder.take(b"", 0, 10_000, COST) == ([], 0, framing.TAKE_DONE, None)
     decoder.feed(stream[-1:] + framing.encode_header(0, 11))  # complete, then a body above max_size
-    frames, _, stop, _ = decoder.take(0, 10_000, COST)  # what came before the bad header first
+    frames, _, stop, _ = decoder.take(b"", 0, 10_000, COST)  # what came before the bad header first
     assert [f.data for f in frames] == [b"12345"] and stop == framing.TAKE_BROKEN
     with pytest.raises(errors.FrameTooLarge):
-        decoder.take(0, 10_000, COST)
+        decoder.take(b"", 0, 10_000, COST)
     with pytest.raises(errors.FrameTooLarge):  # the decoder stays broken
-        decoder.take(0, 10_000, COST)
+        decoder.take(b"", 0, 10_000, COST)

@@ -170,20 +170,29 @@ def test_encode_frame_agrees(flag: int, body: bytes) -> None:
     assert_same(lambda m: m.encode_frame(flag, body), "framing")
 
 
+def taken(framing: ModuleType, call: Callable[[], Any]) -> tuple[Any, ...]:
+    """``outcome`` of one ``take``, with each FrameReceived as the tuple of its fields."""
+    got = outcome(call)
+    if got[0] != "ok":
+        return got
+    frames, spent, stop, odd = got[1]
+    fields = [(f.flag, f.request_id, f.data, f.lane, f.cost, f.large, f.held) for f in frames]
+    return ("ok", fields, spent, stop, odd)
+
+
 def take_all(framing: ModuleType, stream: bytes, cuts: list[int], budgets: list[int]) -> list[Any]:
-    """Feed ``stream`` in pieces and ``take`` after each with the next budget, as a lane does."""
+    """Hand ``stream`` to ``take`` in pieces, each with the next budget, as a lane does (what
+    stopped early is taken again with nothing new)."""
     decoder = framing.FrameDecoder(64)
     events: list[Any] = []
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     for index, (start, end) in enumerate(zip(points, points[1:], strict=False)):
-        decoder.feed(stream[start:end])
+        piece = stream[start:end]
         budget = budgets[index % len(budgets)] if budgets else 1 << 40
-        got = outcome(lambda: decoder.take(index, budget, 73))  # noqa: B023 - called at once
-        if got[0] == "ok":
-            frames, spent, stop, odd = got[1]
-            fields = [(f.flag, f.request_id, f.data, f.lane, f.cost, f.large, f.held) for f in frames]
-            got = (fields, spent, stop, odd, decoder.buffered)
-        events.append(got)
+        events.append(taken(framing, lambda: decoder.take(piece, index, budget, 73)))  # noqa: B023
+        if events[-1][0] == "ok" and events[-1][3] != framing.TAKE_DONE:
+            events.append(taken(framing, lambda: decoder.take(b"", index, 1 << 40, 73)))  # noqa: B023
+        events.append(decoder.buffered)
     return events
 
 

@@ -212,17 +212,20 @@ class FrameDecoder:
         return flag, bytes(buf[start:end])
 
     def take(
-        self, lane: int, budget: int, frame_cost: int
+        self, data: Buffer, lane: int, budget: int, frame_cost: int
     ) -> tuple[list[FrameReceived], int, int, tuple[int, bytes] | None]:
-        """Every complete message frame, as ``FrameReceived`` of ``lane`` costing its body's
-        length plus ``frame_cost``, while their cost fits ``budget``.
+        """Feed ``data`` (may be empty), then take every complete message frame, as a
+        ``FrameReceived`` of ``lane`` costing its body's length plus ``frame_cost``, while
+        their cost fits ``budget``.
 
         Returns ``(frames, spent, stop, odd)``: ``stop`` says why it stopped (``TAKE_*``);
         for ``TAKE_ODD``, ``odd`` is the ``(flag, body)`` of the frame it stopped at, taken
         from the stream. A bad header raises, unless frames came before it: those are
-        returned first (``TAKE_BROKEN``), and the next call raises. A request's or response's
-        id is cut from its body in the one copy.
+        returned first (``TAKE_BROKEN``), and the next call raises. Each body is one copy of
+        what was fed, a request's or response's id cut off (the compiled decoder reads
+        ``data`` in place while nothing is buffered, and keeps only an incomplete tail).
         """
+        self.feed(data)
         frames: list[FrameReceived] = []
         spent = 0
         while True:
