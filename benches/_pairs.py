@@ -13,13 +13,22 @@ import importlib
 import importlib.util
 from collections.abc import Callable, Coroutine
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from _peers import Body, DatagramSize, Impl
+from _peers import Body, DatagramSize, Impl, Sender
 
 from qp2p import ConfigError, _loops
 
-__all__ = ("LOOP_CHOICES", "LOOPS", "ROUND_TIMEOUT", "Pair", "installed_loops", "loop_factory", "loops_for")
+__all__ = (
+    "LOOP_CHOICES",
+    "LOOPS",
+    "ROUND_TIMEOUT",
+    "Driver",
+    "Pair",
+    "installed_loops",
+    "loop_factory",
+    "loops_for",
+)
 
 T = TypeVar("T")
 
@@ -51,28 +60,29 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-class Pair:
-    """A receiver and a sender of one peer on a fresh event loop, connected."""
+class Event(Protocol):
+    """What ``Driver`` needs of an event: asyncio's and trio's both have it."""
 
-    def __init__(self, name: str, impl: Impl, loop: str, datagram_size: DatagramSize) -> None:
+    def set(self) -> None: ...
+
+    async def wait(self) -> Any: ...
+
+
+class Driver:
+    """The part of a pair the workloads drive, on whatever loop runs it: sends, round trips, arrivals.
+
+    ``sender`` is set by whoever connects the pair; ``on_message`` is the receiver's callback.
+    """
+
+    sender: Sender
+
+    def __init__(self, name: str, all_in: Event) -> None:
         self.name = name
         self.received: list[Body] = []
         self._expected = 0
-        self._all_in = asyncio.Event()
-        self._runner = asyncio.Runner(loop_factory=loop_factory(loop))
-        self._receiver = impl.receiver(datagram_size)
-        self.sender = impl.sender(datagram_size)
-        self._closed = False
-        try:
-            self.run(self._connect(), "connecting")
-        except BaseException:
-            self.close()
-            raise
+        self._all_in = all_in
 
-    async def _connect(self) -> None:
-        await self.sender.connect(await self._receiver.start(self._on_message))
-
-    def _on_message(self, body: Body) -> None:
+    def on_message(self, body: Body) -> None:
         self.received.append(body)
         if len(self.received) == self._expected:
             self._all_in.set()
@@ -99,6 +109,29 @@ class Pair:
                 raise AssertionError(f"{self.name}: the reply to request {data[:4].hex()} is wrong")
         return times
 
+    def progress(self) -> str:
+        """How far the messages have come, for a timeout's message."""
+        return f"{len(self.received)} of {self._expected} messages received"
+
+
+class Pair(Driver):
+    """A receiver and a sender of one peer on a fresh event loop, connected."""
+
+    def __init__(self, name: str, impl: Impl, loop: str, datagram_size: DatagramSize) -> None:
+        super().__init__(name, asyncio.Event())
+        self._runner = asyncio.Runner(loop_factory=loop_factory(loop))
+        self._receiver = impl.receiver(datagram_size)
+        self.sender = impl.sender(datagram_size)
+        self._closed = False
+        try:
+            self.run(self._connect(), "connecting")
+        except BaseException:
+            self.close()
+            raise
+
+    async def _connect(self) -> None:
+        await self.sender.connect(await self._receiver.start(self.on_message))
+
     def run(self, work: Coroutine[Any, Any, T], what: str) -> T:
         """Runs ``work`` on this pair's loop, failing (not hanging) after ``ROUND_TIMEOUT``."""
 
@@ -111,8 +144,7 @@ class Pair:
                 if not deadline.expired():
                     raise
                 raise AssertionError(
-                    f"{self.name}: {what} not done within {ROUND_TIMEOUT} s "
-                    f"({len(self.received)} of {self._expected} messages received)"
+                    f"{self.name}: {what} not done within {ROUND_TIMEOUT} s ({self.progress()})"
                 ) from None
 
         return self._runner.run(bounded())

@@ -13,7 +13,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ("CORE", "PEERS", "Body", "Contact", "Impl", "Missing", "Receiver", "Sender", "load")
+__all__ = ("CORE", "PEERS", "Body", "Contact", "Impl", "Missing", "OwnLoop", "Receiver", "Sender", "load")
 
 Body = bytes | bytearray
 # What a receiver's start returns and a sender's connect takes: (host, port) for a socket
@@ -52,6 +52,14 @@ class Impl(NamedTuple):
     sized_datagrams: bool
 
 
+class OwnLoop(NamedTuple):
+    """A peer that cannot share an asyncio loop: it runs a workload itself, on the loop it needs."""
+
+    loop: str
+    # (workload, rounds) -> the workload's figures, as _workloads.Workload.figures gives them.
+    measure: Callable[[Any, int], dict[str, Any]]
+
+
 class _Entry(NamedTuple):
     package: str  # the import that must be found, else the peer is "not installed"
     module: str  # the bench module holding the Impl
@@ -64,19 +72,24 @@ PEERS = {
     "qh3": _Entry("qh3", "aioquic_baseline", "QH3"),
     "aiortc": _Entry("aiortc", "aiortc_peer", "AIORTC"),
     "tls": _Entry("ssl", "tls_peer", "TLS"),
+    "libp2p": _Entry("libp2p", "libp2p_peer", "LIBP2P"),
 }
 # Always installed with qp2p: what the pytest benches and e2e_memory.py compare.
 CORE = ("qp2p", "aioquic")
 
 
 class Missing(Exception):
-    """A peer that cannot run here; the message says why."""
+    """A peer that cannot run here, not installed or unsupported; the message says why."""
 
 
-def load(name: str) -> Impl:
-    """The named peer's ``Impl``; raises ``Missing`` when its package is not installed."""
+def load(name: str) -> Impl | OwnLoop:
+    """The named peer's ``Impl`` (or ``OwnLoop``); raises ``Missing`` when its package is not installed."""
     entry = PEERS[name]
     if importlib.util.find_spec(entry.package) is None:
         raise Missing(f"not installed (no module {entry.package!r}; pip install -e '.[bench]')")
-    impl: Impl = getattr(importlib.import_module(entry.module), entry.attribute)
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as error:  # installed, but it does not load on this Python or platform
+        raise Missing(f"unsupported here: importing it failed ({error})") from error
+    impl: Impl | OwnLoop = getattr(module, entry.attribute)
     return impl

@@ -1,9 +1,9 @@
 """The end-to-end workloads: what one round sends, how it is timed and checked, and its figures.
 
 Shared by bench_e2e.py (pytest-benchmark) and peers.py (every peer in one run). A round is
-``work`` on a freshly connected ``Pair``; ``check`` runs after it, untimed, and fails when
-anything sent did not arrive intact; ``figures`` sums the rounds up as the ``extra_info`` keys
-that ratios.py shows (``E2E_FIGURES``).
+``work`` on a freshly connected ``Driver`` (a ``Pair``, or one on a peer's own loop); ``check``
+runs after it, untimed, and fails when anything sent did not arrive intact; ``figures`` sums
+the rounds up as the ``extra_info`` keys that ratios.py shows (``E2E_FIGURES``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from _inputs import MiB, payload, size_label
-from _pairs import Pair
+from _pairs import Driver
 from _peers import DatagramSize
 from aioquic_baseline import DATAGRAM_SIZE
 
@@ -53,11 +53,11 @@ class Workload:
     def inputs(self) -> list[bytes]:
         return numbered(self.count, self.size)
 
-    async def work(self, pair: Pair) -> Any:
+    async def work(self, pair: Driver) -> Any:
         """One timed round."""
         raise NotImplementedError
 
-    def check(self, pair: Pair) -> None:
+    def check(self, pair: Driver) -> None:
         """Fails unless the round's messages all arrived, each intact."""
         assert sorted(pair.received) == self.inputs, (
             f"{pair.name}: the messages received are not the ones sent"
@@ -74,7 +74,7 @@ class Messages(Workload):
 
     kind = "messages"
 
-    async def work(self, pair: Pair) -> float:
+    async def work(self, pair: Driver) -> float:
         return await pair.deliver(self.inputs)
 
     def figures(self, rounds: list[float]) -> dict[str, Any]:
@@ -95,10 +95,10 @@ class Bulk(Workload):
     def inputs(self) -> list[bytes]:
         return [payload(self.size)]
 
-    async def work(self, pair: Pair) -> float:
+    async def work(self, pair: Driver) -> float:
         return await pair.deliver(self.inputs)
 
-    def check(self, pair: Pair) -> None:
+    def check(self, pair: Driver) -> None:
         assert len(pair.received) == 1, f"{pair.name}: {len(pair.received)} messages arrived, not 1"
         got = pair.received[0]
         assert got == self.inputs[0], f"{pair.name}: the {len(got)} bytes received are wrong"
@@ -113,10 +113,10 @@ class Requests(Workload):
 
     kind = "request"
 
-    async def work(self, pair: Pair) -> list[float]:
+    async def work(self, pair: Driver) -> list[float]:
         return await pair.round_trips(self.inputs)
 
-    def check(self, pair: Pair) -> None:
+    def check(self, pair: Driver) -> None:
         assert not pair.received, f"{pair.name}: requests arrived as messages"
 
     def figures(self, rounds: list[list[float]]) -> dict[str, Any]:

@@ -3,12 +3,14 @@
     python benches/peers.py [--loop asyncio|uvloop|both] [--quick] [--peers qp2p,aioquic] [--json F]
 
 The peers are those of _peers.py: qp2p, raw aioquic and qh3 (one code, aioquic_baseline.py),
-aiortc data channels (aiortc_peer.py), TLS 1.3 over TCP (tls_peer.py), and py-libp2p, which
-is reported but not run (``UNSUPPORTED``). The workloads are those of _workloads.py, on
-127.0.0.1 with both ends in one event loop. Each runs ``ROUNDS`` rounds per peer and loop, a
-fresh pair each, every round bounded in time and checked after it (every message, every byte,
-every reply); a peer that fails or times out shows "failed" and makes the exit status 1. A
-peer whose package is missing shows "not installed". ``--quick`` runs one round at small sizes.
+aiortc data channels (aiortc_peer.py), TLS 1.3 over TCP (tls_peer.py) and py-libp2p
+(libp2p_peer.py). The workloads are those of _workloads.py, on 127.0.0.1 with both ends in one
+event loop. Each runs ``ROUNDS`` rounds per peer and loop, a fresh pair each, every round
+bounded in time and checked after it (every message, every byte, every reply); a peer that
+fails or times out shows "failed" and makes the exit status 1. A peer whose package is missing
+shows "not installed", one that does not load here "unsupported". py-libp2p runs on trio only:
+it is measured once per workload on trio, and that figure, marked "(trio)", stands in every
+loop's row. ``--quick`` runs one round at small sizes.
 
 Prints the figures, then qp2p's figure over each other peer's ("how many times better qp2p is",
 as ratios.py words it) with the targets of ``TARGETS``, then each peer's figure on uvloop over
@@ -23,13 +25,13 @@ import importlib.metadata
 import json
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from _inputs import KiB, MiB
 from _pairs import LOOP_CHOICES, Pair, loops_for
-from _peers import Impl, Missing, load
+from _peers import Impl, Missing, OwnLoop, load
 from _workloads import Bulk, Messages, Requests, Workload
 from aioquic_baseline import DATAGRAM_SIZE
 from ratios import E2E_FIGURES, Target
@@ -41,12 +43,8 @@ __all__ = ("main",)
 ROUNDS = 3
 # A datagram size near QUIC's largest on loopback; qp2p takes at most 16383.
 LARGE_DATAGRAM = 16383
-# Peers in table order; those in UNSUPPORTED cannot run these workloads, for the reason given.
+# Peers in table order.
 ORDER = ("qp2p", "aioquic", "qh3", "aiortc", "tls", "libp2p")
-UNSUPPORTED = {
-    "libp2p": "unsupported: py-libp2p runs on trio only, and these workloads run both peers "
-    "in one asyncio loop (asyncio's own or uvloop)",
-}
 DISTRIBUTIONS = ("qp2p", "aioquic", "qh3", "aiortc", "libp2p", "uvloop")
 # Issue 13's targets for qp2p at full size; "today" is qp2p's figure when they were set.
 TARGETS = {
@@ -67,7 +65,8 @@ class Cell:
     loop: str
     peer: str
     figures: dict[str, Any] = field(default_factory=dict)
-    note: str = ""  # "not installed: ...", "unsupported: ...", "failed: ...", "n/a: ..."
+    note: str = ""  # "not installed: ...", "unsupported ...", "failed: ...", "n/a: ..."
+    ran_on: str = ""  # the loop the peer ran on instead of ``loop`` (py-libp2p: trio)
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -99,15 +98,19 @@ def measure(peer: str, impl: Impl, loop: str, workload: Workload, rounds: int) -
 def run_cell(peer: str, loop: str, workload: Workload, rounds: int) -> Cell:
     """``measure``, or the reason it cannot or did not give figures."""
     cell = Cell(workload.group, loop, peer)
-    if peer in UNSUPPORTED:
-        cell.note = UNSUPPORTED[peer]
-        return cell
     try:
         impl = load(peer)
-        if workload.datagram_size != DATAGRAM_SIZE and not impl.sized_datagrams:
+        if isinstance(impl, OwnLoop):
+            cell.ran_on = impl.loop
+        if workload.datagram_size != DATAGRAM_SIZE and (
+            isinstance(impl, OwnLoop) or not impl.sized_datagrams
+        ):
             cell.note = "n/a: no datagram size to set"
             return cell
-        cell.figures = measure(peer, impl, loop, workload, rounds)
+        if isinstance(impl, OwnLoop):
+            cell.figures = impl.measure(workload, rounds)
+        else:
+            cell.figures = measure(peer, impl, loop, workload, rounds)
     except Missing as missing:
         cell.note = str(missing)
     except Exception as error:  # a failed or timed-out round: reported, never a figure
@@ -124,7 +127,8 @@ def _show(cell: Cell | None) -> str:
     if cell is None:
         return "–"
     if cell.figures:
-        return E2E_FIGURES[_kind(cell.group)].show.format(**cell.figures)
+        shown = E2E_FIGURES[_kind(cell.group)].show.format(**cell.figures)
+        return f"{shown} ({cell.ran_on})" if cell.ran_on else shown
     return "—" if cell.note.startswith("n/a") else cell.note.split(":")[0]
 
 
@@ -133,6 +137,11 @@ def _ratio(ours: Cell | None, theirs: Cell | None) -> float | None:
         return None
     figure = E2E_FIGURES[_kind(ours.group)]
     return figure.better_by(ours.figures[figure.key], theirs.figures[figure.key])
+
+
+def _gain(uvloop: Cell | None, asyncio: Cell | None) -> float | None:
+    """uvloop's figure over asyncio's, for a peer that ran on each."""
+    return None if uvloop is None or uvloop.ran_on else _ratio(uvloop, asyncio)
 
 
 def _times(ratio: float | None) -> str:
@@ -179,11 +188,9 @@ def tables(cells: list[Cell], peers: list[str], loops: list[str], targeted: bool
             f"|---|{'---:|' * len(peers)}---|",
         ]
         for group in groups:
-            gain = {
-                peer: _ratio(at.get((group, "uvloop", peer)), at.get((group, "asyncio", peer)))
-                for peer in peers
-            }
-            verdict = _verdict(uvloop_targets.get(group), gain, at.get((group, "uvloop", "qp2p")))
+            on = {loop: {peer: at.get((group, loop, peer)) for peer in peers} for loop in loops}
+            gain = {peer: _gain(on["uvloop"][peer], on["asyncio"][peer]) for peer in peers}
+            verdict = _verdict(uvloop_targets.get(group), gain, on["uvloop"].get("qp2p"))
             gains.append(f"| {group} | {' | '.join(_times(gain[peer]) for peer in peers)} | {verdict} |")
         sections.append(gains)
     notes = dict.fromkeys(
@@ -230,11 +237,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--peers must include qp2p: the ratios are qp2p's")
     loops = list(loops_for(args.loop))
     rounds = 1 if args.quick else ROUNDS
-    cells = []
+    cells: list[Cell] = []
     for workload in workloads(args.quick):
-        for loop in loops:
-            for peer in args.peers:
-                cells.append(run_cell(peer, loop, workload, rounds))
+        for peer in args.peers:
+            for loop in loops:
+                previous = (
+                    cells[-1]
+                    if cells and cells[-1].peer == peer and cells[-1].group == workload.group
+                    else None
+                )
+                if previous is not None and previous.ran_on:  # measured once on its own loop
+                    cells.append(replace(previous, loop=loop))
+                else:
+                    cells.append(run_cell(peer, loop, workload, rounds))
                 print(f"{workload.group} {loop} {peer}: {_show(cells[-1])}", file=sys.stderr, flush=True)
     print(tables(cells, args.peers, loops, targeted=not args.quick))
     if args.json is not None:
