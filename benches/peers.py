@@ -100,14 +100,11 @@ def run_cell(peer: str, loop: str, workload: Workload, rounds: int) -> Cell:
     cell = Cell(workload.group, loop, peer)
     try:
         impl = load(peer)
-        if isinstance(impl, OwnLoop):
-            cell.ran_on = impl.loop
-        if workload.datagram_size != DATAGRAM_SIZE and (
-            isinstance(impl, OwnLoop) or not impl.sized_datagrams
-        ):
+        sized = not isinstance(impl, OwnLoop) and impl.sized_datagrams
+        if workload.datagram_size != DATAGRAM_SIZE and not sized:
             cell.note = "n/a: no datagram size to set"
-            return cell
-        if isinstance(impl, OwnLoop):
+        elif isinstance(impl, OwnLoop):
+            cell.ran_on = impl.loop
             cell.figures = impl.measure(workload, rounds)
         else:
             cell.figures = measure(peer, impl, loop, workload, rounds)
@@ -117,6 +114,14 @@ def run_cell(peer: str, loop: str, workload: Workload, rounds: int) -> Cell:
         first_line = next(iter(str(error).splitlines()), "")
         cell.note = f"failed: {type(error).__name__}: {first_line}"
     return cell
+
+
+def cells_for(peer: str, workload: Workload, loops: list[str], rounds: int) -> list[Cell]:
+    """The peer's cell on each loop; a peer on a loop of its own is measured once, for every row."""
+    first = run_cell(peer, loops[0], workload, rounds)
+    if first.ran_on:
+        return [replace(first, loop=loop) for loop in loops]
+    return [first, *(run_cell(peer, loop, workload, rounds) for loop in loops[1:])]
 
 
 def _kind(group: str) -> str:
@@ -227,7 +232,7 @@ def _peer_list(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
-        "--loop", choices=LOOP_CHOICES, default="both", help="default both (uvloop if installed)"
+        "--loop", choices=LOOP_CHOICES, default="both", help="default both (uvloop where installed)"
     )
     parser.add_argument("--quick", action="store_true", help="one round at small sizes (a smoke run)")
     parser.add_argument("--peers", type=_peer_list, default=list(ORDER), help="comma-separated; default all")
@@ -240,17 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     cells: list[Cell] = []
     for workload in workloads(args.quick):
         for peer in args.peers:
-            for loop in loops:
-                previous = (
-                    cells[-1]
-                    if cells and cells[-1].peer == peer and cells[-1].group == workload.group
-                    else None
-                )
-                if previous is not None and previous.ran_on:  # measured once on its own loop
-                    cells.append(replace(previous, loop=loop))
-                else:
-                    cells.append(run_cell(peer, loop, workload, rounds))
-                print(f"{workload.group} {loop} {peer}: {_show(cells[-1])}", file=sys.stderr, flush=True)
+            for cell in cells_for(peer, workload, loops, rounds):
+                print(f"{cell.group} {cell.loop} {peer}: {_show(cell)}", file=sys.stderr, flush=True)
+                cells.append(cell)
     print(tables(cells, args.peers, loops, targeted=not args.quick))
     if args.json is not None:
         report = {

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,22 @@ def test_uvloop_over_asyncio_for_every_workload(quick_run: tuple[str, dict[str, 
     assert [line.split("|")[1].strip() for line in gains] == list(GROUPS)
     for line in gains:
         assert all(RATIO.match(cell.strip()) for cell in line.split("|")[2:4]), line
+
+
+@pytest.mark.parametrize("kind", ["messages", "bulk"])
+def test_a_peer_that_garbles_data_fails_instead_of_getting_a_figure(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.syspath_prepend(str(PEERS_SCRIPT.parent))  # benches/ is not a package
+    peers: Any = importlib.import_module("peers")
+    qp2p_peer: Any = importlib.import_module("qp2p_peer")
+
+    class Garbling(qp2p_peer.Qp2pSender):  # type: ignore[misc]
+        async def send(self, data: bytes | bytearray) -> None:
+            await super().send(bytes(reversed(data)))  # the right count and sizes, the wrong bytes
+
+    garbling = qp2p_peer.QP2P._replace(sender=Garbling)
+    monkeypatch.setattr(peers, "load", lambda name: garbling)
+    workload = next(workload for workload in peers.workloads(quick=True) if workload.kind == kind)
+    cell = peers.run_cell("qp2p", "asyncio", workload, rounds=1)
+    assert cell.note.startswith("failed: AssertionError: qp2p: the ") and not cell.figures, cell
