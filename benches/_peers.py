@@ -86,7 +86,7 @@ def load(name: str) -> Impl | OwnLoop:
     """The named peer's ``Impl`` (or ``OwnLoop``); raises ``Missing`` when its package is not installed."""
     entry = PEERS[name]
     if importlib.util.find_spec(entry.package) is None:
-        raise Missing(f"not installed (no module {entry.package!r}; pip install -e '.[bench]')")
+        raise Missing(f"not installed: no module {entry.package!r} (pip install -e '.[bench]')")
     try:
         module = importlib.import_module(entry.module)
     except ImportError as error:  # installed, but it does not load on this Python or platform

@@ -98,3 +98,22 @@ def test_a_peer_that_garbles_data_fails_instead_of_getting_a_figure(
     workload = next(workload for workload in peers.workloads(quick=True) if workload.kind == kind)
     cell = peers.run_cell("qp2p", "asyncio", workload, rounds=1)
     assert cell.note.startswith("failed: AssertionError: qp2p: the ") and not cell.figures, cell
+
+
+@pytest.mark.parametrize(
+    ("change", "shown"),
+    [
+        ({"package": "no_such_package_for_qp2p"}, "not installed"),
+        ({"module": "no_such_bench_module"}, "unsupported here"),
+    ],
+    ids=["missing", "not-loading"],
+)
+def test_a_peer_that_cannot_run_is_named_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, change: dict[str, str], shown: str
+) -> None:
+    monkeypatch.syspath_prepend(str(PEERS_SCRIPT.parent))
+    peers: Any = importlib.import_module("peers")
+    registry: Any = importlib.import_module("_peers")
+    monkeypatch.setitem(registry.PEERS, "qh3", registry.PEERS["qh3"]._replace(**change))
+    cell = peers.run_cell("qh3", "asyncio", peers.workloads(quick=True)[0], rounds=1)
+    assert not cell.figures and peers.tables([cell], ["qh3"], ["asyncio"], targeted=False).count(shown) == 2
