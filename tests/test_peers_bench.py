@@ -104,7 +104,7 @@ def test_a_peer_that_garbles_data_fails_instead_of_getting_a_figure(
     ("change", "shown"),
     [
         ({"package": "no_such_package_for_qp2p"}, "not installed"),
-        ({"module": "no_such_bench_module"}, "unsupported here"),
+        ({"package": "json", "module": "no_such_bench_module"}, "unsupported here"),
     ],
     ids=["missing", "not-loading"],
 )
