@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ("KiB", "MiB", "payload", "size_label")
+from cryptography.hazmat.primitives import serialization
+
+from qp2p.tls import Identity
+
+__all__ = ("KiB", "MiB", "identity_pem", "payload", "size_label")
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -21,3 +25,12 @@ def size_label(size: int) -> str:
         if size >= scale and size % scale == 0:
             return f"{size // scale}{unit}"
     return f"{size}B"
+
+
+def identity_pem(identity: Identity) -> tuple[bytes, bytes]:
+    """The certificate and its unencrypted PKCS#8 private key, PEM-encoded, for libraries that load PEM."""
+    certificate = identity.certificate.public_bytes(serialization.Encoding.PEM)
+    key = identity.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate, key

@@ -1,10 +1,13 @@
 """End to end over 127.0.0.1: qp2p against raw aioquic doing the same work, at 1200-byte datagrams.
 
-Each bench runs once per implementation (``impl`` ids ``qp2p`` and ``aioquic``; how the
-baseline carries messages is in aioquic_baseline.py) with the receiver and the sender in one
-event loop, and puts both in one group (``e2e.<workload>.<size>``). qp2p runs on whichever
-backend it loaded (``qp2p.BACKEND``, recorded in ``extra_info``): ``QP2P_NO_EXTENSIONS=1``
-gives the pure figures.
+Each bench runs once per implementation (``impl`` ids ``qp2p`` and ``aioquic``; how each side
+carries messages is in qp2p_peer.py and aioquic_baseline.py) and once per event loop (``loop``
+ids ``asyncio`` and, when it is installed, ``uvloop``; ``QP2P_BENCH_LOOP=asyncio|uvloop|both``
+narrows it, default both), with the receiver and the sender in one event loop, and puts both
+implementations in one group (``e2e.<workload>.<size>``). qp2p runs on whichever backend it
+loaded (``qp2p.BACKEND``, recorded in ``extra_info``): ``QP2P_NO_EXTENSIONS=1`` gives the pure
+figures. The workloads themselves (what is sent, checked and reported) are in _workloads.py,
+shared with peers.py.
 
 A round is a fresh event loop: both ends are started and connected before the clock starts
 and closed after it stops, and what arrived is checked after that, untimed. The benchmark
@@ -16,14 +19,11 @@ hanging. Under ``--benchmark-disable`` (CI smoke mode) each bench runs once at r
 
 from __future__ import annotations
 
-import asyncio
 import json
-import statistics
+import os
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -32,9 +32,10 @@ import qp2p
 
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))  # benches/ is not a package
-from _inputs import KiB, MiB, payload, size_label  # noqa: E402
-from aioquic_baseline import Body  # noqa: E402
-from e2e_memory import IMPLS  # noqa: E402
+from _inputs import KiB, MiB, size_label  # noqa: E402
+from _pairs import Pair, loops_for  # noqa: E402
+from _peers import CORE, load  # noqa: E402
+from _workloads import Bulk, Messages, Requests, Workload  # noqa: E402
 
 if TYPE_CHECKING:
     from pytest_benchmark.fixture import BenchmarkFixture
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 ROUNDS = 3
-ROUND_TIMEOUT = 120.0
+# Which event loops to run on: asyncio, uvloop or both (uvloop only where it is installed).
+LOOP_ENV = "QP2P_BENCH_LOOP"
 MEMORY_SCRIPT = Path(__file__).with_name("e2e_memory.py")
 # Below pytest's own per-test timeout, above the script's bound on its own run.
 MEMORY_SCRIPT_TIMEOUT = 270.0
@@ -53,7 +55,8 @@ REQUESTS = (1_000, 50)
 REQUEST_SIZE = 64
 MEMORY_MIB = (256, 16)
 
-with_impl = pytest.mark.parametrize("impl", list(IMPLS))
+with_impl = pytest.mark.parametrize("impl", CORE)
+with_loop = pytest.mark.parametrize("loop", loops_for(os.environ.get(LOOP_ENV, "both")))
 
 
 def _pick(benchmark: BenchmarkFixture, sizes: tuple[T, T]) -> T:
@@ -61,119 +64,25 @@ def _pick(benchmark: BenchmarkFixture, sizes: tuple[T, T]) -> T:
     return sizes[1] if benchmark.disabled else sizes[0]
 
 
-def _numbered(count: int, size: int) -> list[bytes]:
-    """``count`` distinct messages of ``size`` bytes, in ascending order: a 4-byte number, then a pattern."""
-    filler = payload(size - 4)
-    return [number.to_bytes(4, "big") + filler for number in range(count)]
+def _rounds(benchmark: BenchmarkFixture, impl: str, loop: str, workload: Workload) -> None:
+    """Times ``workload`` on a fresh pair per round and records its figures in ``extra_info``.
 
-
-class Pair:
-    """A receiver and a sender of one implementation on a fresh event loop, connected."""
-
-    def __init__(self, impl: str) -> None:
-        self.impl = impl
-        self.received: list[Body] = []
-        self._expected = 0
-        self._all_in = asyncio.Event()
-        self._runner = asyncio.Runner()
-        self._receiver = IMPLS[impl].receiver()
-        self.sender = IMPLS[impl].sender()
-        self._closed = False
-        try:
-            self.run(self._connect(), "connecting")
-        except BaseException:
-            self.close()
-            raise
-
-    async def _connect(self) -> None:
-        await self.sender.connect(await self._receiver.start(self._on_message))
-
-    def _on_message(self, body: Body) -> None:
-        self.received.append(body)
-        if len(self.received) == self._expected:
-            self._all_in.set()
-
-    async def deliver(self, messages: list[bytes]) -> float:
-        """Sends every message; seconds from the first send until the receiver has them all."""
-        self._expected = len(messages)
-        send = self.sender.send
-        start = perf_counter()
-        for data in messages:
-            await send(data)
-        await self._all_in.wait()
-        return perf_counter() - start
-
-    async def round_trips(self, requests: list[bytes]) -> list[float]:
-        """Sends each request once the previous reply is in; the seconds each round trip took."""
-        request = self.sender.request
-        times = []
-        for data in requests:
-            start = perf_counter()
-            reply = await request(data)
-            times.append(perf_counter() - start)
-            if reply != data:
-                raise AssertionError(f"{self.impl}: the reply to request {data[:4].hex()} is wrong")
-        return times
-
-    def run(self, work: Coroutine[Any, Any, T], what: str) -> T:
-        """Runs ``work`` on this pair's loop, failing (not hanging) after ``ROUND_TIMEOUT``."""
-
-        async def bounded() -> T:
-            deadline = asyncio.timeout(ROUND_TIMEOUT)
-            try:
-                async with deadline:
-                    return await work
-            except TimeoutError:
-                if not deadline.expired():
-                    raise
-                raise AssertionError(
-                    f"{self.impl}: {what} not done within {ROUND_TIMEOUT} s "
-                    f"({len(self.received)} of {self._expected} messages received)"
-                ) from None
-
-        return self._runner.run(bounded())
-
-    def close(self) -> None:
-        """Closes both ends and the loop; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.run(self._close(), "closing")
-        finally:
-            self._runner.close()
-
-    async def _close(self) -> None:
-        try:
-            await self.sender.close()
-        finally:
-            await self._receiver.close()
-
-
-def _rounds(
-    benchmark: BenchmarkFixture,
-    impl: str,
-    work: Callable[[Pair], Coroutine[Any, Any, T]],
-    check: Callable[[Pair], None],
-    what: str,
-) -> list[T]:
-    """Times ``work`` on a fresh pair per round and returns what each round returned.
-
-    Making the pair, checking what arrived (``check``) and closing the pair are not timed.
+    Making the pair, checking what arrived and closing the pair are not timed.
     """
-    results: list[T] = []
+    results: list[Any] = []
     pairs: list[Pair] = []
+    benchmark.group = workload.group
 
     def setup() -> tuple[tuple[Pair], dict[str, Any]]:
-        pairs.append(Pair(impl))
+        pairs.append(Pair(impl, load(impl), loop, workload.datagram_size))
         return (pairs[-1],), {}
 
     def target(pair: Pair) -> None:
-        results.append(pair.run(work(pair), what))
+        results.append(pair.run(workload.work(pair), workload.what))
 
     def teardown(pair: Pair) -> None:
         try:
-            check(pair)
+            workload.check(pair)
         finally:
             pair.close()
 
@@ -184,58 +93,29 @@ def _rounds(
     finally:
         for pair in pairs:
             pair.close()  # after a failure: whatever is still open
-    benchmark.extra_info.update(impl=impl, backend=qp2p.BACKEND)
-    return results
+    benchmark.extra_info.update(impl=impl, loop=loop, backend=qp2p.BACKEND, **workload.figures(results))
 
 
+@with_loop
 @with_impl
 @pytest.mark.parametrize("size", [64, KiB], ids=size_label)
-def test_e2e_messages(benchmark: BenchmarkFixture, impl: str, size: int) -> None:
+def test_e2e_messages(benchmark: BenchmarkFixture, impl: str, loop: str, size: int) -> None:
     """Many small messages from one sender to one receiver, as fast as flow control allows."""
-    count = _pick(benchmark, MESSAGES)
-    messages = _numbered(count, size)
-    benchmark.group = f"e2e.messages.{size_label(size)}"
-
-    def check(pair: Pair) -> None:
-        assert sorted(pair.received) == messages, f"{impl}: the messages received are not the ones sent"
-
-    seconds = _rounds(benchmark, impl, lambda pair: pair.deliver(messages), check, f"{count} messages")
-    benchmark.extra_info.update(count=count, size=size, msgs_per_s=round(count / statistics.median(seconds)))
+    _rounds(benchmark, impl, loop, Messages(size, _pick(benchmark, MESSAGES)))
 
 
+@with_loop
 @with_impl
-def test_e2e_bulk(benchmark: BenchmarkFixture, impl: str) -> None:
+def test_e2e_bulk(benchmark: BenchmarkFixture, impl: str, loop: str) -> None:
     """One large message; qp2p sends it with one ``send``, aioquic with one stream write."""
-    size = _pick(benchmark, BULK_SIZE)
-    message = payload(size)
-    benchmark.group = f"e2e.bulk.{size_label(size)}"
-
-    def check(pair: Pair) -> None:
-        assert len(pair.received) == 1, f"{impl}: {len(pair.received)} messages arrived, not 1"
-        assert pair.received[0] == message, f"{impl}: the {len(pair.received[0])} bytes received are wrong"
-
-    seconds = _rounds(benchmark, impl, lambda pair: pair.deliver([message]), check, f"{size} bytes")
-    benchmark.extra_info.update(size=size, mib_per_s=round(size / MiB / statistics.median(seconds), 1))
+    _rounds(benchmark, impl, loop, Bulk(_pick(benchmark, BULK_SIZE)))
 
 
+@with_loop
 @with_impl
-def test_e2e_request(benchmark: BenchmarkFixture, impl: str) -> None:
+def test_e2e_request(benchmark: BenchmarkFixture, impl: str, loop: str) -> None:
     """Sequential round trips of a 64-byte request and its 64-byte reply (an echo)."""
-    count = _pick(benchmark, REQUESTS)
-    requests = _numbered(count, REQUEST_SIZE)
-    benchmark.group = f"e2e.request.{size_label(REQUEST_SIZE)}"
-
-    def check(pair: Pair) -> None:
-        assert not pair.received, f"{impl}: requests arrived as messages"
-
-    rounds = _rounds(benchmark, impl, lambda pair: pair.round_trips(requests), check, f"{count} requests")
-    times = [seconds for round_ in rounds for seconds in round_]
-    benchmark.extra_info.update(
-        count=count,
-        size=REQUEST_SIZE,
-        rtt_median_us=round(statistics.median(times) * 1e6, 1),
-        rtt_p99_us=round(statistics.quantiles(times, n=100)[98] * 1e6, 1),
-    )
+    _rounds(benchmark, impl, loop, Requests(REQUEST_SIZE, _pick(benchmark, REQUESTS)))
 
 
 @with_impl
@@ -255,4 +135,4 @@ def test_e2e_memory(benchmark: BenchmarkFixture, impl: str) -> None:
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     assert figures["impl"] == impl and figures["backend"] == qp2p.BACKEND, figures
-    benchmark.extra_info.update(figures)
+    benchmark.extra_info.update(figures, loop="asyncio")

@@ -1,17 +1,19 @@
 """Runs the benches and prints, per group, the fast and pure medians and how many times faster fast is.
 
-    python benches/ratios.py [extra pytest arguments, e.g. -k framing]
+    python benches/ratios.py [--loop asyncio|uvloop|both] [extra pytest arguments, e.g. -k framing]
     python benches/ratios.py --json results.json    # tabulate a pytest-benchmark JSON file instead
 
 The memory figures recorded by bench_memory.py follow in a second table, and the end-to-end
-benches (bench_e2e.py: qp2p against raw aioquic, on whichever backend qp2p loaded) in a third.
-Exits with pytest's status when pytest fails.
+benches (bench_e2e.py: qp2p against raw aioquic, on whichever backend qp2p loaded) in a third,
+one row per workload and event loop (``--loop``, default both: asyncio, and uvloop when it is
+installed). Exits with pytest's status when pytest fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,9 @@ BENCHES = Path(__file__).resolve().parent
 BACKENDS = ("fast", "pure")
 MEMORY_KEYS = ("split_extra_mib", "reassemble_peak_mib")
 IMPLS = ("qp2p", "aioquic")
+# Read by bench_e2e.py: the event loops its benches run on.
+LOOP_ENV = "QP2P_BENCH_LOOP"
+LOOP_CHOICES = ("asyncio", "uvloop", "both")
 
 
 @dataclass(frozen=True)
@@ -33,19 +38,32 @@ class Figure:
     higher_is_better: bool
     show: str  # a format string over extra_info
 
+    def better_by(self, ours: float, theirs: float) -> float | None:
+        """How many times better ``ours`` is: a rate over a rate, or a time or size inverted."""
+        if ours <= 0 or theirs <= 0:
+            return None
+        return ours / theirs if self.higher_is_better else theirs / ours
+
 
 @dataclass(frozen=True)
 class Target:
-    """A goal for qp2p: a least ratio over aioquic, or a most for qp2p's own figure."""
+    """A goal for qp2p: a least ratio over another peer, or a least or most for qp2p's own figure."""
 
     text: str
     min_ratio: float | None = None
+    min_figure: float | None = None
     max_figure: float | None = None
+    versus: str = "aioquic"  # the peer ``min_ratio`` is over
 
     def met(self, ratio: float | None, figure: float) -> bool:
         if self.min_ratio is not None:
             return ratio is not None and ratio >= self.min_ratio
+        if self.min_figure is not None:
+            return figure >= self.min_figure
         return self.max_figure is not None and figure < self.max_figure
+
+    def verdict(self, ratio: float | None, figure: float) -> str:
+        return f"{self.text}: {'met' if self.met(ratio, figure) else 'MISSED'}"
 
 
 # Keyed by the group's second part: e2e.<workload>.<size>.
@@ -65,8 +83,8 @@ E2E_TARGETS = {
 }
 
 
-def run_pytest(extra: list[str], json_path: Path) -> int:
-    """``pytest benches`` with the JSON report written to ``json_path``; returns pytest's status."""
+def run_pytest(extra: list[str], json_path: Path, loop: str) -> int:
+    """``pytest benches`` on ``loop`` with the JSON report written to ``json_path``; returns its status."""
     command = [
         sys.executable,
         "-P",  # keep the checkout off sys.path: test the installed package, not the source tree
@@ -78,7 +96,8 @@ def run_pytest(extra: list[str], json_path: Path) -> int:
         "--benchmark-group-by=group",
         *extra,
     ]
-    return subprocess.run(command, cwd=BENCHES.parent, check=False).returncode
+    environment = os.environ | {LOOP_ENV: loop}
+    return subprocess.run(command, cwd=BENCHES.parent, env=environment, check=False).returncode
 
 
 def format_time(seconds: float) -> str:
@@ -118,31 +137,34 @@ def _chunking_memory_table(memory: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _e2e_table(e2e: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """qp2p and aioquic side by side; "qp2p better by" is a rate ratio or an inverse time or size ratio."""
+def target_for(group: str, targets: dict[str, Target]) -> Target | None:
+    """The first target whose key ``group`` starts with."""
+    return next((target for prefix, target in targets.items() if group.startswith(prefix)), None)
+
+
+def _e2e_table(e2e: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> list[str]:
+    """qp2p and aioquic side by side, a row per workload and loop; "qp2p better by" as ``better_by``."""
     backends = sorted({bench["extra_info"]["backend"] for row in e2e.values() for bench in row.values()})
     lines = [
-        f"| e2e (qp2p backend: {', '.join(backends)}) | qp2p median | aioquic median | qp2p | aioquic"
+        f"| e2e (qp2p backend: {', '.join(backends)}) | loop | qp2p median | aioquic median | qp2p | aioquic"
         " | qp2p better by | target |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for group, row in e2e.items():
+    groups = list(dict.fromkeys(group for group, _ in e2e))  # in collection order, each loop under it
+    for (group, loop), row in sorted(e2e.items(), key=lambda item: (groups.index(item[0][0]), item[0][1])):
         figure = E2E_FIGURES[group.split(".")[1]]
         infos = [row[impl]["extra_info"] if impl in row else None for impl in IMPLS]
         cells = [format_time(row[impl]["stats"]["median"]) if impl in row else "–" for impl in IMPLS]
         cells += [figure.show.format(**info) if info else "–" for info in infos]
         ratio = None
         if infos[0] and infos[1]:
-            ours, theirs = infos[0][figure.key], infos[1][figure.key]
-            if ours > 0 and theirs > 0:
-                ratio = ours / theirs if figure.higher_is_better else theirs / ours
+            ratio = figure.better_by(infos[0][figure.key], infos[1][figure.key])
         cells.append(f"{ratio:.2f}x" if ratio is not None else "–")
-        target = next((target for prefix, target in E2E_TARGETS.items() if group.startswith(prefix)), None)
-        if target is None or infos[0] is None:
-            cells.append("–")
-        else:
-            cells.append(f"{target.text}: {'met' if target.met(ratio, infos[0][figure.key]) else 'MISSED'}")
-        lines.append(f"| {group} | {' | '.join(cells)} |")
+        target = target_for(group, E2E_TARGETS)
+        cells.append(
+            "–" if target is None or infos[0] is None else target.verdict(ratio, infos[0][figure.key])
+        )
+        lines.append(f"| {group} | {loop} | {' | '.join(cells)} |")
     return lines
 
 
@@ -150,12 +172,13 @@ def tables(report: dict[str, Any]) -> str:
     """The Markdown timing table (groups in collection order), then the memory and e2e tables if any."""
     medians: dict[str, dict[str, float]] = {}
     memory: list[dict[str, Any]] = []
-    e2e: dict[str, dict[str, dict[str, Any]]] = {}
+    e2e: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for bench in report.get("benchmarks", []):
         group = bench["group"] or bench["name"]
         impl = (bench.get("params") or {}).get("impl")
         if impl is not None:
-            e2e.setdefault(group, {})[impl] = bench
+            loop = bench["extra_info"].get("loop", "asyncio")
+            e2e.setdefault((group, loop), {})[impl] = bench
         elif all(key in bench["extra_info"] for key in MEMORY_KEYS):
             memory.append(bench["extra_info"] | {"backend": _backend(bench)})
         else:
@@ -171,6 +194,12 @@ def tables(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--json", type=Path, help="read this pytest-benchmark JSON file instead of running")
+    parser.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default="both",
+        help="the event loops of the e2e benches (default both: asyncio, and uvloop when installed)",
+    )
     args, extra = parser.parse_known_args(argv)
     if args.json is not None:
         if extra:
@@ -179,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         json_path = Path(scratch) / "benchmarks.json"
-        status = run_pytest(extra, json_path)
+        status = run_pytest(extra, json_path, args.loop)
         if json_path.exists():
             print()
             print(tables(json.loads(json_path.read_text())))
