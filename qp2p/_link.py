@@ -28,6 +28,8 @@ __all__ = ("Link", "LinkOwner", "LinkPath", "Refusal")
 LinkPath = Literal["direct", "punched", "relayed"]
 
 log = logging.getLogger(__name__)
+# The coarsest event loop clock we run on (uvloop's, in milliseconds), in seconds.
+CLOCK_TICK = 0.001
 
 _ping_ids = itertools.count(1)
 
@@ -74,6 +76,7 @@ class Link:
         self._cids: set[bytes] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self.timer_wakeups = 0  # times the QUIC timer fired
         self._transmit_handle: asyncio.Handle | None = None
         self._transmit_forced = False
         self._keep_alive: asyncio.TimerHandle | None = None
@@ -111,14 +114,14 @@ class Link:
         if self._drain_waiters and self.session.unacked == 0:
             self._wake(self._drain_waiters)
 
-    def transmit(self) -> None:
+    def transmit(self, now: float | None = None) -> None:
         """Send what the session has queued, handle what that raised, re-arm the timer."""
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
         self._transmit_forced = False
         session = self.session
-        for data, addr in session.datagrams_to_send(self._loop.time()):
+        for data, addr in session.datagrams_to_send(self._loop.time() if now is None else now):
             self._transport.sendto(data, addr)
         self._handle_events()
         timer_at = session.get_timer()
@@ -158,9 +161,16 @@ class Link:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.session.handle_timer(self._loop.time())
+        self.timer_wakeups += 1
+        # uvloop's clock moves in whole milliseconds, and a timer less than one ahead fires at
+        # once: a pacing deadline inside the current millisecond would fire, find it not yet
+        # reached, re-arm, and spin until the clock ticks. For the session, the deadline the
+        # timer was set for has come (at most one tick ahead of the loop's clock).
+        now = self._loop.time()
+        now = min(max(now, self._timer_at), now + CLOCK_TICK)
+        self.session.handle_timer(now)
         self._handle_events()
-        self.transmit()
+        self.transmit(now)
 
     def _on_keep_alive(self) -> None:
         self._keep_alive = None
