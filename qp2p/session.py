@@ -412,7 +412,11 @@ class Session:
         return self._quic.get_timer()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        self._flush()
+        if self.queued:
+            self._flush()
+            # A packet goes now anyway: it carries the acknowledgement aioquic would otherwise
+            # send on its own a millisecond later (a request's reply, the next request).
+            self._quic.ack_in_next_packet()
         datagrams = self._quic.datagrams_to_send(now=now)
         # aioquic queues ConnectionIdIssued while it writes NEW_CONNECTION_ID frames, i.e. here.
         self._process_quic_events()
