@@ -67,10 +67,10 @@ def _emit(value: Any) -> None:
     print(json.dumps(value), flush=True)
 
 
-async def _receive(impl: str) -> None:
+async def _receive(impl: str, datagram: int | None) -> None:
     """The child: print the address, then the length and SHA-256 of the one message received."""
     arrived: asyncio.Future[Body] = asyncio.get_running_loop().create_future()
-    receiver = load(impl).receiver(DATAGRAM_SIZE)
+    receiver = load(impl).receiver(datagram)
     try:
         async with asyncio.timeout(TIMEOUT):
             _emit(await receiver.start(arrived.set_result))
@@ -88,12 +88,13 @@ async def _read_line(child: asyncio.subprocess.Process, what: str) -> Any:
     return json.loads(line)
 
 
-async def _send(impl: str, size_mib: int) -> dict[str, Any]:
+async def _send(impl: str, size_mib: int, datagram: int | None) -> dict[str, Any]:
     """The measured side: build the payload, connect, then send it and wait for the child's word."""
     size = size_mib * MiB
     command = [sys.executable, __file__, "--impl", impl, "--size-mib", str(size_mib), "--receive"]
+    command += ["--datagram", str(datagram or 0)]
     child = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
-    sender = load(impl).sender(DATAGRAM_SIZE)
+    sender = load(impl).sender(datagram)
     try:
         async with asyncio.timeout(TIMEOUT):
             payload = bytearray(size)
@@ -124,6 +125,7 @@ async def _send(impl: str, size_mib: int) -> dict[str, Any]:
         "impl": impl,
         "backend": qp2p.BACKEND,
         "size_mib": size_mib,
+        "datagram": datagram or "default",
         "baseline_mib": round(baseline, 1),
         "peak_mib": round(peak, 1),
     }
@@ -134,13 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impl", choices=CORE, required=True)
     parser.add_argument("--size-mib", type=int, default=256, help="message size in MiB (default 256)")
     parser.add_argument("--receive", action="store_true", help="be the receiving child")
+    parser.add_argument(
+        "--datagram",
+        type=int,
+        default=DATAGRAM_SIZE,
+        help=f"max_datagram_size (default {DATAGRAM_SIZE}; 0: the implementation's default config)",
+    )
     args = parser.parse_args(argv)
+    datagram = args.datagram or None
     if args.size_mib <= 0:
         parser.error("--size-mib must be positive")
     if args.receive:
-        asyncio.run(_receive(args.impl))
+        asyncio.run(_receive(args.impl, datagram))
     else:
-        _emit(asyncio.run(_send(args.impl, args.size_mib)))
+        _emit(asyncio.run(_send(args.impl, args.size_mib, datagram)))
     return 0
 
 
