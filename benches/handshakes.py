@@ -75,6 +75,8 @@ async def _stdin() -> asyncio.StreamReader:
 def _crowd_config(qp2p: Any, connections: int, **settings: Any) -> Any:
     """A config for many peers sharing 127.0.0.1: the per-address limits that protect a public
     node from one source are raised, as a node behind which a whole NAT sits would raise them."""
+    if "session_tickets_per_address" in qp2p.Config.__dataclass_fields__:  # a tree without has none
+        settings["max_session_tickets"] = settings["session_tickets_per_address"] = connections + 64
     return qp2p.Config(
         max_connections=connections + 64,
         max_half_open=256,
