@@ -116,6 +116,8 @@ async def node(args: argparse.Namespace) -> None:
             arrived.clear()
             accepted[0] = 0
             memory, cpu, started = _rss(), _cpu(), time.perf_counter()
+            counted = endpoint.stats().datagrams
+            before = counted.received, counted.retries  # the counters live on: read them now
             if profile is not None:
                 profile.enable()
             await asyncio.wait_for(arrived.wait(), DEADLINE)
@@ -131,6 +133,8 @@ async def node(args: argparse.Namespace) -> None:
                     "cpu_ms_per_handshake": 1000 * used / args.connections,
                     "seconds": seconds,
                     "bytes_per_connection": (_rss() - memory) / args.connections,
+                    "datagrams_per_handshake": (stats.datagrams.received - before[0]) / args.connections,
+                    "retries_per_handshake": (stats.datagrams.retries - before[1]) / args.connections,
                     "failed_handshakes": stats.failed_handshakes,
                     "resumed": _resumed(endpoint),
                 }
@@ -283,8 +287,8 @@ async def measure(checkout: Path, args: argparse.Namespace, profile: str | None)
 
 def _table(results: list[dict[str, Any]]) -> str:
     rows = [
-        "| checkout | round | CPU ms / handshake | all up in | memory / connection | resumed | vs first |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| tree | round | CPU ms / accept | all up in | memory / conn. | datagrams in | resumed | vs 1st |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         for round_name in ("first", "returning"):
@@ -293,7 +297,8 @@ def _table(results: list[dict[str, Any]]) -> str:
             memory = f"{report['bytes_per_connection'] / 1024:.0f} KiB" if round_name == "first" else ""
             rows.append(
                 f"| {result['checkout']} | {round_name} | {report['cpu_ms_per_handshake']:.2f} | "
-                f"{report['seconds']:.1f} s | {memory} | {report['resumed']} | "
+                f"{report['seconds']:.1f} s | {memory} | {report['datagrams_per_handshake']:.1f} | "
+                f"{report['resumed']} | "
                 f"{report['cpu_ms_per_handshake'] / base:.2f}x |"
             )
     return "\n".join(rows)

@@ -182,6 +182,7 @@ class Endpoint:
         self._router = _Router(self)
         self._events = _ConnectionEvents(self)
         self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
+        self._open_links: set[Link] = set()  # those not reported closing: max_connections counts them
         self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
         self._half_open: HalfOpen[Link] = HalfOpen(self.config.max_half_open_per_address)
         self._dial_refusals: Counter[str] = Counter()  # handshakes peers started that we refused
@@ -483,6 +484,7 @@ class Endpoint:
             self.config.send_timeout,
         )
         self._links.add(link)
+        self._open_links.add(link)
         # A handshake a peer started ends by this timer; a dial is given up by whoever waits
         # for it, and the timer is only its backstop.
         if session.is_client:
@@ -558,6 +560,7 @@ class Endpoint:
 
     def _forgotten(self, link: Link) -> None:
         self._links.discard(link)
+        self._open_links.discard(link)
         self._settled(link)
         path = link.packet_path
         if isinstance(path, RelayPath) and self._relay_paths.get((path.relay, path.circuit)) is path:
@@ -617,8 +620,9 @@ class Endpoint:
         return True
 
     def _settled_links(self) -> int:
-        """Links open but for half-open ones: established, and our own dials."""
-        return sum(not link.closed and link not in self._half_open for link in self._links)
+        """Links open but for half-open ones: established, and our own dials. Counted, not
+        walked (every accepted handshake asks); a link counts until its closing is reported."""
+        return len(self._open_links) - len(self._half_open)
 
     def _retry_required(self) -> bool:
         """Whether a new client must prove its address with a Retry first: always with
@@ -660,6 +664,7 @@ class Endpoint:
 
     def _handshake_ended(self, link: Link, event: Closing) -> None:
         """A link closed before it was established: a failed handshake."""
+        self._open_links.discard(link)
         self._settled(link)
         self._failed_handshakes += 1
         host, port = link.remote_addr
@@ -673,6 +678,7 @@ class Endpoint:
 
     def _connection_link_closed(self, link: Link) -> None:
         """A connection's link ended: circuits relayed through it end too, and ours through it."""
+        self._open_links.discard(link)
         sends, ours = self._traversal.link_closed(link)
         self._carry_out(sends)
         for number in ours:
