@@ -10,6 +10,9 @@ aioquic 1.7 has no public way to:
   bytes arrive, whether they were delivered or are kept waiting behind a gap);
 - authenticate clients: its server never asks for a client certificate, accepts an empty one
   and never checks a client's chain (``verify_mode`` is ignored on the server side);
+- tie a session ticket to the certificate the session proved, resume without being asked for
+  a certificate again (its server always asks), or refuse early data (its server accepts any
+  0-RTT a resuming client offers);
 - discover the path MTU: it sends every packet at one configured size, and neither sends
   probes, nor honours the peer's max_udp_payload_size, nor can change the size of a live
   connection.
@@ -38,6 +41,8 @@ from ._pmtud import BASE_SIZE, PathMtu
 if TYPE_CHECKING:
     from aioquic.quic.recovery import QuicPacketSpace
 
+    from ._tickets import LinkTickets, Proven, Ticket
+
 __all__ = (
     "CertificateRequired",
     "CheckedQuicConnection",
@@ -60,9 +65,60 @@ class CertificateRequired(tls.Alert):
 
 
 class _CheckedContext(tls.Context):
-    """aioquic's TLS context with qp2p's check of the peer's certificate, in both roles."""
+    """aioquic's TLS context with qp2p's check of the peer's certificate, in both roles, and
+    session tickets that stand for the certificate their full handshake proved."""
 
     _qp2p_check: PeerCheck
+    _qp2p_tickets: LinkTickets | None
+    _qp2p_resuming: Ticket | None  # the ticket offered or found, until the handshake says if it resumed
+
+    def _qp2p_passes(self, proven: Proven) -> bool:
+        """Whether a stored identity still passes the check (dates, the CA, the expected peer)."""
+        try:
+            self._qp2p_check(proven.certificate, list(proven.chain))
+        except tls.Alert:
+            return False
+        return True
+
+    def _qp2p_fetch_ticket(self, key: bytes) -> tls.SessionTicket | None:
+        """A server's ``get_session_ticket_cb``: the ticket we issued for ``key``, if its
+        identity still passes; else None, and the handshake is a full one."""
+        assert self._qp2p_tickets is not None
+        ticket = self._qp2p_tickets.find(key)
+        if ticket is None or not self._qp2p_passes(ticket.proven):
+            return None
+        self._qp2p_resuming = ticket
+        return ticket.session
+
+    def _qp2p_keep_ticket(self, session: tls.SessionTicket) -> None:
+        """``new_session_ticket_cb`` in both roles: the ticket, with the peer's proven certificate."""
+        assert self._qp2p_tickets is not None
+        certificate = self._peer_certificate
+        if certificate is not None:
+            self._qp2p_tickets.issued(
+                session, certificate, self._peer_certificate_chain, self._session_resumed
+            )
+
+    def _qp2p_resume(self) -> None:
+        """The peer resumed: its identity is the one the ticket was issued to, checked again."""
+        ticket = self._qp2p_resuming
+        if ticket is None:  # aioquic resumes only with the ticket we offered or found
+            raise tls.AlertHandshakeFailure("resumed without a ticket")
+        proven = ticket.proven
+        self._peer_certificate = proven.certificate
+        self._peer_certificate_chain = list(proven.chain)
+        self._qp2p_check(proven.certificate, list(proven.chain))
+
+    def _client_handle_hello(self, input_buf: Buffer, output_buf: Buffer) -> None:
+        super()._client_handle_hello(input_buf, output_buf)
+        if self._session_resumed:
+            self._qp2p_resume()
+
+    def _server_handle_hello(self, input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:
+        super()._server_handle_hello(input_buf, initial_buf, handshake_buf)
+        if self._session_resumed:
+            self._qp2p_resume()
+            self._server_expect_finished()  # no certificate to wait for: the ticket stands for it
 
     def _client_handle_certificate_verify(self, input_buf: Buffer) -> None:
         super()._client_handle_certificate_verify(input_buf)  # the signature proves key possession
@@ -83,11 +139,20 @@ class CheckedQuicConnection(QuicConnection):
 
     A server asks every client for a certificate. The check runs before the handshake
     completes, so a refused peer never gets 1-RTT keys on our side; a refusal closes the
-    connection with CRYPTO_ERROR plus the alert.
+    connection with CRYPTO_ERROR plus the alert. With ``tickets`` a returning peer may resume
+    (1-RTT, never 0-RTT): see ``qp2p._tickets``.
     """
 
-    def __init__(self, *, peer_check: PeerCheck, datagram_ceiling: int = BASE_SIZE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        peer_check: PeerCheck,
+        datagram_ceiling: int = BASE_SIZE,
+        tickets: LinkTickets | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._qp2p_check = peer_check
+        self._qp2p_tickets = tickets  # None: no session tickets, every handshake is a full one
         # Bytes the peer may have sent that were not delivered yet (None: aioquic's own rule).
         self.receive_window: int | None = None
         # The datagram size this path carries; packets are built at path_mtu.size.
@@ -205,9 +270,31 @@ class CheckedQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         context = self.tls
         context.__class__ = _CheckedContext  # tls.Context is built by name, with no factory hook
-        context._qp2p_check = self._qp2p_check  # type: ignore[attr-defined]
+        assert isinstance(context, _CheckedContext)
+        context._qp2p_check = self._qp2p_check
+        context._qp2p_tickets = tickets = self._qp2p_tickets
+        context._qp2p_resuming = None
         if not self._is_client:
             context._request_client_certificate = True
+        if tickets is None:
+            return
+        context.new_session_ticket_cb = context._qp2p_keep_ticket
+        if self._is_client:
+            ticket = tickets.offer()
+            if ticket is not None and context._qp2p_passes(ticket.proven):
+                context.session_ticket = ticket.session
+                context._qp2p_resuming = ticket
+        else:
+            context._max_early_data = None  # our tickets allow no early data
+            context.get_session_ticket_cb = context._qp2p_fetch_ticket
+
+    def _update_traffic_key(
+        self, direction: tls.Direction, epoch: tls.Epoch, cipher_suite: tls.CipherSuite, secret: bytes
+    ) -> None:
+        """aioquic's, but for 0-RTT keys, which are never installed: early data is replayable,
+        and a server of ours drops it (aioquic's would accept any a resuming client sends)."""
+        if epoch != tls.Epoch.ZERO_RTT:
+            super()._update_traffic_key(direction, epoch, cipher_suite, secret)
 
 
 @cache

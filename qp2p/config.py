@@ -33,6 +33,8 @@ MEMORY_SHARES = 16
 # aioquic writes STREAM frame and long-header lengths as 2-byte varints: above this it hangs.
 MAX_DATAGRAM_SIZE = 16383
 MIN_DATAGRAM_SIZE = BASE_SIZE
+# The lifetime aioquic's server announces in every ticket (RFC 8446 caps it at 7 days).
+MAX_TICKET_LIFETIME = 86400.0
 
 
 def _read_pem(source: str | bytes | os.PathLike[str], what: str) -> bytes:
@@ -196,6 +198,11 @@ class Config:
     peer_memory_limit: int | None = None
     max_incoming_streams: int = 64
     stateless_retry: bool = True
+    # Session tickets: a returning peer resumes its TLS session (1-RTT, no 0-RTT data)
+    session_tickets: bool = True
+    max_session_tickets: int = 4096  # kept in memory, issued and received each
+    session_tickets_per_address: int = 256  # issued to one IPv4 address or IPv6 /64
+    session_ticket_lifetime: float = 7200.0  # from the full handshake that proved the identity
     socket_buffer_size: int = 4 * MiB
     trust: Trust = field(default_factory=Trust.encrypt_only)
     # Joining a network
@@ -268,6 +275,15 @@ class Config:
         _check(
             self.lanes + self.large_message_slots <= self.max_incoming_streams <= 10_000,
             "max_incoming_streams must be at least lanes + large_message_slots, and at most 10000",
+        )
+        _check(
+            1 <= self.session_tickets_per_address <= self.max_session_tickets,
+            "session_tickets_per_address must be at least 1 and at most max_session_tickets",
+        )
+        _check(
+            0 < self.session_ticket_lifetime <= MAX_TICKET_LIFETIME,
+            f"session_ticket_lifetime must be positive and at most {MAX_TICKET_LIFETIME:.0f} s "
+            "(the lifetime a ticket announces)",
         )
         _check(
             0 <= self.socket_buffer_size <= 1 << 30, "socket_buffer_size must be 0 (system default) to 1 GiB"

@@ -36,12 +36,13 @@ from qp2p._half_open import HalfOpen
 from qp2p._joining import Joining
 from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
-from qp2p._memory import MemoryBudget, MemoryStats
+from qp2p._memory import MemoryBudget, MemoryStats, address_key
 from qp2p._mtu import forbid_fragmentation, route_payload
 from qp2p._pmtud import BASE_SIZE
 from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
 from qp2p._tasks import BackgroundTasks
+from qp2p._tickets import HELD_PER_ADDRESS, LinkTickets, TicketStore
 from qp2p.bootstrap_cache import BootstrapCache
 from qp2p.config import Config, Role
 from qp2p.connection import BytesLike, Connection, Message, message_taken
@@ -86,6 +87,8 @@ class EndpointStats:
     half_open: int = 0  # handshakes peers started that are not done (``max_half_open``)
     refusals: dict[str, int] = field(default_factory=dict)  # requests and dials declined, by reason
     memory: MemoryStats | None = None  # what peers make us hold, by scope
+    tickets_issued: int = 0  # session tickets we issued that peers may resume with
+    tickets_held: int = 0  # session tickets peers issued us, to resume with when we dial them
 
 
 @dataclass(eq=False, slots=True)
@@ -171,9 +174,15 @@ class Endpoint:
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
         self._peer_check = tls.peer_check(self.config.trust)
+        # Tickets live and die with this endpoint: a new one (a restart) resumes nothing.
+        self._tickets_issued = TicketStore(
+            self.config.max_session_tickets, self.config.session_tickets_per_address
+        )
+        self._tickets_held = TicketStore(self.config.max_session_tickets, HELD_PER_ADDRESS)
         self._router = _Router(self)
         self._events = _ConnectionEvents(self)
         self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
+        self._open_links: set[Link] = set()  # those not reported closing: max_connections counts them
         self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
         self._half_open: HalfOpen[Link] = HalfOpen(self.config.max_half_open_per_address)
         self._dial_refusals: Counter[str] = Counter()  # handshakes peers started that we refused
@@ -421,6 +430,8 @@ class Endpoint:
                 + self._dial_refusals
             ),
             memory=self._memory.stats(),
+            tickets_issued=len(self._tickets_issued),
+            tickets_held=len(self._tickets_held),
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -447,6 +458,7 @@ class Endpoint:
         remote_addr: Address,
         path: LinkPath,
         peer_check: PeerCheck | None = None,
+        tickets: LinkTickets | None = None,
         **quic_args: Any,
     ) -> Link:
         """A link owned by the endpoint until it is established; one a peer opened is half-open
@@ -454,6 +466,7 @@ class Endpoint:
         quic = CheckedQuicConnection(
             peer_check=peer_check or self._peer_check,
             datagram_ceiling=self._datagram_ceiling(remote_addr, path),
+            tickets=tickets,
             **quic_args,
         )
         # Peers open unidirectional streams only: lanes and large messages, within a bound.
@@ -471,6 +484,7 @@ class Endpoint:
             self.config.send_timeout,
         )
         self._links.add(link)
+        self._open_links.add(link)
         # A handshake a peer started ends by this timer; a dial is given up by whoever waits
         # for it, and the timer is only its backstop.
         if session.is_client:
@@ -492,6 +506,19 @@ class Endpoint:
         ceiling = self.config.max_datagram_size
         return ceiling if interface is None else min(ceiling, interface)
 
+    def _tickets(self, addr: Address, dialled: bool, peer_id: str | None = None) -> LinkTickets | None:
+        """A new link's session tickets, or None with them off: for a dial, those ``peer_id``
+        (or anyone, without one) issued us at ``addr``; else those we issue, counted by the
+        address scope of ``addr``."""
+        if not self.config.session_tickets:
+            return None
+        clock = asyncio.get_running_loop().time
+        lifetime = self.config.session_ticket_lifetime
+        if not dialled:
+            return LinkTickets(self._tickets_issued, address_key(addr[0]), lifetime, clock)
+        named = None if peer_id == wire.ANY_PEER else peer_id
+        return LinkTickets(self._tickets_held, addr, lifetime, clock, peer_id=named)
+
     def _checker(self, peer_id: str | None) -> PeerCheck | None:
         if peer_id is None or peer_id == wire.ANY_PEER:
             return None
@@ -506,7 +533,12 @@ class Endpoint:
         remote: Address | None = None,
     ) -> Link:
         link = self._new_link(
-            path_out, remote or addr, path, self._checker(peer_id), configuration=self._client_config
+            path_out,
+            remote or addr,
+            path,
+            self._checker(peer_id),
+            self._tickets(addr, dialled=True, peer_id=peer_id),
+            configuration=self._client_config,
         )
         link.target = addr
         link.session.connect(remote or addr, asyncio.get_running_loop().time())
@@ -528,6 +560,7 @@ class Endpoint:
 
     def _forgotten(self, link: Link) -> None:
         self._links.discard(link)
+        self._open_links.discard(link)
         self._settled(link)
         path = link.packet_path
         if isinstance(path, RelayPath) and self._relay_paths.get((path.relay, path.circuit)) is path:
@@ -547,6 +580,7 @@ class Endpoint:
             self._transport,
             addr,
             "direct",
+            tickets=self._tickets(addr, dialled=False),
             configuration=self._server_config,
             original_destination_connection_id=original_dcid,
             retry_source_connection_id=retry_scid,
@@ -586,8 +620,9 @@ class Endpoint:
         return True
 
     def _settled_links(self) -> int:
-        """Links open but for half-open ones: established, and our own dials."""
-        return sum(not link.closed and link not in self._half_open for link in self._links)
+        """Links open but for half-open ones: established, and our own dials. Counted, not
+        walked (every accepted handshake asks); a link counts until its closing is reported."""
+        return len(self._open_links) - len(self._half_open)
 
     def _retry_required(self) -> bool:
         """Whether a new client must prove its address with a Retry first: always with
@@ -629,6 +664,7 @@ class Endpoint:
 
     def _handshake_ended(self, link: Link, event: Closing) -> None:
         """A link closed before it was established: a failed handshake."""
+        self._open_links.discard(link)
         self._settled(link)
         self._failed_handshakes += 1
         host, port = link.remote_addr
@@ -642,6 +678,7 @@ class Endpoint:
 
     def _connection_link_closed(self, link: Link) -> None:
         """A connection's link ended: circuits relayed through it end too, and ours through it."""
+        self._open_links.discard(link)
         sends, ours = self._traversal.link_closed(link)
         self._carry_out(sends)
         for number in ours:
@@ -929,6 +966,7 @@ class Endpoint:
                 path.relay.remote_addr,
                 "relayed",
                 self._checker(self._traversal.path_peer(path.relay, path.circuit)),
+                self._tickets(path.relay.remote_addr, dialled=False),
                 configuration=self._server_config,
                 original_destination_connection_id=header.destination_cid,
             )

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
+from collections.abc import Callable
+
 import aioquic
+from aioquic import tls as aioquic_tls
+from aioquic.buffer import Buffer
+from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
 
-from qp2p._aioquic_hooks import smoothed_rtt, unacked_bytes
+from qp2p import tls
+from qp2p._aioquic_hooks import CheckedQuicConnection, smoothed_rtt, unacked_bytes
+from qp2p._tickets import LinkTickets, TicketStore
+from qp2p.config import Trust
 
 
 def test_pinned_aioquic_version() -> None:
@@ -29,3 +40,78 @@ def test_unacked_bytes_reads_the_send_buffers() -> None:
 
 def test_smoothed_rtt_is_zero_before_the_first_sample() -> None:
     assert smoothed_rtt(QuicConnection(configuration=QuicConfiguration(is_client=True))) == 0.0
+
+
+def _pump(
+    client: QuicConnection, server: Callable[[bytes], CheckedQuicConnection], rounds: int = 8
+) -> tuple[CheckedQuicConnection, list[events.QuicEvent]]:
+    """A server for the client's first Initial, datagrams back and forth in memory; the server
+    and its events."""
+    client_addr, server_addr = ("10.0.0.1", 1234), ("10.0.0.2", 4433)
+    outbound = [datagram for datagram, _ in client.datagrams_to_send(now=0.0)]
+    quic = server(pull_quic_header(Buffer(data=outbound[0]), host_cid_length=8).destination_cid)
+    seen: list[events.QuicEvent] = []
+    for step in range(rounds):
+        now = step * 0.01
+        for datagram in outbound:
+            quic.receive_datagram(datagram, client_addr, now=now)
+        while (event := quic.next_event()) is not None:
+            seen.append(event)
+        for datagram, _ in quic.datagrams_to_send(now=now):
+            client.receive_datagram(datagram, server_addr, now=now)
+        outbound = [datagram for datagram, _ in client.datagrams_to_send(now=now)]
+    return quic, seen
+
+
+def test_a_resuming_client_gets_no_early_data_through() -> None:
+    """aioquic's server accepts any 0-RTT a resuming client offers; ours installs no 0-RTT key,
+    so early data never arrives, while the resumption itself works."""
+    server_identity, client_identity = tls.self_signed_identity(), tls.self_signed_identity()
+    store = TicketStore(limit=8, per_source=8)
+
+    def server(original_cid: bytes) -> CheckedQuicConnection:
+        configuration = QuicConfiguration(is_client=False, alpn_protocols=["t"])
+        configuration.certificate, configuration.private_key = (
+            server_identity.certificate,
+            server_identity.private_key,
+        )
+        tickets = LinkTickets(store, "10.0.0.1", 60.0, lambda: 0.0)
+        return CheckedQuicConnection(
+            peer_check=tls.peer_check(Trust()),
+            tickets=tickets,
+            configuration=configuration,
+            original_destination_connection_id=original_cid,
+        )
+
+    received: list[aioquic_tls.SessionTicket] = []
+
+    def client(ticket: aioquic_tls.SessionTicket | None) -> QuicConnection:
+        configuration = QuicConfiguration(
+            is_client=True, alpn_protocols=["t"], verify_mode=ssl.CERT_NONE, server_name="qp2p"
+        )
+        configuration.certificate, configuration.private_key = (
+            client_identity.certificate,
+            client_identity.private_key,
+        )
+        configuration.session_ticket = ticket
+        quic = QuicConnection(configuration=configuration, session_ticket_handler=received.append)
+        quic.connect(("10.0.0.2", 4433), now=0.0)
+        return quic
+
+    first, _ = _pump(client(None), server)
+    assert first.tls._peer_certificate == client_identity.certificate
+    assert len(store) == 1 and received
+    (issued,) = store._tickets.values()
+    assert issued.session.max_early_data_size is None
+    forced = dataclasses.replace(received[-1], max_early_data_size=0xFFFFFFFF)  # asks for 0-RTT
+    returning = client(forced)
+    stream = returning.get_next_available_stream_id(is_unidirectional=True)
+    returning.send_stream_data(stream, b"early", end_stream=True)
+    assert returning._cryptos[aioquic_tls.Epoch.ZERO_RTT].send.is_valid()  # so it goes as 0-RTT
+    second, seen = _pump(returning, server)
+    assert second.tls.session_resumed
+    assert second.tls._peer_certificate == client_identity.certificate  # the identity the ticket holds
+    assert not second._cryptos[aioquic_tls.Epoch.ZERO_RTT].recv.is_valid()
+    kinds = [type(event) for event in seen]
+    # The data arrives only once resent in 1-RTT packets, after the handshake: never replayable.
+    assert kinds.index(events.HandshakeCompleted) < kinds.index(events.StreamDataReceived)

@@ -250,3 +250,23 @@ def test_from_env() -> None:
 def test_from_env_refuses(env: dict[str, str], match: str) -> None:
     with pytest.raises(qp2p.ConfigError, match=match):
         qp2p.Config.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_session_tickets": 0},
+        {"session_tickets_per_address": 0},
+        {"max_session_tickets": 10, "session_tickets_per_address": 11},
+        {"session_ticket_lifetime": 0.0},
+        {"session_ticket_lifetime": 86401.0},  # longer than the lifetime a ticket announces
+    ],
+)
+def test_session_ticket_bounds_are_checked(settings: dict[str, object]) -> None:
+    with pytest.raises(qp2p.ConfigError):
+        qp2p.Config(**settings)  # type: ignore[arg-type]
+
+
+def test_session_tickets_from_the_environment() -> None:
+    config = qp2p.Config.from_env({"QP2P_SESSION_TICKETS": "off", "QP2P_SESSION_TICKET_LIFETIME": "600"})
+    assert config.session_tickets is False and config.session_ticket_lifetime == 600.0

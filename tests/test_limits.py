@@ -87,6 +87,20 @@ async def test_too_many_connections_are_refused_at_once(make_endpoint: MakeEndpo
         await member.send_message(b"still served", server.local_addr)
 
 
+async def test_a_closed_connection_gives_its_place_back(make_endpoint: MakeEndpoint) -> None:
+    server = await make_endpoint(max_connections=2)
+    for _ in range(4):  # twice the limit, one after the other: each leaves before the next comes
+        member = await make_endpoint()
+        connection = await member.connect_to(server.local_addr)
+        await member.close()
+        await connection.wait_closed()
+        async with asyncio.timeout(5):
+            while server.connections():
+                await asyncio.sleep(0.01)
+    assert server.stats().refused_connections == 0
+    assert server._settled_links() == 0
+
+
 async def test_a_peer_opening_too_many_streams_is_cut_off(make_endpoint: MakeEndpoint) -> None:
     victim = await make_endpoint(max_incoming_streams=8)
     rogue, friend = await make_endpoint(), await make_endpoint()
