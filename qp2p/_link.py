@@ -14,6 +14,12 @@ mapping, and the peer restarts its idle timer on every packet it processes (RFC 
 sent them because the peer's packets arrived, and a link that sent ack-eliciting packets gets
 the peer's acknowledgements back. The deadline is "last send + interval", checked when it
 comes: sending only records the time.
+
+Of two peers with the same interval, the one that dialled pings, a tenth of an interval
+earlier (``DIALLED_SHARE``), and the other's acknowledgement is its send: one exchange per
+interval. With equal deadlines both would ping, each before the other's PING was acknowledged
+(an acknowledgement waits for aioquic's ack delay), and a node would carry two exchanges per
+client and interval instead of one.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 CLOCK_TICK = 0.001
 
 _ping_ids = itertools.count(1)
+# A link we dialled pings after this share of ``keep_alive_interval`` without a send (see above).
+DIALLED_SHARE = 0.9
 
 # What the transmit pass owes a link this turn: nothing, a transmit if frames were queued since
 # the last one (after ``transmit_first``), or a transmit whatever happens (after ``transmit_soon``).
@@ -96,6 +104,8 @@ class Link:
         self._keep_alive = scheduler.alarm(self._on_keep_alive)
         self._linger = scheduler.alarm(self.close)
         self._owed = _NOTHING  # what the transmit pass owes this link
+        if keep_alive_interval is not None and session.is_client:
+            keep_alive_interval *= DIALLED_SHARE
         self._keep_alive_interval = keep_alive_interval
         self._sent_at = self._loop.time()  # when the last datagram went out
         self._idle_since = self._sent_at  # the last send the keep-alive deadline was set from
