@@ -59,6 +59,9 @@ class Scheduler:
         self._deadlines: Deadlines[Alarm] = Deadlines()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        # Alarms due in the batch the timer is running: one set again or cancelled by an
+        # earlier callback of the batch (its link closed, say) leaves it without being called.
+        self._firing: set[Alarm] = set()
         self._marked: dict[Marked, None] = {}
         self._pass: asyncio.Handle | None = None
         self.timer_fired = 0  # times the one timer went off, for tests and monitoring
@@ -78,12 +81,14 @@ class Scheduler:
         return self._deadlines.heap_size
 
     def set(self, alarm: Alarm, at: float) -> None:
+        self._firing.discard(alarm)
         self._deadlines.set(alarm, at)
         if at < self._timer_at:
             self._arm(at)
 
     def cancel(self, alarm: Alarm) -> None:
         """The timer stays set: it goes off early at worst, finds nothing due and waits again."""
+        self._firing.discard(alarm)
         self._deadlines.discard(alarm)
 
     def armed(self, alarm: Alarm) -> bool:
@@ -99,8 +104,12 @@ class Scheduler:
         self._timer = None
         self._timer_at = math.inf
         self.timer_fired += 1
-        for alarm in self._deadlines.pop_due(self._loop.time()):
-            self._run(alarm.callback)
+        due = self._deadlines.pop_due(self._loop.time())
+        self._firing.update(due)
+        for alarm in due:
+            if alarm in self._firing:
+                self._firing.discard(alarm)
+                self._run(alarm.callback)
         at = self._deadlines.earliest()
         if at is not None and at < self._timer_at:
             self._arm(at)
@@ -132,4 +141,5 @@ class Scheduler:
         self._timer = self._pass = None
         self._timer_at = math.inf
         self._deadlines.clear()
+        self._firing.clear()
         self._marked.clear()

@@ -75,6 +75,27 @@ async def test_a_failing_alarm_does_not_stop_the_others() -> None:
     assert fired == ["next"] and isinstance(errors[0], ValueError)
 
 
+async def test_an_alarm_cancelled_by_an_earlier_one_of_its_batch_is_not_called() -> None:
+    loop = asyncio.get_running_loop()
+    scheduler = Scheduler(loop)
+    fired: list[str] = []
+    at = loop.time() + 0.01
+    second = scheduler.alarm(lambda: fired.append("second"))
+    moved = scheduler.alarm(lambda: fired.append("moved"))
+
+    def first() -> None:
+        fired.append("first")
+        second.cancel()  # as a link's end cancels its other deadlines
+        moved.set(loop.time() + 0.05)
+
+    scheduler.alarm(first).set(at)  # set first: first of the batch at the same deadline
+    second.set(at)
+    moved.set(at)
+    await wait_until(lambda: len(fired) == 2)
+    assert fired == ["first", "moved"] and not second.armed
+    scheduler.close()
+
+
 async def test_one_transmit_pass_per_turn_serves_every_marked_link() -> None:
     scheduler = Scheduler(asyncio.get_running_loop())
     links = [Passes() for _ in range(100)]
