@@ -97,10 +97,10 @@ class Deadlines(Generic[K]):
             if current is None or current[1] is not entry:
                 continue  # stale
             at = current[0]
-            if at <= now:
+            if at == entry[0]:
                 del live[key]
                 due.append(key)
-            else:  # it moved later: its entry goes back at the true deadline
+            else:  # it moved later: its entry goes back at the true deadline, due or not
                 moved = (at, next(self._seq), key)
                 live[key] = (at, moved)
                 heapq.heappush(heap, moved)
