@@ -78,7 +78,7 @@ async def stdin_reader() -> asyncio.StreamReader:
 # ---- the node ------------------------------------------------------------------------------
 
 
-async def node(folder: str, connections: int, timing: dict[str, float]) -> None:
+async def node(folder: str, connections: int, timing: dict[str, float | None]) -> None:
     """One node: counts the messages it receives, answers ``times`` and ``{"wait": n}``."""
     import qp2p
 
@@ -107,6 +107,7 @@ async def node(folder: str, connections: int, timing: dict[str, float]) -> None:
         return {
             "cpu": t.user + t.system,
             "received": received,
+            "datagrams": stats.datagrams.received,
             "links": stats.links,
             "keep_alives": getattr(stats, "keep_alives", None),
         }
@@ -130,7 +131,7 @@ async def node(folder: str, connections: int, timing: dict[str, float]) -> None:
 # ---- a client process ----------------------------------------------------------------------
 
 
-async def clients(folder: str, host: str, port: int, count: int, timing: dict[str, float]) -> None:
+async def clients(folder: str, host: str, port: int, count: int, timing: dict[str, float | None]) -> None:
     """``count`` endpoints, each connected to the node; ``{"send": [k, n]}`` has the first
     ``k`` of them send ``n`` messages each, at once."""
     import qp2p
@@ -242,6 +243,7 @@ def fan_in(node: Child, crowd: list[Child], senders: list[int], messages: int) -
         "cpu_us_per_msg": round(cpu / total * 1e6, 1),
         "node_cpu_pct": round(100 * cpu / elapsed, 1),
         "msgs_per_s": round(total / elapsed),
+        "datagrams_per_msg": round((after["datagrams"] - before["datagrams"]) / total, 3),
     }
 
 
@@ -297,6 +299,7 @@ def run(label: str, pythonpath: str | None, args: argparse.Namespace) -> dict[st
                 "connect_s": round(connect_s, 1),
                 "failed_connect_attempts": sum(c["failed_attempts"] for c in connected),
                 "idle_s": args.idle,
+                "idle_datagrams": after["datagrams"] - before["datagrams"],
                 "keep_alive_interval": args.keep_alive,
                 "idle_cpu_pct": round(idle_pct, 2),
                 "idle_keep_alives": (
@@ -379,11 +382,14 @@ def main() -> int:
     parser.add_argument("--target", metavar="HOST:PORT", help=argparse.SUPPRESS)
     parser.add_argument("--client-folder", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--keep-alive", type=float, default=10.0, help="keep_alive_interval of every endpoint"
+        "--keep-alive", type=float, default=10.0, help="keep_alive_interval of every endpoint (0: none)"
     )
     parser.add_argument("--idle-timeout", type=float, default=30.0, help="idle_timeout of every endpoint")
     args = parser.parse_args()
-    timing = {"keep_alive_interval": args.keep_alive, "idle_timeout": args.idle_timeout}
+    timing = {
+        "keep_alive_interval": None if args.keep_alive == 0 else args.keep_alive,
+        "idle_timeout": args.idle_timeout,
+    }
     if args.node is not None:
         asyncio.run(node(args.node, args.connections, timing))
         return 0
