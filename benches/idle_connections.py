@@ -12,7 +12,8 @@ one address), and its ``receive_window`` is 256 KiB, so 1,000 windows fit its me
 Defaults everywhere else: ``keep_alive_interval`` 10 s, ``idle_timeout`` 30 s (``--keep-alive``
 and ``--idle-timeout`` change both on every endpoint).
 
-Two figures, both from the node's own process times (user + system, ``os.times()``):
+Two figures, both from the node's own process times (user + system, ``getrusage``, in
+microseconds):
 
 - idle: the node's CPU over ``--idle`` seconds (at least three keep-alive intervals by default)
   while every connection is up and nothing is sent, in % of one core;
@@ -35,6 +36,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -102,10 +104,10 @@ async def node(folder: str, connections: int, timing: dict[str, float | None]) -
             arrived.set()
 
     def times(endpoint: qp2p.Endpoint) -> dict[str, Any]:
-        t = os.times()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         stats = endpoint.stats()
         return {
-            "cpu": t.user + t.system,
+            "cpu": usage.ru_utime + usage.ru_stime,
             "received": received,
             "datagrams": stats.datagrams.received,
             "links": stats.links,
@@ -247,6 +249,12 @@ def fan_in(node: Child, crowd: list[Child], senders: list[int], messages: int) -
     }
 
 
+def _ratio(everyone: dict[str, float], one: dict[str, float]) -> float:
+    """CPU per message from every sender over that from one (0 if one's was too small to see)."""
+    per_message = one["cpu_us_per_msg"]
+    return round(everyone["cpu_us_per_msg"] / per_message, 2) if per_message else 0.0
+
+
 def _median(phases: list[dict[str, float]]) -> dict[str, float]:
     """The phase of median CPU per message."""
     return sorted(phases, key=lambda phase: phase["cpu_us_per_msg"])[len(phases) // 2]
@@ -307,11 +315,8 @@ def run(label: str, pythonpath: str | None, args: argparse.Namespace) -> dict[st
                 ),
                 "fan_in_1": one,
                 "fan_in_all": everyone,
-                "fan_in_ratio": round(everyone["cpu_us_per_msg"] / one["cpu_us_per_msg"], 2),
-                "fan_in_ratios": [
-                    round(e["cpu_us_per_msg"] / o["cpu_us_per_msg"], 2)
-                    for o, e in zip(ones, everyones, strict=True)
-                ],
+                "fan_in_ratio": _ratio(everyone, one),
+                "fan_in_ratios": [_ratio(e, o) for o, e in zip(ones, everyones, strict=True)],
             }
         finally:
             for child in crowd:
