@@ -86,9 +86,9 @@ class Deadlines(Generic[K]):
             heapq.heappop(heap)
         return None
 
-    def pop_due(self, now: float) -> list[K]:
-        """The keys whose deadline is at or before ``now``, earliest first; they lose it."""
-        due: list[K] = []
+    def pop_due(self, now: float) -> list[tuple[K, float]]:
+        """The keys whose deadline is at or before ``now``, with it, earliest first; they lose it."""
+        due: list[tuple[K, float]] = []
         heap, live = self._heap, self._live
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
@@ -99,7 +99,7 @@ class Deadlines(Generic[K]):
             at = current[0]
             if at == entry[0]:
                 del live[key]
-                due.append(key)
+                due.append((key, at))
             else:  # it moved later: its entry goes back at the true deadline, due or not
                 moved = (at, next(self._seq), key)
                 live[key] = (at, moved)

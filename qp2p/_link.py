@@ -45,8 +45,6 @@ __all__ = ("Link", "LinkOwner", "LinkPath", "Refusal")
 LinkPath = Literal["direct", "punched", "relayed"]
 
 log = logging.getLogger(__name__)
-# The coarsest event loop clock we run on (uvloop's, in milliseconds), in seconds.
-CLOCK_TICK = 0.001
 
 _ping_ids = itertools.count(1)
 # A link we dialled pings after this share of ``keep_alive_interval`` without a send (see above).
@@ -102,7 +100,7 @@ class Link:
         self._timer = scheduler.alarm(self._on_timer)
         self.timer_wakeups = 0  # times the QUIC timer fired
         self._keep_alive = scheduler.alarm(self._on_keep_alive)
-        self._linger = scheduler.alarm(self.close)
+        self._linger = scheduler.alarm(lambda _: self.close())
         self._owed = _NOTHING  # what the transmit pass owes this link
         if keep_alive_interval is not None and session.is_client:
             keep_alive_interval *= DIALLED_SHARE
@@ -182,28 +180,27 @@ class Link:
         if owed == _FORCED or (owed == _IF_QUEUED and self.session.queued):
             self.transmit()
 
-    def _on_timer(self) -> None:
+    def _on_timer(self, now: float) -> None:
+        """QUIC's deadline came: ``now`` is at least the deadline (the scheduler's clock tick)."""
         self.timer_wakeups += 1
-        now = self._loop.time()
         self.session.handle_timer(now)
         self._handle_events()
         self.transmit(now)
 
-    def _on_keep_alive(self) -> None:
+    def _on_keep_alive(self, now: float) -> None:
         """Ping if nothing was sent since the deadline was set, else wait for "last send + interval"."""
         if self.terminated.done() or self.retired:
             return
         if self._sent_at == self._idle_since:
             self.session.send_ping(next(_ping_ids))
             self.keep_alives += 1
-            self.transmit()
-        self._schedule_keep_alive()
+            self.transmit(now)
+        self._schedule_keep_alive(now)
 
-    def _schedule_keep_alive(self) -> None:
+    def _schedule_keep_alive(self, now: float) -> None:
         interval = self._keep_alive_interval
         if interval is None or self.terminated.done():
             return
-        now = self._loop.time()
         # A ping that could not leave (nothing was sent) is retried an interval later, not at once.
         self._idle_since = self._sent_at
         self._keep_alive.set(max(self._sent_at, now - interval) + interval)
@@ -234,7 +231,7 @@ class Link:
                 self._remove_cid(event.cid)  # type: ignore[union-attr]
             elif kind is s.Established:
                 self._large_gate = asyncio.Semaphore(event.peer.large_message_slots)  # type: ignore[union-attr]
-                self._schedule_keep_alive()
+                self._schedule_keep_alive(self._loop.time())
                 if not self.established.done():
                     self.established.set_result(None)
                 self.owner.link_established(self)

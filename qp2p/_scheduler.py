@@ -7,6 +7,11 @@ deadline is an ``Alarm`` in one ``Deadlines`` heap, and the endpoint holds a sin
 a dict write), a tick pops only what is due, and an idle link costs nothing between its own
 deadlines. One more kind of deadline per link is one more ``scheduler.alarm(callback)``.
 
+An alarm is called with the moment its deadline came, as the link should tell its session. The
+timer treats deadlines less than a clock tick ahead as come: uvloop's clock moves in whole
+milliseconds and fires such a timer at once, and a deadline it then found not yet reached would
+re-arm the timer at once, spinning until the clock ticked (aioquic paces in microseconds).
+
 Links with something to send mark themselves (``transmit_soon``); one ``call_soon`` per loop
 turn serves all of them, instead of one handle per link.
 """
@@ -20,7 +25,13 @@ from typing import Protocol
 
 from qp2p._deadlines import Deadlines
 
-__all__ = ("Alarm", "Marked", "Scheduler")
+__all__ = ("CLOCK_TICK", "Alarm", "Callback", "Marked", "Scheduler")
+
+# The coarsest event loop clock we run on (uvloop's, in milliseconds), in seconds.
+CLOCK_TICK = 0.001
+# Called with the moment the deadline came: the loop's time, or the deadline if that is later
+# (by less than ``CLOCK_TICK``).
+Callback = Callable[[float], None]
 
 
 class Marked(Protocol):
@@ -31,11 +42,11 @@ class Marked(Protocol):
 
 class Alarm:
     """One deadline of one link: ``set(at)`` (replacing the last), ``cancel()``; at the
-    deadline the scheduler calls ``callback`` once."""
+    deadline the scheduler calls ``callback(now)`` once."""
 
     __slots__ = ("_scheduler", "callback")
 
-    def __init__(self, scheduler: Scheduler, callback: Callable[[], None]) -> None:
+    def __init__(self, scheduler: Scheduler, callback: Callback) -> None:
         self._scheduler = scheduler
         self.callback = callback
 
@@ -66,7 +77,7 @@ class Scheduler:
         self._pass: asyncio.Handle | None = None
         self.timer_fired = 0  # times the one timer went off, for tests and monitoring
 
-    def alarm(self, callback: Callable[[], None]) -> Alarm:
+    def alarm(self, callback: Callback) -> Alarm:
         """A new deadline, not set yet, that calls ``callback`` when it comes."""
         return Alarm(self, callback)
 
@@ -104,15 +115,17 @@ class Scheduler:
         self._timer = None
         self._timer_at = math.inf
         self.timer_fired += 1
-        due = self._deadlines.pop_due(self._loop.time())
-        self._firing.update(due)
-        for alarm in due:
-            if alarm in self._firing:
-                self._firing.discard(alarm)
-                self._run(alarm.callback)
-        at = self._deadlines.earliest()
-        if at is not None and at < self._timer_at:
-            self._arm(at)
+        now = self._loop.time()
+        due = self._deadlines.pop_due(now + CLOCK_TICK)
+        firing = self._firing
+        firing.update(alarm for alarm, _ in due)
+        for alarm, at in due:
+            if alarm in firing:
+                firing.discard(alarm)
+                self._run(alarm.callback, max(now, at))
+        earliest = self._deadlines.earliest()
+        if earliest is not None and earliest < self._timer_at:
+            self._arm(earliest)
 
     def transmit_soon(self, link: Marked) -> None:
         """Have ``link.transmit_pass()`` called at the end of this loop turn."""
@@ -126,10 +139,10 @@ class Scheduler:
         for link in marked:
             self._run(link.transmit_pass)
 
-    def _run(self, callback: Callable[[], None]) -> None:
+    def _run(self, callback: Callable[..., None], *args: float) -> None:
         """One link's failure is reported as the loop reports a failed callback; the others still run."""
         try:
-            callback()
+            callback(*args)
         except Exception as exc:  # noqa: BLE001 - reported, as asyncio.Handle does
             self._loop.call_exception_handler({"message": f"exception in {callback!r}", "exception": exc})
 

@@ -505,7 +505,7 @@ class Endpoint:
         else:
             timeout = min(self.config.handshake_timeout, self.config.connect_timeout)
             self._half_open.add(link, remote_addr[0])
-        alarm = self._pending[link] = scheduler.alarm(lambda: self._handshake_too_slow(link))
+        alarm = self._pending[link] = scheduler.alarm(lambda _: self._handshake_too_slow(link))
         alarm.set(asyncio.get_running_loop().time() + timeout)
         return link
 

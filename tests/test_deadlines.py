@@ -16,10 +16,10 @@ def test_due_keys_come_earliest_first_and_lose_their_deadline() -> None:
     deadlines.set("a", 1.0)
     deadlines.set("c", 3.0)
     assert deadlines.earliest() == 1.0
-    assert deadlines.pop_due(2.5) == ["a", "b"]
+    assert deadlines.pop_due(2.5) == [("a", 1.0), ("b", 2.0)]
     assert len(deadlines) == 1 and "a" not in deadlines and deadlines.get("c") == 3.0
     assert deadlines.pop_due(2.9) == []
-    assert deadlines.pop_due(3.0) == ["c"]
+    assert deadlines.pop_due(3.0) == [("c", 3.0)]
     assert deadlines.earliest() is None and len(deadlines) == 0
 
 
@@ -31,14 +31,14 @@ def test_a_deadline_moved_later_is_not_due_at_its_old_time() -> None:
     assert deadlines.earliest() == 1.0  # a lower bound: the entry is pushed again when it comes up
     assert deadlines.pop_due(1.0) == []
     assert deadlines.earliest() == 5.0
-    assert deadlines.pop_due(5.0) == ["quic"]
+    assert deadlines.pop_due(5.0) == [("quic", 5.0)]
 
 
 def test_a_deadline_moved_earlier_is_due_at_the_new_time_once() -> None:
     deadlines: Deadlines[str] = Deadlines()
     deadlines.set("quic", 5.0)
     deadlines.set("quic", 1.0)
-    assert deadlines.pop_due(1.0) == ["quic"]
+    assert deadlines.pop_due(1.0) == [("quic", 1.0)]
     assert deadlines.pop_due(10.0) == []  # the entry at 5.0 went stale
 
 
@@ -48,7 +48,7 @@ def test_a_discarded_key_is_never_due() -> None:
     deadlines.set("linger", 2.0)
     deadlines.discard("keep_alive")
     deadlines.discard("never set")
-    assert deadlines.pop_due(10.0) == ["linger"]
+    assert deadlines.pop_due(10.0) == [("linger", 2.0)]
 
 
 def test_churn_of_rearms_and_discards_cannot_grow_the_heap() -> None:
@@ -104,10 +104,9 @@ def test_behaves_as_a_dict_of_deadlines(ops: list[tuple[str, int, float]]) -> No
             model.pop(key, None)
         else:
             due = deadlines.pop_due(value)
-            expected = {k for k, at in model.items() if at <= value}
-            assert set(due) == expected and len(due) == len(expected)
-            assert [model[k] for k in due] == sorted(model[k] for k in due)
-            for k in due:
+            assert sorted(due) == sorted((k, at) for k, at in model.items() if at <= value)
+            assert [at for _, at in due] == sorted(at for _, at in due)
+            for k, _ in due:
                 del model[k]
         assert len(deadlines) == len(model)
         earliest = deadlines.earliest()

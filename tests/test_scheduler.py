@@ -9,7 +9,7 @@ import pytest
 from waiting import wait_until
 
 import qp2p
-from qp2p._scheduler import Scheduler
+from qp2p._scheduler import CLOCK_TICK, Scheduler
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -39,12 +39,12 @@ async def test_alarms_fire_in_order_behind_one_timer() -> None:
     fired: list[int] = []
     done = asyncio.Event()
     now = loop.time()
-    alarms = [scheduler.alarm(lambda i=i: fired.append(i)) for i in range(50)]
+    alarms = [scheduler.alarm(lambda _, i=i: fired.append(i)) for i in range(50)]
     for i, alarm in enumerate(alarms):
         alarm.set(now + 0.05 + 0.001 * (49 - i))  # the last one set is due first
     alarms[10].cancel()
     alarms[20].set(now + 10.0)  # moved later: not due in this test
-    scheduler.alarm(done.set).set(now + 0.1)
+    scheduler.alarm(lambda _: done.set()).set(now + 0.1)
     assert len(live_timers()) == 1 and scheduler.deadlines == 50
     async with asyncio.timeout(5):
         await done.wait()
@@ -61,12 +61,12 @@ async def test_a_failing_alarm_does_not_stop_the_others() -> None:
     loop.set_exception_handler(lambda _, context: errors.append(context.get("exception")))
     fired: list[str] = []
 
-    def broken() -> None:
+    def broken(now: float) -> None:
         raise ValueError("broken")
 
     at = loop.time() + 0.01
     scheduler.alarm(broken).set(at)
-    scheduler.alarm(lambda: fired.append("next")).set(at)
+    scheduler.alarm(lambda _: fired.append("next")).set(at)
     try:
         await wait_until(lambda: fired)
     finally:
@@ -80,10 +80,10 @@ async def test_an_alarm_cancelled_by_an_earlier_one_of_its_batch_is_not_called()
     scheduler = Scheduler(loop)
     fired: list[str] = []
     at = loop.time() + 0.01
-    second = scheduler.alarm(lambda: fired.append("second"))
-    moved = scheduler.alarm(lambda: fired.append("moved"))
+    second = scheduler.alarm(lambda _: fired.append("second"))
+    moved = scheduler.alarm(lambda _: fired.append("moved"))
 
-    def first() -> None:
+    def first(now: float) -> None:
         fired.append("first")
         second.cancel()  # as a link's end cancels its other deadlines
         moved.set(loop.time() + 0.05)
@@ -93,6 +93,19 @@ async def test_an_alarm_cancelled_by_an_earlier_one_of_its_batch_is_not_called()
     moved.set(at)
     await wait_until(lambda: len(fired) == 2)
     assert fired == ["first", "moved"] and not second.armed
+    scheduler.close()
+
+
+async def test_an_alarm_is_told_its_deadline_came_even_a_tick_early() -> None:
+    """A deadline inside the loop clock's current tick counts as come (uvloop's clock moves in
+    milliseconds): the alarm runs once, told the deadline, instead of re-arming in a spin."""
+    loop = asyncio.get_running_loop()
+    scheduler = Scheduler(loop)
+    told: list[float] = []
+    at = loop.time() + CLOCK_TICK / 2
+    scheduler.alarm(told.append).set(at)
+    await wait_until(lambda: told)
+    assert told[0] >= at and scheduler.timer_fired == 1
     scheduler.close()
 
 
