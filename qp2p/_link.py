@@ -1,9 +1,25 @@
-"""One QUIC connection on the event loop: a ``Session`` with its timer, transmits and waiters.
+"""One QUIC connection on the event loop: a ``Session`` with its deadlines, transmits and waiters.
 
 aioquic's four steps, as in its ``QuicConnectionProtocol``: feed the session, handle its events,
-send what it wants sent, re-arm one timer. Transmits after local writes are coalesced into one
-``call_soon``. What the events mean for the application is the owner's business (a
+send what it wants sent, re-arm its deadline. The deadlines (QUIC's timer, the keep-alive, the
+linger before a close) are alarms of the endpoint's one ``Scheduler``, and transmits after local
+writes wait for its one transmit pass at the end of the loop turn, so a link costs no asyncio
+handle of its own. What the events mean for the application is the owner's business (a
 ``Connection``); this module only turns them into futures and callbacks.
+
+Keep-alive. A PING goes out only on a link that sent no datagram for ``keep_alive_interval``.
+Every datagram counts, acknowledgements alone too: any outbound packet refreshes a NAT's
+mapping, and the peer restarts its idle timer on every packet it processes (RFC 9000 section
+10.1). Our own idle timer needs packets from the peer: a link that sent only acknowledgements
+sent them because the peer's packets arrived, and a link that sent ack-eliciting packets gets
+the peer's acknowledgements back. The deadline is "last send + interval", checked when it
+comes: sending only records the time.
+
+Of two peers with the same interval, the one that dialled pings, a tenth of an interval
+earlier (``DIALLED_SHARE``), and the other's acknowledgement is its send: one exchange per
+interval. With equal deadlines both would ping, each before the other's PING was acknowledged
+(an acknowledgement waits for aioquic's ack delay), and a node would carry two exchanges per
+client and interval instead of one.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from qp2p import errors, wire
 from qp2p import session as s
+from qp2p._scheduler import Scheduler
 from qp2p._speedups import packet
 from qp2p.transport import MIN_INITIAL_SIZE, Address, PacketPath, Transport
 
@@ -28,10 +45,14 @@ __all__ = ("Link", "LinkOwner", "LinkPath", "Refusal")
 LinkPath = Literal["direct", "punched", "relayed"]
 
 log = logging.getLogger(__name__)
-# The coarsest event loop clock we run on (uvloop's, in milliseconds), in seconds.
-CLOCK_TICK = 0.001
 
 _ping_ids = itertools.count(1)
+# A link we dialled pings after this share of ``keep_alive_interval`` without a send (see above).
+DIALLED_SHARE = 0.9
+
+# What the transmit pass owes a link this turn: nothing, a transmit if frames were queued since
+# the last one (after ``transmit_first``), or a transmit whatever happens (after ``transmit_soon``).
+_NOTHING, _IF_QUEUED, _FORCED = 0, 1, 2
 
 
 class LinkOwner(Protocol):
@@ -54,6 +75,7 @@ class Link:
         transport: PacketPath,
         remote_addr: Address,
         owner: LinkOwner,
+        scheduler: Scheduler,
         keep_alive_interval: float | None,
         forgotten: Callable[[Link], None],
         path: LinkPath = "direct",
@@ -74,14 +96,18 @@ class Link:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._cids: set[bytes] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._scheduler = scheduler
+        self._timer = scheduler.alarm(self._on_timer)
         self.timer_wakeups = 0  # times the QUIC timer fired
-        self._transmit_handle: asyncio.Handle | None = None
-        self._transmit_forced = False
-        self._keep_alive: asyncio.TimerHandle | None = None
-        self._linger: asyncio.TimerHandle | None = None
+        self._keep_alive = scheduler.alarm(self._on_keep_alive)
+        self._linger = scheduler.alarm(lambda _: self.close())
+        self._owed = _NOTHING  # what the transmit pass owes this link
+        if keep_alive_interval is not None and session.is_client:
+            keep_alive_interval *= DIALLED_SHARE
         self._keep_alive_interval = keep_alive_interval
+        self._sent_at = self._loop.time()  # when the last datagram went out
+        self._idle_since = self._sent_at  # the last send the keep-alive deadline was set from
+        self.keep_alives = 0  # PINGs sent because the link was idle for a whole interval
         self._send_timeout = send_timeout  # how long a send may wait for the peer's credit
         self._credit_at = self._loop.time()  # when the peer last granted credit
         self._credit_waiters: list[asyncio.Future[None]] = []
@@ -115,74 +141,69 @@ class Link:
             self._wake(self._drain_waiters)
 
     def transmit(self, now: float | None = None) -> None:
-        """Send what the session has queued, handle what that raised, re-arm the timer."""
-        if self._transmit_handle is not None:
-            self._transmit_handle.cancel()
-            self._transmit_handle = None
-        self._transmit_forced = False
+        """Send what the session has queued, handle what that raised, re-arm the deadline."""
+        self._owed = _NOTHING
         session = self.session
-        for data, addr in session.datagrams_to_send(self._loop.time() if now is None else now):
-            self._transport.sendto(data, addr)
+        if now is None:
+            now = self._loop.time()
+        datagrams = session.datagrams_to_send(now)
+        if datagrams:
+            self._sent_at = now
+            for data, addr in datagrams:
+                self._transport.sendto(data, addr)
         self._handle_events()
         timer_at = session.get_timer()
-        # The deadline moves at almost every packet. A timer due earlier than needed stays: it
-        # fires, finds nothing due, and re-arms; only an earlier deadline replaces it. This
-        # spares the event loop a cancel and a heap push per packet.
         if timer_at is None or self.terminated.done():
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        elif self._timer is None or timer_at < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(timer_at, self._on_timer)
-            self._timer_at = timer_at
+            self._timer.cancel()
+        else:
+            self._timer.set(timer_at)
 
     def transmit_soon(self) -> None:
         """Transmit once this turn of the event loop is over, together with whatever else it queues."""
         if self.terminated.done():
             return
-        if self._transmit_handle is None:
-            self._transmit_handle = self._loop.call_soon(self.transmit)
-        else:
-            self._transmit_forced = True
+        if self._owed == _NOTHING:
+            self._scheduler.transmit_soon(self)
+        self._owed = _FORCED
 
     def transmit_first(self) -> None:
         """After queueing frames: send at once if nothing else was sent this turn (one lone
         request goes out without waiting), else leave them for the transmit at the turn's end."""
-        if self._transmit_handle is None and not self.terminated.done():
+        if self._owed == _NOTHING and not self.terminated.done():
             self.transmit()
-            self._transmit_handle = self._loop.call_soon(self._transmit_if_queued)
+            self._scheduler.transmit_soon(self)
+            self._owed = _IF_QUEUED
 
-    def _transmit_if_queued(self) -> None:
-        self._transmit_handle = None
-        if self._transmit_forced or self.session.queued:
+    def transmit_pass(self) -> None:
+        """The scheduler's pass at the end of the turn: transmit if this link is still owed one."""
+        owed, self._owed = self._owed, _NOTHING
+        if owed == _FORCED or (owed == _IF_QUEUED and self.session.queued):
             self.transmit()
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def _on_timer(self, now: float) -> None:
+        """QUIC's deadline came: ``now`` is at least the deadline (the scheduler's clock tick)."""
         self.timer_wakeups += 1
-        # uvloop's clock moves in whole milliseconds, and a timer less than one ahead fires at
-        # once: a pacing deadline inside the current millisecond would fire, find it not yet
-        # reached, re-arm, and spin until the clock ticks. For the session, the deadline the
-        # timer was set for has come (at most one tick ahead of the loop's clock).
-        now = self._loop.time()
-        now = min(max(now, self._timer_at), now + CLOCK_TICK)
         self.session.handle_timer(now)
         self._handle_events()
         self.transmit(now)
 
-    def _on_keep_alive(self) -> None:
-        self._keep_alive = None
+    def _on_keep_alive(self, now: float) -> None:
+        """Ping if nothing was sent since the deadline was set, else wait for "last send + interval"."""
         if self.terminated.done() or self.retired:
             return
-        self.session.send_ping(next(_ping_ids))
-        self.transmit()
-        self._schedule_keep_alive()
+        if self._sent_at == self._idle_since:
+            self.session.send_ping(next(_ping_ids))
+            self.keep_alives += 1
+            self.transmit(now)
+        self._schedule_keep_alive(now)
 
-    def _schedule_keep_alive(self) -> None:
-        if self._keep_alive_interval is not None and not self.terminated.done():
-            self._keep_alive = self._loop.call_later(self._keep_alive_interval, self._on_keep_alive)
+    def _schedule_keep_alive(self, now: float) -> None:
+        interval = self._keep_alive_interval
+        if interval is None or self.terminated.done():
+            return
+        # A ping that could not leave (nothing was sent) is retried an interval later, not at once.
+        self._idle_since = self._sent_at
+        self._keep_alive.set(max(self._sent_at, now - interval) + interval)
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -210,7 +231,7 @@ class Link:
                 self._remove_cid(event.cid)  # type: ignore[union-attr]
             elif kind is s.Established:
                 self._large_gate = asyncio.Semaphore(event.peer.large_message_slots)  # type: ignore[union-attr]
-                self._schedule_keep_alive()
+                self._schedule_keep_alive(self._loop.time())
                 if not self.established.done():
                     self.established.set_result(None)
                 self.owner.link_established(self)
@@ -227,9 +248,7 @@ class Link:
         """Nothing more can be sent: fail every waiter, tell the owner. The QUIC connection
         lives on through its closing or draining period, to answer the peer's stray packets."""
         self.end = event
-        if self._keep_alive is not None:
-            self._keep_alive.cancel()
-            self._keep_alive = None
+        self._keep_alive.cancel()
         self._wake_credit_waiters()
         self._wake(self._drain_waiters)
         for stream_id in list(self._large_waiters):
@@ -243,10 +262,9 @@ class Link:
         """The QUIC connection is over: release its routes and timers."""
         for cid in list(self._cids):
             self._remove_cid(cid)
-        for handle in (self._timer, self._keep_alive, self._transmit_handle, self._linger):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._keep_alive = self._transmit_handle = self._linger = None
+        for alarm in (self._timer, self._keep_alive, self._linger):
+            alarm.cancel()
+        self._owed = _NOTHING
         if not self.terminated.done():
             self.terminated.set_result(None)
             self._forgotten(self)
@@ -368,8 +386,8 @@ class Link:
 
     def close_later(self, delay: float) -> None:
         """Close gracefully after ``delay`` seconds (unless over by then)."""
-        if self._linger is None and not self.terminated.done():
-            self._linger = self._loop.call_later(delay, self.close)
+        if not self._linger.armed and not self.terminated.done():
+            self._linger.set(self._loop.time() + delay)
 
     def abort(self) -> None:
         """Send one CONNECTION_CLOSE, then forget the connection without waiting for the

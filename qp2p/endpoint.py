@@ -39,6 +39,7 @@ from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._memory import MemoryBudget, MemoryStats, address_key
 from qp2p._mtu import forbid_fragmentation, route_payload
 from qp2p._pmtud import BASE_SIZE
+from qp2p._scheduler import Alarm, Scheduler
 from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
 from qp2p._tasks import BackgroundTasks
@@ -89,6 +90,8 @@ class EndpointStats:
     memory: MemoryStats | None = None  # what peers make us hold, by scope
     tickets_issued: int = 0  # session tickets we issued that peers may resume with
     tickets_held: int = 0  # session tickets peers issued us, to resume with when we dial them
+    keep_alives: int = 0  # PINGs sent on links idle for a whole keep_alive_interval
+    deadlines: int = 0  # link deadlines (QUIC timers, keep-alives, handshakes) behind the one timer
 
 
 @dataclass(eq=False, slots=True)
@@ -183,7 +186,9 @@ class Endpoint:
         self._events = _ConnectionEvents(self)
         self._links: set[Link] = set()  # every QUIC connection until it is over, closing ones too
         self._open_links: set[Link] = set()  # those not reported closing: max_connections counts them
-        self._pending: dict[Link, asyncio.TimerHandle] = {}  # links not established yet
+        self._scheduler: Scheduler | None = None  # every link's deadlines and transmits, once started
+        self._pending: dict[Link, Alarm] = {}  # links not established yet, and their handshake deadline
+        self._keep_alives = 0  # keep-alives of the links forgotten
         self._half_open: HalfOpen[Link] = HalfOpen(self.config.max_half_open_per_address)
         self._dial_refusals: Counter[str] = Counter()  # handshakes peers started that we refused
         threshold = self.config.retry_threshold
@@ -252,6 +257,7 @@ class Endpoint:
         sock = transport.socket
         self._unfragmented = sock is not None and forbid_fragmentation(sock)
         self._transport = transport
+        self._scheduler = Scheduler(loop)
         self._state = "open"
         if self.config.forward_port:  # in the background: discovery takes seconds
             self._mapping = PortMapping(transport.local_addr, self.config.upnp_lease_duration)
@@ -304,6 +310,8 @@ class Endpoint:
             self._messages.close()
             self._connections.close()
             self._disconnections.close()
+            if self._scheduler is not None:
+                self._scheduler.close()
             if self._transport is not None:
                 self._transport.close()
                 await asyncio.shield(self._transport.closed)
@@ -432,6 +440,8 @@ class Endpoint:
             memory=self._memory.stats(),
             tickets_issued=len(self._tickets_issued),
             tickets_held=len(self._tickets_held),
+            keep_alives=self._keep_alives + sum(link.keep_alives for link in self._links),
+            deadlines=self._scheduler.deadlines if self._scheduler is not None else 0,
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -473,11 +483,14 @@ class Endpoint:
         limit_streams(quic, unidirectional=self.config.max_incoming_streams, bidirectional=0)
         memory = self._memory.open(remote_addr[0], link_memory(self._hello))
         session = Session(quic, self._hello, self.config.lanes, memory)
+        scheduler = self._scheduler
+        assert scheduler is not None  # links exist only once the endpoint started
         link = Link(
             session,
             path_out,
             remote_addr,
             self._router,
+            scheduler,
             self.config.keep_alive_interval,
             self._forgotten,
             path,
@@ -492,7 +505,8 @@ class Endpoint:
         else:
             timeout = min(self.config.handshake_timeout, self.config.connect_timeout)
             self._half_open.add(link, remote_addr[0])
-        self._pending[link] = asyncio.get_running_loop().call_later(timeout, self._handshake_too_slow, link)
+        alarm = self._pending[link] = scheduler.alarm(lambda _: self._handshake_too_slow(link))
+        alarm.set(asyncio.get_running_loop().time() + timeout)
         return link
 
     def _datagram_ceiling(self, remote_addr: Address, path: LinkPath) -> int:
@@ -554,13 +568,14 @@ class Endpoint:
         """``link`` is no longer waiting for its handshake: its timer goes, and it is no
         longer half-open."""
         self._half_open.discard(link)
-        timer = self._pending.pop(link, None)
-        if timer is not None:
-            timer.cancel()
+        alarm = self._pending.pop(link, None)
+        if alarm is not None:
+            alarm.cancel()
 
     def _forgotten(self, link: Link) -> None:
         self._links.discard(link)
         self._open_links.discard(link)
+        self._keep_alives += link.keep_alives
         self._settled(link)
         path = link.packet_path
         if isinstance(path, RelayPath) and self._relay_paths.get((path.relay, path.circuit)) is path:

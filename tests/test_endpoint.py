@@ -267,6 +267,7 @@ async def test_keep_alive_holds_an_idle_connection_open(make_endpoint: MakeEndpo
     base = b.stats().datagrams.received
     await wait_until(lambda: b.stats().datagrams.received >= base + 8 or connection.is_closed)
     assert not connection.is_closed
+    assert a.stats().keep_alives >= 3  # the PINGs, sent because nothing else was
     await connection.send(b"still here")
     assert [m.data for m in await collect(b, 1)] == [b"still here"]
 
