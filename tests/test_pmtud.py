@@ -181,6 +181,9 @@ class Path:
         self.dropped = 0
         self.largest_from_client = 0
         self.client_addr = CLIENT  # where the server sees the client's datagrams come from
+        self.delay = 0.0  # one way, for datagrams sent from now on
+        self.to_unvalidated: list[int] = []  # sizes the server sent toward an address not validated
+        self._queue: list[tuple[float, CheckedQuicConnection, bytes, tuple[str, int]]] = []
         for datagram, _ in first:
             self.server.receive_datagram(datagram, CLIENT, now=self.now)
         self.received = 0
@@ -198,16 +201,26 @@ class Path:
                 (self.client, self.server, self.client_addr),
                 (self.server, self.client, SERVER),
             ):
-                for datagram, _ in sender.datagrams_to_send(now=self.now):
+                for datagram, addr in sender.datagrams_to_send(now=self.now):
+                    if sender is self.server and not self._validated(addr):
+                        self.to_unvalidated.append(len(datagram))
                     if sender is self.client:
                         self.largest_from_client = max(self.largest_from_client, len(datagram))
                     if len(datagram) > self.carries:
                         self.dropped += 1
                     else:
-                        receiver.receive_datagram(datagram, src, now=self.now)
+                        self._queue.append((self.now + self.delay, receiver, datagram, src))
+            due = [item for item in self._queue if item[0] <= self.now]
+            self._queue = [item for item in self._queue if item[0] > self.now]
+            for _, receiver, datagram, src in due:
+                receiver.receive_datagram(datagram, src, now=self.now)
             self._drain()
             if callable(until) and until():
                 return
+
+    def _validated(self, addr: tuple[str, int]) -> bool:
+        """Whether the server has validated the client's address ``addr``."""
+        return any(path.addr == addr and path.is_validated for path in self.server._network_paths)
 
     def _drain(self) -> None:
         while (event := self.server.next_event()) is not None:
@@ -307,3 +320,48 @@ def test_a_peer_that_moves_starts_again_at_the_base_size() -> None:
     assert path.received == 100_000
     assert 1500 - MIN_STEP < path.server.path_mtu.size <= 1500
     assert path.server.path_mtu.black_holes == 0  # it restarted; it did not have to detect a black hole
+
+
+def test_a_new_address_gets_nothing_above_the_base_size_until_it_is_validated() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.size == 9000)
+    path.client_addr = moved = ("10.0.0.3", 4001)  # a new address, which may be a spoofed one
+    path.carries = 1500
+    path.send(1000)
+    path.run(5.0, until=lambda: path._validated(moved))
+    assert path._validated(moved)
+    assert path.to_unvalidated and max(path.to_unvalidated) <= BASE_SIZE
+
+
+def test_a_probe_acknowledged_after_the_peer_moved_says_nothing_of_its_new_path() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    path.delay = 0.05  # the old path is slow: its first probe is still on its way...
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.state == "probing")
+    path.client_addr = moved = ("10.0.0.3", 4001)  # ...when the client moves to a fast path carrying 1500
+    path.delay = 0.0
+    path.carries = 1500
+    path.send(1000)
+    path.run(5.0, until=lambda: path._validated(moved) and server.path_mtu.state == "complete")
+    assert server.get_peer_address() == moved
+    assert 1500 - MIN_STEP < server.path_mtu.size <= 1500  # the old path's answer proves nothing here
+
+
+def test_a_peer_that_keeps_moving_gets_one_probe_per_move_at_most() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.size == 9000)
+    addresses = (("10.0.0.3", 4001), CLIENT)
+    for address in addresses:  # both of the client's addresses are validated first
+        path.client_addr = address
+        path.send(10)
+        path.run(2.0, until=lambda a=address: path._validated(a) and server.path_mtu.state == "complete")
+    before, moves = server.path_mtu.probes_sent, 40
+    for move in range(moves):  # each datagram of the client comes from the other address
+        path.client_addr = addresses[move % 2]
+        path.send(10)
+        path.run(0.002)
+    path.run(2.0, until=lambda: server.path_mtu.state == "complete")
+    assert 0 < server.path_mtu.probes_sent - before <= moves + 1
+    assert server.path_mtu.size == 9000 and server.path_mtu.black_holes == 0
