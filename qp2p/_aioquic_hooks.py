@@ -319,8 +319,11 @@ class CheckedQuicConnection(QuicConnection):
         self, direction: tls.Direction, epoch: tls.Epoch, cipher_suite: tls.CipherSuite, secret: bytes
     ) -> None:
         """aioquic's, but for 0-RTT keys, which are never installed: early data is replayable,
-        and a server of ours drops it (aioquic's would accept any a resuming client sends)."""
-        if epoch != tls.Epoch.ZERO_RTT:
+        and a server of ours drops it (aioquic's would accept any a resuming client sends). Its
+        TLS then tells the client so (its EncryptedExtensions are written after this call)."""
+        if epoch == tls.Epoch.ZERO_RTT:
+            self.tls.early_data_accepted = False
+        else:
             super()._update_traffic_key(direction, epoch, cipher_suite, secret)
 
 
