@@ -61,6 +61,10 @@ cdef enum:
     C_COMPACT_AT = 1 << 16
     C_KEEP_CAPACITY = 1 << 18
 
+# A take's budget, held to what a long long carries with room for one frame's cost added.
+cdef long long C_BUDGET_MAX = 1LL << 62
+cdef long long C_BUDGET_MIN = -(1LL << 62)
+
 
 cdef inline void _write_header(uint8_t* p, uint32_t data_len, uint8_t flag) noexcept:
     p[0] = 0
@@ -287,8 +291,10 @@ cdef class FrameDecoder:
         self._raise_if_failed()
         return self._next()
 
-    def take(self, data, lane, long long budget, long long frame_cost):
+    def take(self, data, lane, budget, long long frame_cost):
         self._raise_if_failed()
+        # Any int: beyond the C range, no frame fits below it, or every one fits under it.
+        cdef long long limit = max(C_BUDGET_MIN, min(budget, C_BUDGET_MAX))
         cdef Py_buffer view
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t left
@@ -297,7 +303,7 @@ cdef class FrameDecoder:
             if self._start == self._end and view.len:
                 # Straight from the caller's bytes: each body is copied once; only a tail is kept.
                 try:
-                    return self._take_from(<const uint8_t*>view.buf, &pos, view.len, lane, budget, frame_cost)
+                    return self._take_from(<const uint8_t*>view.buf, &pos, view.len, lane, limit, frame_cost)
                 finally:
                     left = view.len - pos
                     if left:
@@ -310,7 +316,7 @@ cdef class FrameDecoder:
                 self._end += view.len
             pos = self._start
             try:
-                return self._take_from(self._buf, &pos, self._end, lane, budget, frame_cost)
+                return self._take_from(self._buf, &pos, self._end, lane, limit, frame_cost)
             finally:
                 self._start = pos
                 self._let_go()
