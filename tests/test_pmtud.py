@@ -12,6 +12,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import (
+    QuicErrorCode,
     QuicTransportParameters,
     pull_quic_header,
     pull_quic_transport_parameters,
@@ -183,6 +184,8 @@ class Path:
         self.client_addr = CLIENT  # where the server sees the client's datagrams come from
         self.delay = 0.0  # one way, for datagrams sent from now on
         self.to_unvalidated: list[int] = []  # sizes the server sent toward an address not validated
+        self.victim: tuple[str, int] | None = None  # an address that is not the client's
+        self.to_victim: list[int] = []  # sizes the server sent there (they reach nobody)
         self._queue: list[tuple[float, CheckedQuicConnection, bytes, tuple[str, int]]] = []
         for datagram, _ in first:
             self.server.receive_datagram(datagram, CLIENT, now=self.now)
@@ -204,6 +207,9 @@ class Path:
                 for datagram, addr in sender.datagrams_to_send(now=self.now):
                     if sender is self.server and not self._validated(addr):
                         self.to_unvalidated.append(len(datagram))
+                    if sender is self.server and addr == self.victim:
+                        self.to_victim.append(len(datagram))
+                        continue
                     if sender is self.client:
                         self.largest_from_client = max(self.largest_from_client, len(datagram))
                     if len(datagram) > self.carries:
@@ -365,3 +371,51 @@ def test_a_peer_that_keeps_moving_gets_one_probe_per_move_at_most() -> None:
     path.run(2.0, until=lambda: server.path_mtu.state == "complete")
     assert 0 < server.path_mtu.probes_sent - before <= moves + 1
     assert server.path_mtu.size == 9000 and server.path_mtu.black_holes == 0
+
+
+def limiting_path(advertise: int) -> Path:
+    """A path whose server names ``advertise`` as its max_udp_payload_size."""
+
+    class Server(LimitingServer):
+        pass
+
+    Server.advertise = advertise
+    return Path(ceiling=9000, carries=9000, server_class=Server)
+
+
+def test_a_peer_limit_below_the_base_size_is_refused() -> None:
+    """Below 1200 is invalid (RFC 9000 section 18.2): the handshake fails, nothing large is sent."""
+    path = limiting_path(1000)
+    path.run(2.0, until=lambda: path.client._close_event is not None)
+    event = path.client._close_event
+    assert event is not None and event.error_code == QuicErrorCode.TRANSPORT_PARAMETER_ERROR
+    assert path.largest_from_client <= BASE_SIZE and path.client.path_mtu.probes_sent == 0
+
+
+def test_an_absurdly_large_peer_limit_leaves_our_own_ceiling() -> None:
+    path = limiting_path(2**62 - 1)
+    path.send(50_000)
+    path.run(5.0, until=lambda: path.received == 50_000 and path.client.path_mtu.state == "complete")
+    assert path.received == 50_000
+    assert path.client.path_mtu.size == 9000 and path.largest_from_client <= 9000
+
+
+def test_a_spoofed_source_gets_no_probe_and_only_what_the_amplification_limit_allows() -> None:
+    """An attacker on the path rewrites the source of one of the client's datagrams to a
+    victim's address: the server moves there, but sends it no probe and nothing above 1200
+    bytes, and at most three times what came from there; the client's next datagram brings
+    it back, and the search starts again there."""
+    path = Path(ceiling=9000, carries=9000)
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.size == 9000)
+    path.victim = path.client_addr = ("192.0.2.7", 9)
+    path.send(1000)
+    path.run(0.001)
+    assert server.get_peer_address() == path.victim
+    path.client_addr = CLIENT
+    path.run(0.05)  # the client is silent a while: the server tries the victim, within its limit
+    path.send(1000)
+    path.run(5.0, until=lambda: server.get_peer_address() == CLIENT and server.path_mtu.size == 9000)
+    assert server.get_peer_address() == CLIENT and server.path_mtu.size == 9000
+    assert path.to_victim and max(path.to_victim) <= BASE_SIZE
+    assert sum(path.to_victim) <= 3 * (1000 + 100)
