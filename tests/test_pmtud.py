@@ -8,6 +8,7 @@ import asyncio
 import ssl
 
 import pytest
+from aioquic import tls as aioquic_tls
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import StreamDataReceived
@@ -185,6 +186,7 @@ class Path:
         self.delay = 0.0  # one way, for datagrams sent from now on
         self.to_unvalidated: list[int] = []  # sizes the server sent toward an address not validated
         self.victim: tuple[str, int] | None = None  # an address that is not the client's
+        self.optimistic = False  # the server acknowledges every packet number up to its largest
         self.to_victim: list[int] = []  # sizes the server sent there (they reach nobody)
         self._queue: list[tuple[float, CheckedQuicConnection, bytes, tuple[str, int]]] = []
         for datagram, _ in first:
@@ -200,6 +202,10 @@ class Path:
                 timer = quic.get_timer()
                 if timer is not None and timer <= self.now:
                     quic.handle_timer(now=self.now)
+            if self.optimistic:
+                ranges = self.server._spaces[aioquic_tls.Epoch.ONE_RTT].ack_queue
+                if len(ranges) > 1:  # a gap: it says it got what it never did
+                    ranges.add(ranges.bounds().start, ranges.bounds().stop)
             for sender, receiver, src in (
                 (self.client, self.server, self.client_addr),
                 (self.server, self.client, SERVER),
@@ -419,3 +425,18 @@ def test_a_spoofed_source_gets_no_probe_and_only_what_the_amplification_limit_al
     assert server.get_peer_address() == CLIENT and server.path_mtu.size == 9000
     assert path.to_victim and max(path.to_victim) <= BASE_SIZE
     assert sum(path.to_victim) <= 3 * (1000 + 100)
+
+
+def test_a_peer_acknowledging_what_it_never_got_fools_only_itself_and_boundedly() -> None:
+    """Optimistic acknowledgements (every packet number up to the largest) make the client use
+    sizes the path drops, and lose the data the peer says it got, which is the peer's loss; the
+    black-hole rule keeps bringing the size back, no datagram exceeds our ceiling and every
+    search stays within its probe bound."""
+    path = Path(ceiling=9000, carries=1500)
+    path.optimistic = True
+    path.send(3_000_000)
+    path.run(60.0)
+    mtu = path.client.path_mtu
+    assert mtu.black_holes >= 1  # it was fooled, and found out
+    assert path.largest_from_client <= 9000
+    assert mtu.probes_sent <= MAX_PROBES * 11 * (mtu.black_holes + 1)
