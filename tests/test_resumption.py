@@ -4,6 +4,7 @@ trust mode no longer accepts. The ticket stores stay within their bounds."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import os
@@ -17,6 +18,7 @@ from waiting import wait_until
 
 import qp2p
 from qp2p import tls
+from qp2p._aioquic_hooks import peer_certificate
 from qp2p._tickets import TICKET_BYTES, TICKET_CERTIFICATES, Ticket
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -249,3 +251,28 @@ async def test_a_peer_with_a_short_chain_resumes(make_endpoint: MakeEndpoint) ->
         assert await visit(client, server) == (True, True)
     finally:
         await client.close()
+
+
+async def test_simultaneous_resumptions_each_keep_their_identity(make_endpoint: MakeEndpoint) -> None:
+    """Both peers hold a ticket of the other and dial each other at once: both links may resume,
+    and each side sees the other's identity on both."""
+    first, second = await make_endpoint(), await make_endpoint()
+    assert await visit(first, second) == (False, False)
+    assert await visit(second, first) == (False, False)
+    ours, theirs = await asyncio.gather(
+        first.connect_to(second.local_addr, peer_id=second.peer_id),
+        second.connect_to(first.local_addr, peer_id=first.peer_id),
+    )
+    assert ours.peer_id == second.peer_id and theirs.peer_id == first.peer_id
+    links = {first: set(first._links), second: set(second._links)}  # one or two each
+    await wait_until(
+        lambda: all(peer_certificate(link.session.quic) for each in links.values() for link in each)
+    )
+    for endpoint, other in ((first, second), (second, first)):
+        for link in links[endpoint]:
+            certificate = peer_certificate(link.session.quic)
+            assert certificate is not None and tls.fingerprint(certificate) == other.peer_id
+    assert any(link.session.quic.tls.session_resumed for link in links[first])
+    await ours.close()
+    await theirs.close()
+    await wait_until(lambda: not first.connections() and not second.connections())
