@@ -15,7 +15,7 @@ aioquic 1.7 has no public way to:
   0-RTT a resuming client offers);
 - discover the path MTU: it sends every packet at one configured size, and neither sends
   probes, nor honours the peer's max_udp_payload_size, nor can change the size of a live
-  connection.
+  connection (nor keep the probing of another path at the base size once it can).
 
 The version is pinned to 1.7.x in pyproject.toml; tests/test_aioquic_hooks.py fails if an
 upgrade moves anything used here.
@@ -180,6 +180,19 @@ class CheckedQuicConnection(QuicConnection):
                     self._mtu_probe_out = True
                     datagrams += self._send_mtu_probe(size, network_path, now)
         return datagrams
+
+    def _send_probing_frames(
+        self, network_path: QuicNetworkPath, now: float
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """aioquic's challenge or response on a path other than the current one, at 1200 bytes:
+        that path's size is unknown, and aioquic pads these to the size it builds at, which a
+        smaller path would drop (and the challenge is not sent again)."""
+        size = self._max_datagram_size
+        self._max_datagram_size = BASE_SIZE
+        try:
+            return super()._send_probing_frames(network_path=network_path, now=now)
+        finally:
+            self._max_datagram_size = size
 
     def _probing(self) -> bool:
         """Whether path MTU discovery runs: from the handshake's confirmation until closing."""

@@ -11,6 +11,7 @@ import pytest
 from aioquic import tls as aioquic_tls
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicNetworkPath
 from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import (
     QuicErrorCode,
@@ -137,6 +138,8 @@ def test_the_peer_limit_lowers_the_ceiling_and_the_size() -> None:
 IDENTITIES = (tls.self_signed_identity(), tls.self_signed_identity())
 CHECK = tls.peer_check(Trust.encrypt_only())
 CLIENT, SERVER = ("10.0.0.1", 4000), ("10.0.0.2", 5000)
+# A second path between other addresses of both (another interface each), carrying less.
+SECOND_CLIENT, SECOND_SERVER, SECOND_CARRIES = ("10.0.1.1", 4000), ("10.0.1.2", 5000), 1500
 
 
 def quic_config(is_client: bool) -> QuicConfiguration:
@@ -186,6 +189,7 @@ class Path:
         self.delay = 0.0  # one way, for datagrams sent from now on
         self.to_unvalidated: list[int] = []  # sizes the server sent toward an address not validated
         self.victim: tuple[str, int] | None = None  # an address that is not the client's
+        self.on_second_path: list[int] = []  # sizes sent either way on the second path
         self.optimistic = False  # the server acknowledges every packet number up to its largest
         self.to_victim: list[int] = []  # sizes the server sent there (they reach nobody)
         self._queue: list[tuple[float, CheckedQuicConnection, bytes, tuple[str, int]]] = []
@@ -215,6 +219,12 @@ class Path:
                         self.to_unvalidated.append(len(datagram))
                     if sender is self.server and addr == self.victim:
                         self.to_victim.append(len(datagram))
+                        continue
+                    if addr in (SECOND_SERVER, SECOND_CLIENT):  # the second path, between the other addresses
+                        self.on_second_path.append(len(datagram))
+                        if len(datagram) <= SECOND_CARRIES:
+                            other = SECOND_CLIENT if sender is self.client else SECOND_SERVER
+                            self._queue.append((self.now, receiver, datagram, other))
                         continue
                     if sender is self.client:
                         self.largest_from_client = max(self.largest_from_client, len(datagram))
@@ -440,3 +450,24 @@ def test_a_peer_acknowledging_what_it_never_got_fools_only_itself_and_boundedly(
     assert mtu.black_holes >= 1  # it was fooled, and found out
     assert path.largest_from_client <= 9000
     assert mtu.probes_sent <= MAX_PROBES * 11 * (mtu.black_holes + 1)
+
+
+def test_a_path_being_probed_gets_nothing_above_the_base_size() -> None:
+    """The client probes a second path to the server (RFC 9000 section 9.1) while the first
+    carries 9000 bytes: its challenge, and the server's response and own challenge, go at
+    1200 bytes, which every path carries, not at the first path's size, so the second path
+    validates though it carries only 1500."""
+    path = Path(ceiling=9000, carries=9000)
+    client, server = path.client, path.server
+    path.run(5.0, until=lambda: client.path_mtu.size == server.path_mtu.size == 9000)
+    second = QuicNetworkPath(SECOND_SERVER)
+    client._network_paths.append(second)  # what a client does to probe a path: a challenge on it
+    path.run(5.0, until=lambda: second.is_validated)
+    assert second.is_validated
+    assert path.on_second_path and max(path.on_second_path) <= BASE_SIZE
+    # aioquic's client then moves to the server address it validated: it searches that path anew.
+    path.run(
+        10.0, until=lambda: client.get_peer_address() == SECOND_SERVER and client.path_mtu.state == "complete"
+    )
+    assert client.get_peer_address() == SECOND_SERVER
+    assert SECOND_CARRIES - MIN_STEP < client.path_mtu.size <= SECOND_CARRIES
