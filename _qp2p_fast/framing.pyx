@@ -6,7 +6,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove
 
 from qp2p.errors import (
@@ -60,6 +60,10 @@ cdef enum:
     C_FLAG_RESPONSE = 3
     C_COMPACT_AT = 1 << 16
     C_KEEP_CAPACITY = 1 << 18
+
+# A take's budget, held to what a long long carries with room for one frame's cost added.
+cdef long long C_BUDGET_MAX = 1LL << 62
+cdef long long C_BUDGET_MIN = -(1LL << 62)
 
 
 cdef inline void _write_header(uint8_t* p, uint32_t data_len, uint8_t flag) noexcept:
@@ -217,6 +221,10 @@ cdef class FrameDecoder:
     def buffered(self):
         return self._end - self._start
 
+    @property
+    def capacity(self):
+        return self._cap
+
     cdef inline int _raise_if_failed(self) except -1:
         if self._error is not None:
             raise self._error.with_traceback(None)
@@ -283,8 +291,10 @@ cdef class FrameDecoder:
         self._raise_if_failed()
         return self._next()
 
-    def take(self, data, lane, long long budget, long long frame_cost):
+    def take(self, data, lane, budget, long long frame_cost):
         self._raise_if_failed()
+        # Any int: beyond the C range, no frame fits below it, or every one fits under it.
+        cdef long long limit = max(C_BUDGET_MIN, min(budget, C_BUDGET_MAX))
         cdef Py_buffer view
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t left
@@ -293,7 +303,7 @@ cdef class FrameDecoder:
             if self._start == self._end and view.len:
                 # Straight from the caller's bytes: each body is copied once; only a tail is kept.
                 try:
-                    return self._take_from(<const uint8_t*>view.buf, &pos, view.len, lane, budget, frame_cost)
+                    return self._take_from(<const uint8_t*>view.buf, &pos, view.len, lane, limit, frame_cost)
                 finally:
                     left = view.len - pos
                     if left:
@@ -306,11 +316,39 @@ cdef class FrameDecoder:
                 self._end += view.len
             pos = self._start
             try:
-                return self._take_from(self._buf, &pos, self._end, lane, budget, frame_cost)
+                return self._take_from(self._buf, &pos, self._end, lane, limit, frame_cost)
             finally:
                 self._start = pos
+                self._let_go()
         finally:
             PyBuffer_Release(&view)
+
+    cdef int _let_go(self) except -1:
+        # What a burst grew the buffer to goes back once the tail needs under a quarter of it:
+        # the decoder keeps at most C_KEEP_CAPACITY or four times its tail, never a burst's size
+        # behind a small tail (which is all the session counts against the peer's credit).
+        cdef Py_ssize_t left = self._end - self._start
+        cdef Py_ssize_t cap = 4096
+        cdef uint8_t* smaller
+        if self._cap <= C_KEEP_CAPACITY or left * 4 > self._cap:
+            return 0
+        if left == 0:
+            free(self._buf)
+            self._buf = NULL
+            self._cap = self._start = self._end = 0
+            return 0
+        while cap < left:
+            cap *= 2
+        smaller = <uint8_t*>malloc(cap)
+        if smaller == NULL:
+            raise MemoryError()
+        memcpy(smaller, self._buf + self._start, left)
+        free(self._buf)
+        self._buf = smaller
+        self._cap = cap
+        self._start = 0
+        self._end = left
+        return 0
 
     cdef tuple _take_from(
         self, const uint8_t* base, Py_ssize_t* at, Py_ssize_t end, object lane, long long budget, long long frame_cost

@@ -15,7 +15,7 @@ aioquic 1.7 has no public way to:
   0-RTT a resuming client offers);
 - discover the path MTU: it sends every packet at one configured size, and neither sends
   probes, nor honours the peer's max_udp_payload_size, nor can change the size of a live
-  connection.
+  connection (nor keep the probing of another path at the base size once it can).
 
 The version is pinned to 1.7.x in pyproject.toml; tests/test_aioquic_hooks.py fails if an
 upgrade moves anything used here.
@@ -158,30 +158,61 @@ class CheckedQuicConnection(QuicConnection):
         # The datagram size this path carries; packets are built at path_mtu.size.
         self.path_mtu = PathMtu(datagram_ceiling)
         self._probed_path: QuicNetworkPath | None = None  # the path path_mtu describes
+        self._mtu_probe_out = False  # a probe is in flight, on whichever path
         super().__init__(**kwargs)
         congestion = self._loss._cc
         congestion.__class__ = _watching(type(congestion))
         congestion._qp2p_connection = self  # type: ignore[attr-defined]
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """aioquic's datagrams, then a path MTU probe when one is due."""
+        """aioquic's datagrams, then a path MTU probe when one is due. A move of the peer is
+        seen first, so that nothing toward its new address is built at the old path's size."""
+        if self._probing():
+            self._follow_peer()
         datagrams = super().datagrams_to_send(now=now)
-        if self._handshake_confirmed and self._state is QuicConnectionState.CONNECTED:
+        # One probe in flight, on whichever path (the peer may have moved while one was out),
+        # and never more than 1200 bytes toward an unproven address.
+        if self._probing() and not self._mtu_probe_out:
             network_path = self._network_paths[0]
-            if network_path is not self._probed_path:  # the peer moved: its new path is unknown
-                if self._probed_path is not None:
-                    self.path_mtu.restart()
-                    self._use_size(BASE_SIZE)
-                self._probed_path = network_path
-            if network_path.is_validated:  # never more than 1200 bytes toward an unproven address
+            if network_path is self._probed_path and network_path.is_validated:
                 size = self.path_mtu.probe_size(now)
                 if size is not None:
-                    datagrams += self._send_mtu_probe(size, now)
+                    self._mtu_probe_out = True
+                    datagrams += self._send_mtu_probe(size, network_path, now)
         return datagrams
 
-    def _send_mtu_probe(self, size: int, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """One 1-RTT packet of exactly ``size`` bytes: a PING, then PADDING to fill it. It is
-        sent even when the congestion window is full (one at a time, like a PTO probe)."""
+    def _send_probing_frames(
+        self, network_path: QuicNetworkPath, now: float
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """aioquic's challenge or response on a path other than the current one, at 1200 bytes:
+        that path's size is unknown, and aioquic pads these to the size it builds at, which a
+        smaller path would drop (and the challenge is not sent again)."""
+        size = self._max_datagram_size
+        self._max_datagram_size = BASE_SIZE
+        try:
+            return super()._send_probing_frames(network_path=network_path, now=now)
+        finally:
+            self._max_datagram_size = size
+
+    def _probing(self) -> bool:
+        """Whether path MTU discovery runs: from the handshake's confirmation until closing."""
+        return self._handshake_confirmed and self._state is QuicConnectionState.CONNECTED
+
+    def _follow_peer(self) -> None:
+        """When the peer moved, its new path is unknown: restart the search at the base size."""
+        network_path = self._network_paths[0]
+        if network_path is not self._probed_path:
+            if self._probed_path is not None:
+                self.path_mtu.restart()
+                self._use_size(BASE_SIZE)
+            self._probed_path = network_path
+
+    def _send_mtu_probe(
+        self, size: int, network_path: QuicNetworkPath, now: float
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        """One 1-RTT packet of exactly ``size`` bytes toward ``network_path``: a PING, then
+        PADDING to fill it. It is sent even when the congestion window is full (one at a time,
+        like a PTO probe)."""
         version = self._version
         assert version is not None  # known since the handshake, which is confirmed
         builder = QuicPacketBuilder(
@@ -195,14 +226,23 @@ class CheckedQuicConnection(QuicConnection):
             version=version,
         )
         builder.start_packet(QuicPacketType.ONE_RTT, self._cryptos[tls.Epoch.ONE_RTT])
-        builder.start_frame(QuicFrameType.PING, handler=self._mtu_probe_delivered, handler_args=(size,))
+        builder.start_frame(
+            QuicFrameType.PING, handler=self._mtu_probe_delivered, handler_args=(size, network_path)
+        )
         padding = builder.remaining_buffer_space
         builder.start_frame(QuicFrameType.PADDING, capacity=padding).push_bytes(bytes(padding - 1))
         return self._flush_builder(
-            builder=builder, network_path=self._network_paths[0], peer_cid=self._peer_cid.cid, now=now
+            builder=builder, network_path=network_path, peer_cid=self._peer_cid.cid, now=now
         )
 
-    def _mtu_probe_delivered(self, delivery: QuicDeliveryState, size: int) -> None:
+    def _mtu_probe_delivered(
+        self, delivery: QuicDeliveryState, size: int, network_path: QuicNetworkPath
+    ) -> None:
+        """A probe's fate; one sent on a path the peer has since left tells nothing of the
+        current one (a probe of the same size may be out on it)."""
+        self._mtu_probe_out = False
+        if network_path is not self._probed_path:
+            return
         path = self.path_mtu
         if delivery == QuicDeliveryState.ACKED:
             path.probe_acked(size)
@@ -292,8 +332,11 @@ class CheckedQuicConnection(QuicConnection):
         self, direction: tls.Direction, epoch: tls.Epoch, cipher_suite: tls.CipherSuite, secret: bytes
     ) -> None:
         """aioquic's, but for 0-RTT keys, which are never installed: early data is replayable,
-        and a server of ours drops it (aioquic's would accept any a resuming client sends)."""
-        if epoch != tls.Epoch.ZERO_RTT:
+        and a server of ours drops it (aioquic's would accept any a resuming client sends). Its
+        TLS then tells the client so (its EncryptedExtensions are written after this call)."""
+        if epoch == tls.Epoch.ZERO_RTT:
+            self.tls.early_data_accepted = False
+        else:
             super()._update_traffic_key(direction, epoch, cipher_suite, secret)
 
 

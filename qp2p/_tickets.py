@@ -21,15 +21,31 @@ from typing import Any
 
 from aioquic import tls
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from qp2p.tls import fingerprint
 
-__all__ = ("HELD_PER_ADDRESS", "LinkTickets", "Proven", "Ticket", "TicketStore")
+__all__ = (
+    "HELD_PER_ADDRESS",
+    "TICKET_BYTES",
+    "TICKET_CERTIFICATES",
+    "LinkTickets",
+    "Proven",
+    "Ticket",
+    "TicketStore",
+)
 
 # A peer may hold this many tickets at once with us (one per connection it resumes in parallel).
 TICKETS_PER_PEER = 2
 # A client keeps this many tickets per address it dialled.
 HELD_PER_ADDRESS = 2
+# The most a kept ticket may hold of what its peer chose: the certificate and chain it presented,
+# the ticket's bytes and the extensions kept with it, in all and in certificates (a parsed
+# certificate costs about twice its DER). A self-signed certificate and aioquic's ticket weigh
+# about 500 bytes, a leaf with two intermediates a few KiB; a heavier ticket is not kept, and its
+# peer's next handshake is a full one.
+TICKET_BYTES = 4096
+TICKET_CERTIFICATES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +185,17 @@ class LinkTickets:
         """A ticket this connection issued or received, for the certificate its handshake
         proved (or its resumption took over). Never kept as one that allows early data: qp2p
         does not use 0-RTT."""
+        if len(chain) >= TICKET_CERTIFICATES or _weight(session, certificate, chain) > TICKET_BYTES:
+            return
         now = self._clock()
         earlier = self._resumed if resumed else None
         deadline = now + self._lifetime if earlier is None else earlier.deadline
         proven = Proven(certificate, tuple(chain), fingerprint(certificate))
         session = dataclasses.replace(session, max_early_data_size=None)
         self._store.add(Ticket(session, proven, self._source, deadline), now)
+
+
+def _weight(session: tls.SessionTicket, certificate: x509.Certificate, chain: list[x509.Certificate]) -> int:
+    """What a ticket would hold that its peer chose: certificates, ticket bytes, extensions."""
+    der = sum(len(item.public_bytes(Encoding.DER)) for item in (certificate, *chain))
+    return der + len(session.ticket) + sum(len(data) for _, data in session.other_extensions)

@@ -115,3 +115,7 @@ def test_a_resuming_client_gets_no_early_data_through() -> None:
     kinds = [type(event) for event in seen]
     # The data arrives only once resent in 1-RTT packets, after the handshake: never replayable.
     assert kinds.index(events.HandshakeCompleted) < kinds.index(events.StreamDataReceived)
+    # And it is not told its early data was accepted: it would then count on what we dropped.
+    assert not returning.tls.early_data_accepted
+    (completed,) = (event for event in seen if isinstance(event, events.HandshakeCompleted))
+    assert not completed.early_data_accepted

@@ -306,3 +306,17 @@ def test_take_keeps_an_incomplete_frame_and_raises_on_a_bad_header(framing: Modu
         decoder.take(b"", 0, 10_000, COST)
     with pytest.raises(errors.FrameTooLarge):  # the decoder stays broken
         decoder.take(b"", 0, 10_000, COST)
+
+
+@pytest.mark.parametrize("burst", [4 * MiB, 300 * 1024])
+def test_a_burst_leaves_no_large_buffer_behind_a_small_tail(framing: ModuleType, burst: int) -> None:
+    """A peer keeps one byte of a frame pending, sends a burst in one piece (QUIC hands over
+    everything behind a gap at once), then stays silent: what the burst grew must not stay
+    held for the stream's life while only the tail is counted against its credit."""
+    decoder = framing.FrameDecoder(MiB)
+    frame = framing.encode_frame(framing.FLAG_USER, b"x" * 1000)
+    decoder.take(frame[:1], 0, 1 << 40, COST)
+    frames, _, stop, _ = decoder.take(frame[1:] + frame * (burst // len(frame)) + frame[:1], 0, 1 << 40, COST)
+    assert len(frames) == 1 + burst // len(frame) and stop == framing.TAKE_DONE
+    assert decoder.buffered == 1
+    assert decoder.capacity <= 256 * 1024  # what a lane's decoder keeps at most beyond 4x its tail

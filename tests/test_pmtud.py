@@ -8,10 +8,13 @@ import asyncio
 import ssl
 
 import pytest
+from aioquic import tls as aioquic_tls
 from aioquic.buffer import Buffer
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicNetworkPath
 from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import (
+    QuicErrorCode,
     QuicTransportParameters,
     pull_quic_header,
     pull_quic_transport_parameters,
@@ -135,6 +138,8 @@ def test_the_peer_limit_lowers_the_ceiling_and_the_size() -> None:
 IDENTITIES = (tls.self_signed_identity(), tls.self_signed_identity())
 CHECK = tls.peer_check(Trust.encrypt_only())
 CLIENT, SERVER = ("10.0.0.1", 4000), ("10.0.0.2", 5000)
+# A second path between other addresses of both (another interface each), carrying less.
+SECOND_CLIENT, SECOND_SERVER, SECOND_CARRIES = ("10.0.1.1", 4000), ("10.0.1.2", 5000), 1500
 
 
 def quic_config(is_client: bool) -> QuicConfiguration:
@@ -181,6 +186,13 @@ class Path:
         self.dropped = 0
         self.largest_from_client = 0
         self.client_addr = CLIENT  # where the server sees the client's datagrams come from
+        self.delay = 0.0  # one way, for datagrams sent from now on
+        self.to_unvalidated: list[int] = []  # sizes the server sent toward an address not validated
+        self.victim: tuple[str, int] | None = None  # an address that is not the client's
+        self.on_second_path: list[int] = []  # sizes sent either way on the second path
+        self.optimistic = False  # the server acknowledges every packet number up to its largest
+        self.to_victim: list[int] = []  # sizes the server sent there (they reach nobody)
+        self._queue: list[tuple[float, CheckedQuicConnection, bytes, tuple[str, int]]] = []
         for datagram, _ in first:
             self.server.receive_datagram(datagram, CLIENT, now=self.now)
         self.received = 0
@@ -194,20 +206,43 @@ class Path:
                 timer = quic.get_timer()
                 if timer is not None and timer <= self.now:
                     quic.handle_timer(now=self.now)
+            if self.optimistic:
+                ranges = self.server._spaces[aioquic_tls.Epoch.ONE_RTT].ack_queue
+                if len(ranges) > 1:  # a gap: it says it got what it never did
+                    ranges.add(ranges.bounds().start, ranges.bounds().stop)
             for sender, receiver, src in (
                 (self.client, self.server, self.client_addr),
                 (self.server, self.client, SERVER),
             ):
-                for datagram, _ in sender.datagrams_to_send(now=self.now):
+                for datagram, addr in sender.datagrams_to_send(now=self.now):
+                    if sender is self.server and not self._validated(addr):
+                        self.to_unvalidated.append(len(datagram))
+                    if sender is self.server and addr == self.victim:
+                        self.to_victim.append(len(datagram))
+                        continue
+                    if addr in (SECOND_SERVER, SECOND_CLIENT):  # the second path, between the other addresses
+                        self.on_second_path.append(len(datagram))
+                        if len(datagram) <= SECOND_CARRIES:
+                            other = SECOND_CLIENT if sender is self.client else SECOND_SERVER
+                            self._queue.append((self.now, receiver, datagram, other))
+                        continue
                     if sender is self.client:
                         self.largest_from_client = max(self.largest_from_client, len(datagram))
                     if len(datagram) > self.carries:
                         self.dropped += 1
                     else:
-                        receiver.receive_datagram(datagram, src, now=self.now)
+                        self._queue.append((self.now + self.delay, receiver, datagram, src))
+            due = [item for item in self._queue if item[0] <= self.now]
+            self._queue = [item for item in self._queue if item[0] > self.now]
+            for _, receiver, datagram, src in due:
+                receiver.receive_datagram(datagram, src, now=self.now)
             self._drain()
             if callable(until) and until():
                 return
+
+    def _validated(self, addr: tuple[str, int]) -> bool:
+        """Whether the server has validated the client's address ``addr``."""
+        return any(path.addr == addr and path.is_validated for path in self.server._network_paths)
 
     def _drain(self) -> None:
         while (event := self.server.next_event()) is not None:
@@ -307,3 +342,132 @@ def test_a_peer_that_moves_starts_again_at_the_base_size() -> None:
     assert path.received == 100_000
     assert 1500 - MIN_STEP < path.server.path_mtu.size <= 1500
     assert path.server.path_mtu.black_holes == 0  # it restarted; it did not have to detect a black hole
+
+
+def test_a_new_address_gets_nothing_above_the_base_size_until_it_is_validated() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.size == 9000)
+    path.client_addr = moved = ("10.0.0.3", 4001)  # a new address, which may be a spoofed one
+    path.carries = 1500
+    path.send(1000)
+    path.run(5.0, until=lambda: path._validated(moved))
+    assert path._validated(moved)
+    assert path.to_unvalidated and max(path.to_unvalidated) <= BASE_SIZE
+
+
+def test_a_probe_acknowledged_after_the_peer_moved_says_nothing_of_its_new_path() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    path.delay = 0.05  # the old path is slow: its first probe is still on its way...
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.state == "probing")
+    path.client_addr = moved = ("10.0.0.3", 4001)  # ...when the client moves to a fast path carrying 1500
+    path.delay = 0.0
+    path.carries = 1500
+    path.send(1000)
+    path.run(5.0, until=lambda: path._validated(moved) and server.path_mtu.state == "complete")
+    assert server.get_peer_address() == moved
+    assert 1500 - MIN_STEP < server.path_mtu.size <= 1500  # the old path's answer proves nothing here
+
+
+def test_a_peer_that_keeps_moving_gets_one_probe_per_move_at_most() -> None:
+    path = Path(ceiling=9000, carries=9000)
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.size == 9000)
+    addresses = (("10.0.0.3", 4001), CLIENT)
+    for address in addresses:  # both of the client's addresses are validated first
+        path.client_addr = address
+        path.send(10)
+        path.run(2.0, until=lambda a=address: path._validated(a) and server.path_mtu.state == "complete")
+    before, moves = server.path_mtu.probes_sent, 40
+    for move in range(moves):  # each datagram of the client comes from the other address
+        path.client_addr = addresses[move % 2]
+        path.send(10)
+        path.run(0.002)
+    path.run(2.0, until=lambda: server.path_mtu.state == "complete")
+    assert 0 < server.path_mtu.probes_sent - before <= moves + 1
+    assert server.path_mtu.size == 9000 and server.path_mtu.black_holes == 0
+
+
+def limiting_path(advertise: int) -> Path:
+    """A path whose server names ``advertise`` as its max_udp_payload_size."""
+
+    class Server(LimitingServer):
+        pass
+
+    Server.advertise = advertise
+    return Path(ceiling=9000, carries=9000, server_class=Server)
+
+
+def test_a_peer_limit_below_the_base_size_is_refused() -> None:
+    """Below 1200 is invalid (RFC 9000 section 18.2): the handshake fails, nothing large is sent."""
+    path = limiting_path(1000)
+    path.run(2.0, until=lambda: path.client._close_event is not None)
+    event = path.client._close_event
+    assert event is not None and event.error_code == QuicErrorCode.TRANSPORT_PARAMETER_ERROR
+    assert path.largest_from_client <= BASE_SIZE and path.client.path_mtu.probes_sent == 0
+
+
+def test_an_absurdly_large_peer_limit_leaves_our_own_ceiling() -> None:
+    path = limiting_path(2**62 - 1)
+    path.send(50_000)
+    path.run(5.0, until=lambda: path.received == 50_000 and path.client.path_mtu.state == "complete")
+    assert path.received == 50_000
+    assert path.client.path_mtu.size == 9000 and path.largest_from_client <= 9000
+
+
+def test_a_spoofed_source_gets_no_probe_and_only_what_the_amplification_limit_allows() -> None:
+    """An attacker on the path rewrites the source of one of the client's datagrams to a
+    victim's address: the server moves there, but sends it no probe and nothing above 1200
+    bytes, and at most three times what came from there; the client's next datagram brings
+    it back, and the search starts again there."""
+    path = Path(ceiling=9000, carries=9000)
+    server = path.server
+    path.run(5.0, until=lambda: server.path_mtu.size == 9000)
+    path.victim = path.client_addr = ("192.0.2.7", 9)
+    path.send(1000)
+    path.run(0.001)
+    assert server.get_peer_address() == path.victim
+    path.client_addr = CLIENT
+    path.run(0.05)  # the client is silent a while: the server tries the victim, within its limit
+    path.send(1000)
+    path.run(5.0, until=lambda: server.get_peer_address() == CLIENT and server.path_mtu.size == 9000)
+    assert server.get_peer_address() == CLIENT and server.path_mtu.size == 9000
+    assert path.to_victim and max(path.to_victim) <= BASE_SIZE
+    assert sum(path.to_victim) <= 3 * (1000 + 100)
+
+
+def test_a_peer_acknowledging_what_it_never_got_fools_only_itself_and_boundedly() -> None:
+    """Optimistic acknowledgements (every packet number up to the largest) make the client use
+    sizes the path drops, and lose the data the peer says it got, which is the peer's loss; the
+    black-hole rule keeps bringing the size back, no datagram exceeds our ceiling and every
+    search stays within its probe bound."""
+    path = Path(ceiling=9000, carries=1500)
+    path.optimistic = True
+    path.send(3_000_000)
+    path.run(60.0)
+    mtu = path.client.path_mtu
+    assert mtu.black_holes >= 1  # it was fooled, and found out
+    assert path.largest_from_client <= 9000
+    assert mtu.probes_sent <= MAX_PROBES * 11 * (mtu.black_holes + 1)
+
+
+def test_a_path_being_probed_gets_nothing_above_the_base_size() -> None:
+    """The client probes a second path to the server (RFC 9000 section 9.1) while the first
+    carries 9000 bytes: its challenge, and the server's response and own challenge, go at
+    1200 bytes, which every path carries, not at the first path's size, so the second path
+    validates though it carries only 1500."""
+    path = Path(ceiling=9000, carries=9000)
+    client, server = path.client, path.server
+    path.run(5.0, until=lambda: client.path_mtu.size == server.path_mtu.size == 9000)
+    second = QuicNetworkPath(SECOND_SERVER)
+    client._network_paths.append(second)  # what a client does to probe a path: a challenge on it
+    path.run(5.0, until=lambda: second.is_validated)
+    assert second.is_validated
+    assert path.on_second_path and max(path.on_second_path) <= BASE_SIZE
+    # aioquic's client then moves to the server address it validated: it searches that path anew.
+    path.run(
+        10.0, until=lambda: client.get_peer_address() == SECOND_SERVER and client.path_mtu.state == "complete"
+    )
+    assert client.get_peer_address() == SECOND_SERVER
+    assert SECOND_CARRIES - MIN_STEP < client.path_mtu.size <= SECOND_CARRIES

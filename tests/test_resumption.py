@@ -4,18 +4,22 @@ trust mode no longer accepts. The ticket stores stay within their bounds."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aioquic.quic.connection
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from waiting import wait_until
 
 import qp2p
 from qp2p import tls
-from qp2p._tickets import Ticket
+from qp2p._aioquic_hooks import peer_certificate
+from qp2p._tickets import TICKET_BYTES, TICKET_CERTIFICATES, Ticket
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -197,3 +201,78 @@ async def test_the_client_store_is_bounded(make_endpoint: MakeEndpoint) -> None:
     assert client.stats().tickets_held == 2
     assert await visit(client, servers[-1]) == (True, True)  # the newest ones stayed
     assert await visit(client, servers[0]) == (False, False)
+
+
+def weight(ticket: Ticket) -> int:
+    """The bytes a kept ticket holds that its peer chose: its certificate, chain, ticket and extensions."""
+    session, proven = ticket.session, ticket.proven
+    certificates = (proven.certificate, *proven.chain)
+    return (
+        sum(len(certificate.public_bytes(Encoding.DER)) for certificate in certificates)
+        + len(session.ticket)
+        + sum(len(data) for _, data in session.other_extensions)
+    )
+
+
+def padded_identity(certificates: int) -> tls.Identity:
+    """An identity that sends a long chain of certificates nobody checks (``encrypt_only``)."""
+    identity = tls.self_signed_identity()
+    filler = [tls.self_signed_identity().certificate for _ in range(4)]
+    return dataclasses.replace(identity, chain=[filler[i % 4] for i in range(certificates)])
+
+
+@pytest.mark.parametrize("certificates", [250, TICKET_CERTIFICATES])  # about 100 KiB; a few small ones
+@pytest.mark.parametrize("hostile", ["client", "server"])
+async def test_a_peer_with_a_huge_chain_gets_no_huge_ticket(
+    make_endpoint: MakeEndpoint, monkeypatch: pytest.MonkeyPatch, hostile: str, certificates: int
+) -> None:
+    # aioquic sends at most 16 KiB of handshake per epoch; a peer need not (and aioquic takes 512 KiB).
+    monkeypatch.setattr(aioquic.quic.connection, "CRYPTO_BUFFER_SIZE", 1 << 18)
+    padded = qp2p.Endpoint(qp2p.Config(), _identity=padded_identity(certificates))
+    await padded.start()
+    try:
+        plain = await make_endpoint()
+        client, server = (padded, plain) if hostile == "client" else (plain, padded)
+        assert await visit(client, server) == (False, False)
+        store = server._tickets_issued if hostile == "client" else client._tickets_held
+        for ticket in store._tickets.values():
+            assert weight(ticket) <= TICKET_BYTES and len(ticket.proven.chain) < TICKET_CERTIFICATES
+        assert await visit(client, server) == (False, False)  # so it has a full handshake each time
+    finally:
+        await padded.close()
+
+
+async def test_a_peer_with_a_short_chain_resumes(make_endpoint: MakeEndpoint) -> None:
+    client = qp2p.Endpoint(qp2p.Config(), _identity=padded_identity(TICKET_CERTIFICATES - 1))
+    await client.start()
+    try:
+        server = await make_endpoint()
+        assert await visit(client, server) == (False, False)
+        assert await visit(client, server) == (True, True)
+    finally:
+        await client.close()
+
+
+async def test_simultaneous_resumptions_each_keep_their_identity(make_endpoint: MakeEndpoint) -> None:
+    """Both peers hold a ticket of the other and dial each other at once: both links may resume,
+    and each side sees the other's identity on both."""
+    first, second = await make_endpoint(), await make_endpoint()
+    assert await visit(first, second) == (False, False)
+    assert await visit(second, first) == (False, False)
+    ours, theirs = await asyncio.gather(
+        first.connect_to(second.local_addr, peer_id=second.peer_id),
+        second.connect_to(first.local_addr, peer_id=first.peer_id),
+    )
+    assert ours.peer_id == second.peer_id and theirs.peer_id == first.peer_id
+    links = {first: set(first._links), second: set(second._links)}  # one or two each
+    await wait_until(
+        lambda: all(peer_certificate(link.session.quic) for each in links.values() for link in each)
+    )
+    for endpoint, other in ((first, second), (second, first)):
+        for link in links[endpoint]:
+            certificate = peer_certificate(link.session.quic)
+            assert certificate is not None and tls.fingerprint(certificate) == other.peer_id
+    assert any(link.session.quic.tls.session_resumed for link in links[first])
+    await ours.close()
+    await theirs.close()
+    await wait_until(lambda: not first.connections() and not second.connections())

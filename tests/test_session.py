@@ -432,3 +432,42 @@ def test_concurrent_large_sends_get_their_own_streams() -> None:
             break
     else:
         raise AssertionError(f"{done} of 4 large sends finished")
+
+
+def test_a_bad_header_after_good_frames_delivers_them_then_refuses_the_stream(pair: Pair) -> None:
+    quic = pair.client.quic
+    stream = quic.get_next_available_stream_id(is_unidirectional=True)
+    good = framing.encode_frame(0, b"one") + framing.encode_frame(framing.FLAG_REQUEST, b"\0\0\0\x05two")
+    quic.send_stream_data(stream, good + b"\x00\x02" + bytes(7) + framing.encode_frame(0, b"never"))
+    pair.pump()
+    frames = pair.take("server", s.FrameReceived)
+    assert [(f.flag, f.request_id, f.data) for f in frames] == [
+        (0, 0, b"one"),
+        (framing.FLAG_REQUEST, 5, b"two"),
+    ]
+    (refused,) = pair.take("server", s.StreamRefused)
+    assert refused.stream_id == stream and isinstance(refused.error, errors.UnsupportedVersion)
+
+
+def raw_lane(pair: Pair, *bodies: int) -> None:
+    """The client writes user frames of these sizes on lanes of its own, ignoring its credit."""
+    quic = pair.client.quic
+    for body in bodies:
+        stream = quic.get_next_available_stream_id(is_unidirectional=True)
+        quic.send_stream_data(stream, framing.encode_frame(0, bytes(body)))
+    pair.pump()
+
+
+def test_a_peer_spending_its_credit_to_the_unit_gets_all_and_one_unit_more_closes(pair: Pair) -> None:
+    server = pair.server
+    budget = server._advertised + server._overshoot  # what it may spend, slack included
+    cost = 32 * KiB + s._FRAME_COST
+    count, rest = divmod(budget, cost)
+    assert rest > s._FRAME_COST
+    raw_lane(pair, *[32 * KiB] * count, rest - s._FRAME_COST)
+    assert len(pair.take("server", s.FrameReceived)) == count + 1  # exactly at the budget: all of it
+    assert pair.server.quic._close_event is None
+    raw_lane(pair, 1)  # one frame past it
+    assert not pair.take("server", s.FrameReceived)
+    event = pair.server.quic._close_event
+    assert event is not None and event.error_code == s.CLOSE_PROTOCOL

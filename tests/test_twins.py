@@ -343,3 +343,15 @@ def test_tokens_cross_backends() -> None:
         token = a.mint(ADDRS[i % 3], odcid, 1e9 + i, b"r")
         assert token == b.mint(ADDRS[i % 3], odcid, 1e9 + i, b"r")
         assert b.validate(token, ADDRS[i % 3], 1e9 + i, b"r") == odcid
+
+
+@given(
+    budget=st.integers(-(2**70), 2**70)
+    | st.integers(-(2**63) - 2, -(2**63) + 2)
+    | st.integers(2**63 - 2, 2**63 + 2),
+    count=st.integers(0, 4),
+)
+def test_framing_take_agrees_on_any_budget(budget: int, count: int) -> None:
+    """A budget is any int (a window may be configured past 2**63): both take what fits."""
+    stream = valid_stream(count, count)
+    assert_same(lambda m: taken(m, lambda: m.FrameDecoder(64).take(stream, 0, budget, 73)), "framing")

@@ -172,6 +172,11 @@ class FrameDecoder:
         """Bytes fed but not yet returned in a frame."""
         return len(self._buf) - self._pos
 
+    @property
+    def capacity(self) -> int:
+        """Bytes the buffer holds: what is buffered, and what was taken but not yet let go."""
+        return len(self._buf)
+
     def _fail(self, exc: Exception) -> Exception:
         self._error = exc
         return exc
@@ -226,6 +231,22 @@ class FrameDecoder:
         ``data`` in place while nothing is buffered, and keeps only an incomplete tail).
         """
         self.feed(data)
+        try:
+            return self._take(lane, budget, frame_cost)
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop what was taken once it passes the mark, now: a burst fed at once must not stay
+        held behind a small tail until the next ``feed``, which may never come."""
+        if self._pos >= _COMPACT_AT:
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def _take(
+        self, lane: int, budget: int, frame_cost: int
+    ) -> tuple[list[FrameReceived], int, int, tuple[int, bytes] | None]:
+        """``take`` on what is buffered."""
         frames: list[FrameReceived] = []
         spent = 0
         while True:
