@@ -1,4 +1,4 @@
-from typing import Final
+from typing import Final, final
 
 from typing_extensions import Buffer, disjoint_base
 
@@ -39,7 +39,7 @@ def encode_frame(flag: int, body: Buffer) -> bytes: ...
 def decode_header(data: Buffer, max_size: int) -> tuple[int, int]: ...
 def append_frame(out: bytearray, flag: int, body: bytes) -> None: ...
 
-@disjoint_base
+@final
 class FrameReceived:
     flag: int
     request_id: int
