@@ -114,12 +114,26 @@ def test_error_classes_are_shared_objects() -> None:
 # ---- framing -------------------------------------------------------------------------------
 
 
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at each of ``cuts`` (taken modulo its length), in order, covering it all."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[start:end] for start, end in zip(points, points[1:], strict=False)]
+
+
+def damaged(seed: int, count: int, flips: list[tuple[int, int]]) -> bytes:
+    """A valid stream of ``count`` frames with the bytes at ``flips`` overwritten."""
+    stream = bytearray(valid_stream(seed, count))
+    for at, value in flips:
+        if stream:
+            stream[at % len(stream)] = value
+    return bytes(stream)
+
+
 def decode_all(framing: ModuleType, stream: bytes, cuts: list[int], max_size: int) -> list[Any]:
     decoder = framing.FrameDecoder(max_size)
     events: list[Any] = []
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    for start, end in zip(points, points[1:], strict=False):
-        decoder.feed(stream[start:end])
+    for piece in pieces(stream, cuts):
+        decoder.feed(piece)
         events.append(outcome(lambda: list(decoder)))
         if events[-1][0] == "error":
             break
@@ -145,11 +159,8 @@ def valid_stream(seed: int, count: int) -> bytes:
 def test_framing_decoder_agrees(
     seed: int, count: int, flips: list[tuple[int, int]], cuts: list[int], max_size: int
 ) -> None:
-    stream = bytearray(valid_stream(seed, count))
-    for at, value in flips:
-        if stream:
-            stream[at % len(stream)] = value
-    assert_same(lambda m: decode_all(m, bytes(stream), cuts, max_size), "framing")
+    stream = damaged(seed, count, flips)
+    assert_same(lambda m: decode_all(m, stream, cuts, max_size), "framing")
 
 
 @given(st.binary(max_size=20), st.integers(-5, 2**33))
@@ -185,9 +196,7 @@ def take_all(framing: ModuleType, stream: bytes, cuts: list[int], budgets: list[
     stopped early is taken again with nothing new)."""
     decoder = framing.FrameDecoder(64)
     events: list[Any] = []
-    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
-    for index, (start, end) in enumerate(zip(points, points[1:], strict=False)):
-        piece = stream[start:end]
+    for index, piece in enumerate(pieces(stream, cuts)):
         budget = budgets[index % len(budgets)] if budgets else 1 << 40
         events.append(taken(framing, lambda: decoder.take(piece, index, budget, 73)))  # noqa: B023
         if events[-1][0] == "ok" and events[-1][3] != framing.TAKE_DONE:
@@ -206,11 +215,8 @@ def take_all(framing: ModuleType, stream: bytes, cuts: list[int], budgets: list[
 def test_framing_take_agrees(
     seed: int, count: int, flips: list[tuple[int, int]], cuts: list[int], budgets: list[int]
 ) -> None:
-    stream = bytearray(valid_stream(seed, count))
-    for at, value in flips:
-        if stream:
-            stream[at % len(stream)] = value
-    assert_same(lambda m: take_all(m, bytes(stream), cuts, budgets), "framing")
+    stream = damaged(seed, count, flips)
+    assert_same(lambda m: take_all(m, stream, cuts, budgets), "framing")
 
 
 @given(st.integers(-2, 6), st.binary(max_size=50), st.binary(max_size=20))
@@ -237,9 +243,8 @@ def test_chunker_agrees(flag: int, payload: bytes, chunk_size: int, prefix: byte
 def reassemble(chunking: ModuleType, data: bytes, cuts: list[int], max_size: int) -> list[Any]:
     reassembler = chunking.Reassembler(max_size)
     events: list[Any] = []
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for start, end in zip(points, points[1:], strict=False):
-        events.append(outcome(lambda s=start, e=end: reassembler.feed(data[s:e])))
+    for piece in pieces(data, cuts):
+        events.append(outcome(lambda: reassembler.feed(piece)))  # noqa: B023 - called at once
         events.append((reassembler.expected, reassembler.received, reassembler.done))
     events.append(outcome(reassembler.finish))
     return events
