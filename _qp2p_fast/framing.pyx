@@ -133,6 +133,9 @@ cdef class FrameReceived:
     cdef public object held
 
     def __init__(self, flag, request_id, data, lane, cost, large, held=0):
+        self._set(flag, request_id, data, lane, cost, large, held)
+
+    cdef inline void _set(self, flag, request_id, data, lane, cost, large, held):
         self.flag = flag
         self.request_id = request_id
         self.data = data
@@ -149,14 +152,9 @@ cdef class FrameReceived:
 
 
 cdef FrameReceived _frame(object flag, object request_id, object data, object lane, object cost):
+    """A lane's message, built without the argument parsing of a Python-level call."""
     cdef FrameReceived frame = FrameReceived.__new__(FrameReceived)
-    frame.flag = flag
-    frame.request_id = request_id
-    frame.data = data
-    frame.lane = lane
-    frame.cost = cost
-    frame.large = False
-    frame.held = 0
+    frame._set(flag, request_id, data, lane, cost, False, 0)
     return frame
 
 
