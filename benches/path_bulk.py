@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))  # netlab and the path helpers live with the tests
 import netlab  # noqa: E402
-from mtu_route import PORT, Process, dial, route, server  # noqa: E402
+from mtu_route import Process, dial, loopback, route, server  # noqa: E402
 
 from qp2p import _loops  # noqa: E402
 
@@ -32,24 +30,10 @@ MiB = 1 << 20
 CEILINGS: dict[str, list[str]] = {"1200": ["--ceiling", "1200"], "default": []}
 
 
-@contextmanager
-def loopback() -> Iterator[tuple[netlab.Namespace, str]]:
-    with netlab.Namespace() as ns:
-        yield ns, "127.0.0.1"
-
-
 def transfer(link: str, options: list[str], size: int) -> dict[str, Any]:
     """One bulk request over ``link``: the sender's last line (seconds, datagram size, ...)."""
-    if link == "loopback":
-        with loopback() as (ns, ip):
-            serving = Process(ns, "serve", ip, str(PORT), *options)
-            try:
-                assert serving.line() == {"ready": True}
-                return _dial(Process(ns, "dial", ip, str(PORT), "--local", ip, "--size", str(size), *options))
-            finally:
-                serving.stop()
-    mtu = int(link)
-    with route(mtu, mtu) as r, server(r, *options):
+    path = loopback() if link == "loopback" else route(int(link), int(link))
+    with path as r, server(r, *options):
         return _dial(dial(r, size, *options))
 
 

@@ -24,6 +24,7 @@ __all__ = (
     "Process",
     "Route",
     "dial",
+    "loopback",
     "route",
     "server",
 )
@@ -38,13 +39,25 @@ BLACK_HOLE_RULE = "-A FORWARD -p udp -m length --length 1401:65535 -j DROP"  # I
 
 @dataclass
 class Route:
+    """Where each end runs and the addresses it uses; ``router`` is None on loopback."""
+
     client: netlab.Namespace
-    router: netlab.Namespace
+    router: netlab.Namespace | None
     server: netlab.Namespace
+    client_ip: str = CLIENT_IP
+    server_ip: str = SERVER_IP
 
     def black_hole(self) -> None:
         """The router drops every UDP packet above 1400 bytes of IP, and sends no ICMP."""
+        assert self.router is not None, "a loopback route has no router"
         self.router.iptables_restore(f"*filter\n{BLACK_HOLE_RULE}\nCOMMIT\n")
+
+
+@contextmanager
+def loopback() -> Iterator[Route]:
+    """Both ends in one namespace, on 127.0.0.1 (its loopback MTU is 65536)."""
+    with netlab.Namespace() as ns:
+        yield Route(ns, None, ns, "127.0.0.1", "127.0.0.1")
 
 
 @contextmanager
@@ -98,7 +111,7 @@ class Process:
 @contextmanager
 def server(r: Route, *options: str) -> Iterator[Process]:
     """mtu_process.py serving in the server namespace, until the block ends."""
-    process = Process(r.server, "serve", SERVER_IP, str(PORT), *options)
+    process = Process(r.server, "serve", r.server_ip, str(PORT), *options)
     try:
         assert process.line() == {"ready": True}
         yield process
@@ -109,5 +122,5 @@ def server(r: Route, *options: str) -> Iterator[Process]:
 def dial(r: Route, size: int = MESSAGE, *options: str) -> Process:
     """mtu_process.py dialling the server from the client namespace (``--pause``, ``--ceiling``, ...)."""
     return Process(
-        r.client, "dial", SERVER_IP, str(PORT), "--local", CLIENT_IP, "--size", str(size), *options
+        r.client, "dial", r.server_ip, str(PORT), "--local", r.client_ip, "--size", str(size), *options
     )
