@@ -356,14 +356,15 @@ def _watching(base: type[QuicCongestionControl]) -> type[QuicCongestionControl]:
 
         def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
             connection = self._qp2p_connection
-            packets = list(packets)
-            probes = [packet for packet in packets if connection.is_mtu_probe(packet)]
+            probes: list[QuicSentPacket] = []
+            others: list[QuicSentPacket] = []
+            for packet in packets:
+                (probes if connection.is_mtu_probe(packet) else others).append(packet)
             if probes:
                 super().on_packets_expired(packets=probes)
-                packets = [packet for packet in packets if not connection.is_mtu_probe(packet)]
-            if packets:
-                super().on_packets_lost(now=now, packets=packets)
-                connection.large_packets_lost(packets)
+            if others:
+                super().on_packets_lost(now=now, packets=others)
+                connection.large_packets_lost(others)
 
         def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
             packets = list(packets)

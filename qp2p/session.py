@@ -789,12 +789,13 @@ class Session:
             flag, body = odd
             if flag == _FLAG_CONTROL:
                 self._control_frame(body)  # it may be the Hello: what follows is not held
-            elif self._charge(len(body) + _FRAME_COST):
-                # The frame boundary is intact, so only this frame is lost; its units are returned.
-                self._reject_frame(TruncatedMessage("request or response shorter than its request id"))
-                self._credit_received(len(body) + _FRAME_COST)
-            else:
+                continue
+            cost = len(body) + _FRAME_COST
+            if not self._charge(cost):
                 return
+            # The frame boundary is intact, so only this frame is lost; its units are returned.
+            self._reject_frame(TruncatedMessage("request or response shorter than its request id"))
+            self._credit_received(cost)
         # An incomplete frame's bytes are held too: within the credit, like complete ones.
         incoming.partial = decoder.buffered
         if incoming.partial:
