@@ -61,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 DELAY_LINE = HERE / "delay_line.py"
 STUN_SERVER = HERE / "stun_server.py"
 RUN_DIR = Path("/run/qp2p-netlab")  # one <network>.json state file and one <network>/ folder per network
-NAT_KINDS = ("full_cone", "port_restricted", "symmetric", "igd")
+NAT_KINDS = ("full_cone", "address_restricted", "port_restricted", "symmetric", "igd")
 SITE_KINDS = ("public", *NAT_KINDS)
 INTERNET_PREFIX_LENGTH = 16  # every WAN and public address is in 198.18.0.0/16, on one bridge
 STUN_ADDRESSES = ("198.18.0.1", "198.18.0.2")  # the internet namespace's own addresses
@@ -70,6 +70,8 @@ MAX_SITES = 250
 START_TIMEOUT = 15.0  # seconds for a helper process to say it is ready
 STOP_TIMEOUT = 3.0  # seconds for helper processes to exit after SIGTERM, before SIGKILL
 IGD_HTTP_PORT = 5555
+ROUTER_KINDS = ("full_cone", "address_restricted", "port_restricted", "symmetric")  # iptables-made
+CONTACTED_FOR = 180  # seconds an address-restricted router lets in an address the host sent to
 _NAME = re.compile(r"[a-z][a-z0-9]{0,11}")  # a site name; "s-" + name must fit in 15 characters
 _NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,23}")
 
@@ -208,12 +210,20 @@ def wire(a: Namespace, a_name: str, a_cidr: str, b: Namespace, b_name: str, b_ci
         ns.ip("link", "set", name, "up")
 
 
-def _home_router_filter(lan_if: str, wan_if: str, extra_forward: Sequence[str] = ()) -> str:
+def _home_router_filter(
+    lan_if: str, wan_if: str, extra_forward: Sequence[str] = (), bare: bool = False
+) -> str:
     """The filter table every iptables router shares: what the LAN opened comes back, nothing else.
 
-    Unsolicited traffic from the WAN is dropped, never answered with ICMP: an ICMP error to an early
-    peer packet would leave a conntrack entry that moves the LAN's next mapping to another port.
+    Unsolicited traffic to the router itself is dropped, never answered with ICMP: an ICMP error to
+    an early peer packet leaves a conntrack entry that moves the LAN's next mapping to another
+    port. A ``bare`` router has no such firewall on its own stack: it answers with ICMP, and keeps
+    the entry, as many cheap routers and carrier NATs do.
     """
+    own_stack = [] if bare else [
+        f"-A INPUT -i {wan_if} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        f"-A INPUT -i {wan_if} -j DROP",
+    ]  # fmt: skip
     return "\n".join(
         [
             "*filter",
@@ -221,8 +231,7 @@ def _home_router_filter(lan_if: str, wan_if: str, extra_forward: Sequence[str] =
             "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
             f"-A FORWARD -i {lan_if} -o {wan_if} -j ACCEPT",
             *extra_forward,
-            f"-A INPUT -i {wan_if} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-            f"-A INPUT -i {wan_if} -j DROP",
+            *own_stack,
             "COMMIT",
             "",
         ]
@@ -239,11 +248,14 @@ class NatRouter:
     * ``symmetric``: MASQUERADE --random-fully, a new random port for every destination.
     * ``full_cone``: a static 1:1 NAT for ``host_ip`` behind ``wan_ip``: SNAT keeping ports, and
       every UDP datagram to ``wan_ip`` DNATed to the host, from anyone.
+    * ``address_restricted``: the same 1:1 NAT, but only an address the host sent to (from any of
+      its ports) may answer: xt_recent notes each destination address on the way out.
 
     Like a home router it drops what comes from the WAN unsolicited: to the router itself, and
-    forwarded traffic that belongs to no connection the LAN opened (full cone's DNAT aside), with
-    no ICMP answer, so no conntrack entry is left behind. (The ``igd`` kind is not made here: its
-    rules are an nftables ruleset that miniupnpd edits, see ``Network``.)
+    forwarded traffic that belongs to no connection the LAN opened (the cones' DNAT aside), with
+    no ICMP answer, so no conntrack entry is left behind; a ``bare`` router answers for itself
+    with ICMP instead. (The ``igd`` kind is not made here: its rules are an nftables ruleset that
+    miniupnpd edits, see ``Network``.)
     """
 
     def __init__(
@@ -255,26 +267,32 @@ class NatRouter:
         *,
         host_ip: str | None = None,
         wan_ip: str | None = None,
+        bare: bool = False,
     ) -> None:
         router.sysctl("net.ipv4.ip_forward=1")
+        forward: list[str] = []
         if kind == "port_restricted":
             nat = [f"-A POSTROUTING -o {wan_if} -j MASQUERADE"]
-            forward: list[str] = []
         elif kind == "symmetric":
             nat = [f"-A POSTROUTING -o {wan_if} -j MASQUERADE --random-fully"]
-            forward = []
-        elif kind == "full_cone":
+        elif kind in ("full_cone", "address_restricted"):
             if host_ip is None or wan_ip is None:
-                raise ValueError("a full cone NAT needs host_ip and wan_ip")
+                raise ValueError(f"a {kind} NAT needs host_ip and wan_ip")
             nat = [
                 f"-A POSTROUTING -o {wan_if} -s {host_ip} -j SNAT --to-source {wan_ip}",
                 f"-A PREROUTING -i {wan_if} -d {wan_ip} -p udp -j DNAT --to-destination {host_ip}",
             ]
-            forward = [f"-A FORWARD -i {wan_if} -o {lan_if} -m conntrack --ctstate DNAT -j ACCEPT"]
+            inbound = f"-A FORWARD -i {wan_if} -o {lan_if} -m conntrack --ctstate DNAT"
+            if kind == "address_restricted":
+                contacted = f"-m recent --name contacted --rsource --rcheck --seconds {CONTACTED_FOR}"
+                inbound = f"{inbound} {contacted}"
+                noted = f"-A FORWARD -i {lan_if} -o {wan_if} -m recent --name contacted --rdest --set"
+                router.iptables_restore(f"*mangle\n{noted}\nCOMMIT\n")
+            forward = [f"{inbound} -j ACCEPT"]
         else:
-            raise ValueError(f"NatRouter makes port_restricted, symmetric or full_cone, not {kind!r}")
+            raise ValueError(f"NatRouter makes {', '.join(ROUTER_KINDS)}, not {kind!r}")
         router.iptables_restore("\n".join(["*nat", *nat, "COMMIT", ""]))
-        router.iptables_restore(_home_router_filter(lan_if, wan_if, forward))
+        router.iptables_restore(_home_router_filter(lan_if, wan_if, forward, bare))
 
 
 def _igd_ruleset(lan_if: str, wan_if: str) -> str:
@@ -369,11 +387,18 @@ class Site:
     router_lan_ip: str | None = None
     loss: float = 0.0
     delay_ms: float = 0.0
+    bare: bool = False  # a router that answers unsolicited datagrams with ICMP (see NatRouter)
 
     @property
     def wan_ip(self) -> str:
         """The address the internet sees (the same as ``ip``)."""
         return self.ip
+
+    def forget_contacts(self) -> None:
+        """An address-restricted router forgets every address its host sent to, as after a
+        long silence, so that a new trial starts from a closed filter (nothing for other kinds)."""
+        if self.router is not None and self.kind == "address_restricted":
+            self.router.run(["sh", "-c", "echo / > /proc/net/xt_recent/contacted"], check=True, timeout=10)
 
     def describe(self) -> dict[str, object]:
         described: dict[str, object] = {
@@ -387,6 +412,7 @@ class Site:
                 "namespace": self.router.name,
                 "wan": {"interface": "wan0", "ip": self.ip},
                 "lan": {"interface": "lan0", "ip": self.router_lan_ip},
+                "bare": self.bare,
             }
         return described
 
@@ -485,14 +511,30 @@ class Network:
             )  # fmt: skip
         return site
 
-    def nat_site(self, name: str, kind: str, *, loss: float = 0.0, delay_ms: float = 0.0) -> Site:
-        """A host at 10.<n>.0.2 behind a home router of ``kind`` whose WAN address is 198.18.<n>.1."""
+    def nat_site(
+        self,
+        name: str,
+        kind: str,
+        *,
+        loss: float = 0.0,
+        delay_ms: float = 0.0,
+        bare: bool = False,
+        lan: int | None = None,
+    ) -> Site:
+        """A host at 10.<lan>.0.2 behind a home router of ``kind`` whose WAN address is
+        198.18.<n>.1; ``lan`` is the site's number n unless given, so that two sites can share a
+        private range. A ``bare`` router answers unsolicited datagrams with ICMP."""
         if kind not in NAT_KINDS:
             raise ValueError(f"kind must be one of {NAT_KINDS}, not {kind!r}")
+        if bare and kind == "igd":
+            raise ValueError("an igd router has its own firewall (nftables), it cannot be bare")
+        if lan is not None and not 1 <= lan <= 254:
+            raise ValueError(f"lan must be in 1..254, not {lan}")
         index = self._next_index(name, loss, delay_ms)
+        lan = index if lan is None else lan
         router = self._add_namespace(Namespace(f"qp2p-{self.name}-{name}-router"))
         host = self._add_namespace(Namespace(f"qp2p-{self.name}-{name}"))
-        wan_ip, lan_ip, host_ip = f"198.18.{index}.1", f"10.{index}.0.1", f"10.{index}.0.2"
+        wan_ip, lan_ip, host_ip = f"198.18.{index}.1", f"10.{lan}.0.1", f"10.{lan}.0.2"
         port = f"s-{name}"
         router.ip("link", "add", "wan0", "type", "veth", "peer", "name", port, "netns", self.internet.name)
         self.internet.ip("link", "set", port, "master", "br0", "up")
@@ -500,12 +542,12 @@ class Network:
         router.ip("link", "set", "wan0", "up")
         wire(router, "lan0", f"{lan_ip}/24", host, "eth0", f"{host_ip}/24")
         host.ip("route", "add", "default", "via", lan_ip)
-        site = Site(name, kind, host, wan_ip, host_ip, router, lan_ip, loss, delay_ms)
+        site = Site(name, kind, host, wan_ip, host_ip, router, lan_ip, loss, delay_ms, bare)
         self._add_site(site)
         if kind == "igd":
-            self._igd(site, f"10.{index}.0.0/24")
+            self._igd(site, f"10.{lan}.0.0/24")
         else:
-            NatRouter(router, "lan0", "wan0", kind, host_ip=host_ip, wan_ip=wan_ip)
+            NatRouter(router, "lan0", "wan0", kind, host_ip=host_ip, wan_ip=wan_ip, bare=bare)
         if loss or delay_ms:
             # Raw PREROUTING comes before conntrack and NAT: a dropped packet never makes a mapping,
             # and delayed packets reach the NAT one by one in their order.
@@ -520,12 +562,14 @@ class Network:
         return site
 
     def build(self, topology: str, *, loss: float = 0.0, delay_ms: float = 0.0) -> None:
-        """Adds the sites of ``topology``: a name in ``TOPOLOGIES`` or ``name=kind,name=kind,...``."""
+        """Adds the sites of ``topology``: a name in ``TOPOLOGIES`` or ``name=kind,name=kind,...``
+        (``name=kind+bare`` for a bare router)."""
         for name, kind in parse_topology(topology):
             if kind == "public":
                 self.public_site(name, loss=loss, delay_ms=delay_ms)
             else:
-                self.nat_site(name, kind, loss=loss, delay_ms=delay_ms)
+                kind, _, bare = kind.partition("+")
+                self.nat_site(name, kind, loss=loss, delay_ms=delay_ms, bare=bare == "bare")
 
     def describe(self) -> dict[str, object]:
         """Namespaces, interfaces, addresses and helper processes, as plain JSON-ready data."""
@@ -646,8 +690,8 @@ def parse_topology(topology: str) -> list[tuple[str, str]]:
     sites = []
     for item in topology.split(","):
         name, _, kind = item.partition("=")
-        if kind not in SITE_KINDS:
-            raise ValueError(f"{item!r}: expected name=kind with a kind in {SITE_KINDS}")
+        if kind.removesuffix("+bare") not in SITE_KINDS or kind in ("public+bare", "igd+bare"):
+            raise ValueError(f"{item!r}: expected name=kind or name=kind+bare with a kind in {SITE_KINDS}")
         sites.append((name, kind))
     return sites
 

@@ -29,6 +29,7 @@ LOSS = 0.05
 DATAGRAMS = 2000
 SLOW_DELAY_MS = 40.0
 LOSSY_DELAY_MS = 10.0
+TWIN_LAN = 200  # the twin sites' LANs are both 10.200.0.0/24
 DELAY_TOLERANCE_MS = 8.0  # above the configured delay: scheduling, and a few hundred microseconds per pass
 
 
@@ -216,7 +217,11 @@ def lab() -> Iterator[Lab]:
     """One network with a site of each kind, three clean public hosts and three impaired sites."""
     with netlab.Network() as net:
         net.nat_site("cone", "full_cone")
+        net.nat_site("addr", "address_restricted")
         net.nat_site("restricted", "port_restricted")
+        net.nat_site("bare", "port_restricted", bare=True)
+        for twin in ("twin1", "twin2"):  # two home networks on the same private range
+            net.nat_site(twin, "port_restricted", lan=TWIN_LAN)
         net.nat_site("symmetric", "symmetric")
         if IGD_REASON is None:
             net.nat_site("igd", "igd")
@@ -283,7 +288,9 @@ def test_symmetric_maps_each_destination_to_another_port(lab: Lab) -> None:
     assert got == [(lab.site("p1").ip, p1_port, "answer:0")]
 
 
-@pytest.mark.parametrize("site", ["cone", "restricted", "symmetric", pytest.param("igd", marks=needs_igd)])
+@pytest.mark.parametrize(
+    "site", ["cone", "addr", "restricted", "symmetric", pytest.param("igd", marks=needs_igd)]
+)
 def test_unsolicited_traffic_is_dropped_without_icmp(lab: Lab, site: str) -> None:
     ip, p3 = lab.site(site).ip, lab.agents["p3"]
     # The probe sees ICMP when there is some: a closed port on a public host is "refused".
@@ -299,6 +306,54 @@ def test_unsolicited_traffic_is_dropped_without_icmp(lab: Lab, site: str) -> Non
     _p3_port, seen = send_and_see(lab, site, port, "p3")
     if site != "symmetric":
         assert seen == port
+
+
+def test_address_restricted_keeps_one_mapping_and_lets_in_any_port_of_whom_the_host_sent_to(
+    lab: Lab,
+) -> None:
+    port = lab.agents["addr"].open()
+    _p1_port, seen_by_p1 = send_and_see(lab, "addr", port, "p1")
+    _p2_port, seen_by_p2 = send_and_see(lab, "addr", port, "p2")
+    assert seen_by_p1 == seen_by_p2 == port
+    ip = lab.site("addr").ip
+    p1, stranger = lab.agents["p1"], lab.agents["cone"]  # the host never sends to the cone site
+    # A stranger is dropped; p1 gets in from a port the host never sent to (address-dependent
+    # filtering only), unlike a port-restricted router.
+    stranger.call("send", port=stranger.open(), to=[ip, port], tag="stranger")
+    other = p1.open()
+    p1.call("send", port=other, to=[ip, port], tag="other-port")
+    assert lab.agents["addr"].recv(port, count=2, timeout=1.0) == [(lab.site("p1").ip, other, "other-port:0")]
+
+
+def test_a_bare_router_answers_with_icmp_and_its_claim_moves_the_hosts_next_mapping(lab: Lab) -> None:
+    ip, p3 = lab.site("bare").ip, lab.agents["p3"]
+    prober = p3.open()
+    # The router's own stack answers an unsolicited datagram: the sender sees the port refused ...
+    assert p3.call("probe", to=[ip, 24682], timeout=1.0)["result"] == "refused"
+    p3.call("send", port=prober, to=[ip, 24683], tag="early")
+    # ... and conntrack keeps the 5-tuple for the router: the host's datagram from that port to
+    # that sender leaves from another port, as the dialled side of a punch would.
+    port = lab.agents["bare"].open(bind=24683)
+    lab.agents["bare"].call("send", port=port, to=[lab.site("p3").ip, prober], tag="late")
+    ((_address, seen, text),) = p3.recv(prober)
+    assert text == "late:0" and seen != port
+    # Towards anyone else the port is kept.
+    _p1_port, seen_by_p1 = send_and_see(lab, "bare", lab.agents["bare"].open(bind=24684), "p1")
+    assert seen_by_p1 == 24684
+
+
+def test_two_sites_on_the_same_private_range_stay_apart(lab: Lab) -> None:
+    twins = [lab.site(name) for name in ("twin1", "twin2")]
+    assert twins[0].host_ip == twins[1].host_ip == f"10.{TWIN_LAN}.0.2" and twins[0].ip != twins[1].ip
+    ports = [lab.agents[twin.name].open() for twin in twins]
+    p1_ports = [send_and_see(lab, twin.name, port, "p1")[0] for twin, port in zip(twins, ports, strict=True)]
+    # p1's answer to each reaches that twin alone, although both hosts have the same address.
+    for twin, port, p1_port in zip(twins, ports, p1_ports, strict=True):
+        lab.agents["p1"].call("send", port=p1_port, to=[twin.ip, port], tag=twin.name)
+    for twin, port in zip(twins, ports, strict=True):
+        assert lab.agents[twin.name].recv(port, count=2, timeout=1.0) == [
+            (lab.site("p1").ip, p1_ports[twins.index(twin)], f"{twin.name}:0")
+        ]
 
 
 @needs_igd
