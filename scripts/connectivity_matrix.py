@@ -32,10 +32,10 @@ BEGIN, END = "<!-- results: begin -->", "<!-- results: end -->"
 
 def matrix_table(outcomes: dict[tuple[str, str], matrix.Outcome]) -> list[str]:
     """Markdown: one row per dialling kind, one column per dialled kind, "path (seconds)"."""
-    header = ["from \\ to", *(matrix.SHORT[kind] for kind in matrix.KINDS)]
+    header = ["from \\ to", *(matrix.short(kind) for kind in matrix.KINDS)]
     rows = [header, ["---"] * len(header)]
     for a in matrix.KINDS:
-        cells = [matrix.SHORT[a]]
+        cells = [matrix.short(a)]
         for b in matrix.KINDS:
             outcome = outcomes[a, b]
             mark = (
@@ -68,7 +68,7 @@ def trials_table(trials: int, delay_ms: float) -> list[str]:
         first = [o for o in punched if o.punch_attempts == 1]
         times = [o.seconds for o in punched] or [0.0]
         rows.append(
-            f"| {matrix.SHORT[a]} -> {matrix.SHORT[b]} | {len(punched)}/{trials} | {len(first)}/{trials} "
+            f"| {matrix.short(a)} -> {matrix.short(b)} | {len(punched)}/{trials} | {len(first)}/{trials} "
             f"({100 * len(first) / trials:.0f}%) | {statistics.median(times):.2f} s | {max(times):.2f} s |"
         )
         print(rows[-1], flush=True)

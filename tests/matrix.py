@@ -25,20 +25,39 @@ import netlab
 __all__ = ("KINDS", "Node", "Outcome", "connect_all", "expected", "matrix_network", "punch_trials")
 
 NODE_PROCESS = Path(__file__).with_name("node_process.py")
-KINDS = ("public", "full_cone", "port_restricted", "symmetric", "igd")
-SHORT = {"public": "pub", "full_cone": "cone", "port_restricted": "restr", "symmetric": "sym", "igd": "igd"}
+KINDS = ("public", "full_cone", "address_restricted", "port_restricted", "symmetric", "igd")
+SHORT = {
+    "public": "pub",
+    "full_cone": "cone",
+    "address_restricted": "addr",
+    "port_restricted": "restr",
+    "symmetric": "sym",
+    "igd": "igd",
+}
+BARE = "+bare"  # a kind with this suffix is behind a bare router (netlab.NatRouter)
 REPLY_TIMEOUT = 90.0  # the longest a node may take over one command
+
+
+def short(kind: str) -> str:
+    """The kind's name in a table: "restr", or "restr/bare" behind a bare router."""
+    base = kind.removesuffix(BARE)
+    return SHORT[base] + ("/bare" if base != kind else "")
 
 
 def expected(a: str, b: str) -> str:
     """How ``a`` reaches ``b``: a peer that accepts unsolicited packets (public, full cone, a
-    mapped port) is dialled directly; a port-restricted one is punched unless ``a`` is
-    symmetric; a symmetric one can only be punched by a peer it can dial (public, cone, igd)."""
+    mapped port) is dialled directly; an address-restricted one is punched (once it sent to a's
+    address, any port of a's gets in); a port-restricted one is punched unless ``a`` is
+    symmetric; a symmetric one can only be punched by a peer whose filter lets in the new port
+    its packets come from (public, the cones, igd)."""
+    a, b = a.removesuffix(BARE), b.removesuffix(BARE)
     if b in ("public", "full_cone", "igd"):
         return "direct"
+    if b == "address_restricted":
+        return "punched"
     if b == "port_restricted":
         return "relayed" if a == "symmetric" else "punched"
-    return "punched" if a in ("public", "full_cone", "igd") else "relayed"
+    return "punched" if a in ("public", "full_cone", "address_restricted", "igd") else "relayed"
 
 
 @dataclass(frozen=True)
@@ -114,7 +133,8 @@ class Node:
 def _site(net: netlab.Network, name: str, kind: str, loss: float, delay_ms: float) -> netlab.Site:
     if kind == "public":
         return net.public_site(name, loss=loss, delay_ms=delay_ms)
-    return net.nat_site(name, kind, loss=loss, delay_ms=delay_ms)
+    base = kind.removesuffix(BARE)
+    return net.nat_site(name, base, loss=loss, delay_ms=delay_ms, bare=base != kind)
 
 
 def _peer(site: netlab.Site, folder: Path, contact: tuple[str, int]) -> Node:
@@ -166,8 +186,8 @@ def punch_trials(
     folder: Path, a_kind: str, b_kind: str, trials: int, *, delay_ms: float = 40.0, loss: float = 0.0
 ) -> list[Outcome]:
     """``trials`` fresh connections from an ``a_kind`` peer to a ``b_kind`` one through a
-    coordinator: before each, both start a new endpoint (new ports, so new NAT mappings) and
-    join again."""
+    coordinator: before each, both start a new endpoint (new ports, so new NAT mappings; an
+    address-restricted router also forgets whom its host sent to) and join again."""
     outcomes = []
     nodes: list[Node] = []
     with netlab.Network() as net:
@@ -183,7 +203,10 @@ def punch_trials(
                 for node in (a, b):
                     node.ask("renew")
                 a.join()
-                outcomes.append(a.connect(b.join(), coordinator.addr))  # type: ignore[arg-type]
+                target = b.join()
+                for node in (a, b):  # after the old endpoints' last packets have passed
+                    node.site.forget_contacts()
+                outcomes.append(a.connect(target, coordinator.addr))  # type: ignore[arg-type]
         finally:
             for node in nodes:
                 node.stop()
