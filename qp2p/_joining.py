@@ -26,6 +26,10 @@ __all__ = ("Joining", "Network")
 
 log = logging.getLogger(__name__)
 
+# Told of the echoes of our address so far (the contact's first), and whether more will come.
+Echoed = Callable[[list[Address], bool], None]
+# Contacts and cached nodes asked in turn for the second echo when no node we were told of gave it.
+SECOND_ECHO_TRIES = 3
 # Nodes we were told about, dialled at once (at most).
 PEERS_DIALLED_AT_ONCE = 4
 # A change to the cache is written after this long, so a burst of changes costs one write.
@@ -50,12 +54,19 @@ class Joining:
     """Bootstrap and the upkeep of the cache for one endpoint."""
 
     def __init__(
-        self, network: Network, membership: Membership, folder: str, become_client: Callable[[], None]
+        self,
+        network: Network,
+        membership: Membership,
+        folder: str,
+        become_client: Callable[[], None],
+        echoed: Echoed,
     ) -> None:
         self._network = network
         self._membership = membership
         self.file = CacheFile(folder)
         self._become_client = become_client
+        self._echoed = echoed
+        self._echoes: list[Address] = []  # our address as the contact, then a second node, saw it
         self._rng = random.Random()
         self._tasks = BackgroundTasks(log, "network upkeep failed")
         self._save: asyncio.TimerHandle | None = None
@@ -78,7 +89,7 @@ class Joining:
             summary = "; ".join(f"{host}:{port}: {outcome}" for (host, port), outcome in attempts.items())
             raise errors.BootstrapError(f"no peer answered ({summary})", attempts)
         membership.contact = connection.remote_addr
-        await self._join(connection)
+        await self._join(connection, candidates)
         return connection
 
     async def _first_of(self, candidates: list[Address]) -> tuple[Connection | None, dict[Address, str]]:
@@ -124,13 +135,15 @@ class Joining:
                 attempts[addr] = "no answer within bootstrap_timeout"
         return (winner.result() if winner.done() else None), attempts
 
-    async def _join(self, connection: Connection) -> None:
+    async def _join(self, connection: Connection, candidates: list[Address]) -> None:
         """Learn our public address; as a node, have the contact check it can reach us there;
-        then learn of other nodes."""
+        then learn of other nodes (and from one of them, or else another of the ``candidates``
+        we bootstrapped from, our address a second time)."""
         network, membership = self._network, self._membership
         config = network.config
         echo = await connection.control_request(wire.EchoRequest(), wire.EchoResponse, config.control_timeout)
         membership.echoed = echo.addr
+        self._echoes = [echo.addr]
         if membership.role is Role.NODE:
             public = network.public_addr
             verdict = await connection.control_request(  # the verifier gives up after its control_timeout
@@ -146,31 +159,62 @@ class Joining:
                     )
                 log.warning("%s; running as a client", problem)
                 self._become_client()
+        self._echoed(self._echoes, False)
         peers = await connection.control_request(
             wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, config.control_timeout
         )
-        self._tasks.spawn(self._discover([(addr, fingerprint) for addr, fingerprint in peers.peers]))
+        others = [addr for addr in candidates if addr != connection.remote_addr]
+        self._tasks.spawn(self._discover([(addr, fingerprint) for addr, fingerprint in peers.peers], others))
 
-    async def _discover(self, nodes: list[tuple[Address, str]]) -> None:
+    async def _discover(self, nodes: list[tuple[Address, str]], others: list[Address]) -> None:
         """Dials nodes we were told about, each by the peer id we were told (those that answer
         enter the cache as they connect). A node also asks each to check it, which is how they
-        learn of us."""
+        learn of us. The first one at another address than the contact's also echoes our
+        address: two echoes tell how our NAT maps (docs/nat.md). Without one, ``others`` (the
+        rest of the contacts and cached nodes) are asked for it, a few at most, in turn."""
         network, membership = self._network, self._membership
         gate = asyncio.Semaphore(PEERS_DIALLED_AT_ONCE)
         own = {network.local_addr, network.public_addr}
         timeout = 3 * network.config.control_timeout
+        contact = membership.contact
+        echoing: list[Address] = []  # the node asked for the second echo, once one is
 
         async def dial(addr: Address, peer_id: str) -> None:
             async with gate:
                 try:
                     connection = await network.connect_to(addr, peer_id=peer_id)
+                    if not echoing and contact is not None and addr[0] != contact[0]:
+                        echoing.append(addr)
+                        echo = await connection.control_request(
+                            wire.EchoRequest(), wire.EchoResponse, network.config.control_timeout
+                        )
+                        self._echoes.append(echo.addr)
+                        self._echoed(self._echoes, True)
                     if membership.role is Role.NODE:
                         request = wire.VerificationRequest(network.public_addr)
                         await connection.control_request(request, wire.VerificationResponse, timeout)
                 except errors.Error as exc:
+                    if addr in echoing:
+                        echoing.clear()  # another node may echo instead
                     log.info("a node we were told about, %s:%d, did not answer: %s", *addr, exc)
 
-        await asyncio.gather(*(dial(addr, peer_id) for addr, peer_id in nodes if addr not in own))
+        try:
+            await asyncio.gather(*(dial(addr, peer_id) for addr, peer_id in nodes if addr not in own))
+            elsewhere = [addr for addr in others if contact is not None and addr[0] != contact[0]]
+            for addr in elsewhere[:SECOND_ECHO_TRIES]:
+                if len(self._echoes) > 1:
+                    break
+                try:
+                    connection = await network.connect_to(addr)
+                    echo = await connection.control_request(
+                        wire.EchoRequest(), wire.EchoResponse, network.config.control_timeout
+                    )
+                except errors.Error as exc:
+                    log.info("no second echo from %s:%d: %s", *addr, exc)
+                    continue
+                self._echoes.append(echo.addr)
+        finally:
+            self._echoed(self._echoes, True)
 
     # ---- tasks and saving ------------------------------------------------------------------
 

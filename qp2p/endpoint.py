@@ -14,6 +14,7 @@ the endpoint feeds them what each link proved and observed, and carries out thei
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -40,6 +41,7 @@ from qp2p._memory import MemoryBudget, MemoryStats, address_key
 from qp2p._mtu import forbid_fragmentation, route_payload
 from qp2p._pmtud import BASE_SIZE
 from qp2p._scheduler import Alarm, Scheduler
+from qp2p._side_sockets import SideSockets
 from qp2p._speedups import packet
 from qp2p._speedups import retry as retry_tokens
 from qp2p._tasks import BackgroundTasks
@@ -49,6 +51,7 @@ from qp2p.config import Config, Role
 from qp2p.connection import BytesLike, Connection, Message, message_taken
 from qp2p.membership import Membership, Probe
 from qp2p.nat import traversal as t
+from qp2p.nat.behaviour import Mapping, NatBehaviour, observe
 from qp2p.nat.igd import PortMapping
 from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of, link_memory
 from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
@@ -62,6 +65,8 @@ log = logging.getLogger(__name__)
 
 # Connection and disconnection events nobody reads are kept up to this many, oldest dropped.
 EVENT_BACKLOG = 1024
+# Probes of a birthday punch go out this many at a time, paced to ``PROBE_RATE`` between.
+PROBE_BATCH = 4
 # QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
 # What a refused dial's CONNECTION_CLOSE says, by the reason ``EndpointStats.refusals`` counts.
@@ -92,6 +97,7 @@ class EndpointStats:
     tickets_held: int = 0  # session tickets peers issued us, to resume with when we dial them
     keep_alives: int = 0  # PINGs sent on links idle for a whole keep_alive_interval
     deadlines: int = 0  # link deadlines (QUIC timers, keep-alives, handshakes) behind the one timer
+    side_sockets: int = 0  # sockets besides our own, opened to punch (docs/nat.md)
 
 
 @dataclass(eq=False, slots=True)
@@ -169,8 +175,9 @@ class Endpoint:
         self._membership = Membership(self.config)
         self._memory = MemoryBudget(*self.config.memory_limits())
         folder = self.config.bootstrap_cache_dir or platformdirs.user_cache_dir("qp2p")
-        self._joining = Joining(self, self._membership, folder, self._become_client)
+        self._joining = Joining(self, self._membership, folder, self._become_client, self._nat_seen)
         self._traversal = t.Traversal(_traversal_limits(self.config))
+        self._nat_discovered: asyncio.Future[None] | None = None  # set once bootstrap learned our NAT
         self.punch_attempts = 0  # punch attempts the last connect_to(via=) made
         self._mapping: PortMapping | None = None
         self._mapping_task: asyncio.Task[Address | None] | None = None
@@ -202,6 +209,7 @@ class Endpoint:
         self._failed_handshakes = 0
         self._refused_connections = 0
         self._transport: Transport | None = None
+        self._side = SideSockets(self.config.local_ip)
         self._unfragmented = False  # the socket sets don't-fragment: path MTU probes mean something
         self._peers: dict[str, Connection] = {}
         self._messages: Mailbox[Message] = Mailbox()
@@ -312,6 +320,7 @@ class Endpoint:
             self._disconnections.close()
             if self._scheduler is not None:
                 self._scheduler.close()
+            self._side.close()
             if self._transport is not None:
                 self._transport.close()
                 await asyncio.shield(self._transport.closed)
@@ -383,11 +392,54 @@ class Endpoint:
         self._check_open()
         if self._mapping_task is not None:
             await self._mapping_task  # our public address may come from the gateway
-        return await self._joining.bootstrap()
+        if self._nat_discovered is None or self._nat_discovered.done():
+            self._nat_discovered = asyncio.get_running_loop().create_future()
+        try:
+            return await self._joining.bootstrap()
+        except BaseException:
+            self._nat_discovered.set_result(None)  # nobody to learn it from
+            raise
 
     def _become_client(self) -> None:
         self._membership.become_client()
         self._hello = replace(self._hello, node=False)
+
+    @property
+    def nat(self) -> NatBehaviour:
+        """What we learned of our NAT while joining (docs/nat.md): how it maps our port, and
+        whether anyone reaches us unsolicited. Unknown before ``bootstrap()``."""
+        return self._traversal.behaviour
+
+    async def wait_nat_discovered(self) -> NatBehaviour:
+        """Once ``bootstrap()`` ran: until the second node we were told of echoed our address
+        (or none could), then ``nat``. Before ``bootstrap()``, ``nat`` at once."""
+        if self._nat_discovered is not None:
+            await asyncio.shield(self._nat_discovered)
+        return self.nat
+
+    def _nat_seen(self, echoes: list[Address], final: bool) -> None:
+        """Joining got the echoes of our address so far: what they tell of our NAT is ours, and
+        our contact (the default coordinator) is told, so it can choose how to punch us."""
+        if self._state == "open":
+            mapped = self._mapping is not None and self._mapping.external is not None
+            behaviour = observe(self.local_addr, echoes, self._membership.role is Role.NODE or mapped)
+            self._traversal.behaviour = behaviour
+            for connection in self.connections():
+                self._report_nat(connection)
+        if final:
+            if self._nat_discovered is None:
+                self._nat_discovered = asyncio.get_running_loop().create_future()
+            if not self._nat_discovered.done():
+                self._nat_discovered.set_result(None)
+
+    def _report_nat(self, connection: Connection) -> None:
+        """Tell ``connection``'s peer our NAT's behaviour if it is a node (it may coordinate a
+        punch towards us) and we know something of it."""
+        link = connection.current_link
+        hello = link.session.peer if link is not None else None
+        behaviour = self._traversal.behaviour
+        if hello is not None and hello.node and behaviour != NatBehaviour():
+            connection.send_control(wire.NatReport(behaviour.flags()))
 
     async def wait_port_mapped(self) -> Address | None:
         """With ``forward_port``: until the gateway mapped our port (its public address) or
@@ -442,6 +494,7 @@ class Endpoint:
             tickets_held=len(self._tickets_held),
             keep_alives=self._keep_alives + sum(link.keep_alives for link in self._links),
             deadlines=self._scheduler.deadlines if self._scheduler is not None else 0,
+            side_sockets=len(self._side),
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -498,6 +551,7 @@ class Endpoint:
         )
         self._links.add(link)
         self._open_links.add(link)
+        self._side.attach(path_out)
         # A handshake a peer started ends by this timer; a dial is given up by whoever waits
         # for it, and the timer is only its backstop.
         if session.is_client:
@@ -578,6 +632,7 @@ class Endpoint:
         self._keep_alives += link.keep_alives
         self._settled(link)
         path = link.packet_path
+        self._side.detach(path)
         if isinstance(path, RelayPath) and self._relay_paths.get((path.relay, path.circuit)) is path:
             self._close_relay_path(path, tell_relay=True)
 
@@ -588,13 +643,41 @@ class Endpoint:
         on): a server-side QUIC connection for it, or a refusal when we have too many."""
         if self._state != "open" or self._transport is None:
             return None
+        return self._accept_on(self._transport, None, header, addr, original_dcid, retry_scid)
+
+    def _accept_side(
+        self,
+        out: Transport,
+        peer_id: str,
+        header: packet.PacketHeader,
+        addr: Address,
+        original_dcid: bytes,
+        retry_scid: bytes | None,
+    ) -> Receiver | None:
+        """A new Initial on a punch's fresh socket: only ``peer_id`` may complete it."""
+        if self._state != "open":
+            return None
+        return self._accept_on(out, peer_id, header, addr, original_dcid, retry_scid)
+
+    def _accept_on(
+        self,
+        out: Transport,
+        peer_id: str | None,
+        header: packet.PacketHeader,
+        addr: Address,
+        original_dcid: bytes,
+        retry_scid: bytes | None,
+    ) -> Receiver | None:
+        """A server-side QUIC connection on ``out`` for a new Initial from ``addr``, accepting
+        only ``peer_id`` if given, or a refusal when we have too many."""
         reason = self._refusal(addr[0])
         if reason is not None:
-            return Refusal(self._transport, header, REFUSED_BECAUSE[reason])
+            return Refusal(out, header, REFUSED_BECAUSE[reason])
         link = self._new_link(
-            self._transport,
+            out,
             addr,
             "direct",
+            self._checker(peer_id),
             tickets=self._tickets(addr, dialled=False),
             configuration=self._server_config,
             original_destination_connection_id=original_dcid,
@@ -670,6 +753,7 @@ class Endpoint:
             started = dial.started if dial is not None else now
             if self._membership.connected(self._peer(link), dialled, now - started, time.time()):
                 self._joining.schedule_save()
+            self._report_nat(connection)
         if dial is not None and not dial.result.done():
             dial.result.set_result(connection)
         if link.path != "relayed":
@@ -875,53 +959,87 @@ class Endpoint:
     async def _punch(
         self, coordinator: Connection, target: Address, peer_id: str | None
     ) -> Connection | None:
-        """One punch attempt through ``coordinator``: the connection, or None."""
-        request = wire.PunchRequest(target, peer_id or wire.ANY_PEER)
-        try:
-            answer = await coordinator.control_request(
-                request, wire.Punch, self.config.control_timeout, wire.PunchFailed
-            )
-        except errors.Error as exc:
-            log.info("no punch towards %s:%d: %s", *target, exc)
-            return None
-        link = coordinator.current_link
-        if link is None or (peer_id is not None and answer.peer_id != peer_id):
-            return None
-        loop = asyncio.get_running_loop()
-        path = self._traversal.punch(self._peer(link), answer, solicited=True, now=loop.time())
-        if path is None:
-            return None
-        return await self._punched(path)
+        """One punch attempt through ``coordinator``: the connection, or None.
 
-    async def _punched(self, path: t.OpenPath) -> Connection | None:
-        """Carry out ``path``: at its time spray and dial; until its end wait for a direct or
-        punched link to its peer. A refused certificate raises."""
+        Our direct attempt may have left the far router owning the pair of ports it used (a
+        bare router, docs/nat.md), and the far side's NAT then moves its port for us for good:
+        so the punch comes from a fresh socket whenever our NAT keeps ports, which makes that
+        socket's public port known. An open peer needs none: it takes the far side's packets
+        from whatever port they come."""
+        behaviour = self._traversal.behaviour
+        out: Transport | None = None
+        if behaviour.port_kept and behaviour.mapping is Mapping.INDEPENDENT and not behaviour.open:
+            out = next(iter(await self._side.open(1)), None)
+        try:
+            # The coordinator may not be our contact: tell it our NAT first (the lane keeps order).
+            coordinator.send_control(wire.NatReport(behaviour.flags()))
+            port = out.local_addr[1] if out is not None else 0
+            request = wire.PunchRequest(target, peer_id or wire.ANY_PEER, port)
+            try:
+                answer = await coordinator.control_request(
+                    request, wire.Punch, self.config.control_timeout, wire.PunchFailed
+                )
+            except errors.Error as exc:
+                log.info("no punch towards %s:%d: %s", *target, exc)
+                return None
+            link = coordinator.current_link
+            if link is None or (peer_id is not None and answer.peer_id != peer_id):
+                return None
+            loop = asyncio.get_running_loop()
+            path = self._traversal.punch(self._peer(link), answer, solicited=True, now=loop.time())
+            if path is None:
+                return None
+            if out is not None:  # the peer may dial us there too (the hard side of a birthday does)
+                out.accept_connections(functools.partial(self._accept_side, out, path.peer_id))
+            return await self._punched(path, out)
+        finally:
+            if out is not None:
+                self._side.release(out)
+
+    async def _punched(self, path: t.OpenPath, out: Transport | None = None) -> Connection | None:
+        """Carry out ``path``: at its time spray and dial, from ``out`` if given (else our own
+        socket), fanning out or probing as its mode says; until its end wait for a direct or
+        punched link to its peer, or a while longer for a dial of ours the peer answered. A
+        refused certificate raises."""
         loop = asyncio.get_running_loop()
         arrived: asyncio.Future[None] = loop.create_future()
         self._arrivals.setdefault(path.peer_id, []).append(arrived)
-        link: Link | None = None
+        links: list[Link] = []
+        helpers: list[asyncio.Task[None]] = []
         try:
             await asyncio.sleep(max(0.0, path.at - loop.time()))
-            transport = self._check_open()
+            transport = out or self._check_open()
+            if path.mode == wire.PUNCH_FAN_OUT:
+                helpers.append(asyncio.create_task(self._fan_out(path, arrived, links)))
+            elif path.mode == wire.PUNCH_PROBE:
+                helpers.append(asyncio.create_task(self._probe_ports(path, transport, arrived)))
             for _ in range(t.SPRAY):
                 transport.sendto(b"\x00", path.addr)  # not a QUIC packet: the peer drops it, its NAT opens
                 await asyncio.sleep(t.SPRAY_GAP)
             if not self._has_direct_link(path.peer_id):
-                link = self._client_link(transport, path.addr, "punched", path.peer_id)
-                dial = self._new_dial(path.addr, path.peer_id)
-                self._add_dial_link(dial, link)
-                dial.result.add_done_callback(lambda done: _wake(arrived, done))
-            try:
-                async with asyncio.timeout(max(0.0, path.until - loop.time())):
-                    await asyncio.shield(arrived)
-            except TimeoutError:
-                return None
-            except errors.CertificateError:
-                raise
-            except errors.Error:
-                return None
+                links.append(self._punch_dial(transport, path.addr, path.peer_id, arrived))
+            deadline = path.until
+            while True:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        await asyncio.shield(arrived)
+                    break
+                except TimeoutError:
+                    # A dial the peer answered is a handshake under way, slowed by loss: it gets
+                    # one more attempt's time before this attempt counts as failed.
+                    answered = any(link in self._pending and link.heard for link in links)
+                    if deadline != path.until or not answered:
+                        return None
+                    deadline += t.PUNCH_TIMEOUT
+                except errors.CertificateError:
+                    raise
+                except errors.Error:
+                    return None
             return self.connection(path.peer_id) if self._has_direct_link(path.peer_id) else None
         finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             self._traversal.punch_over(path.punch)
             waiters = self._arrivals.get(path.peer_id, [])
             if arrived in waiters:
@@ -931,8 +1049,57 @@ class Endpoint:
             # A dial nobody answered ends with the punch. One that was answered may already be
             # established on the other side (its last packets lost or late): it completes, or
             # its handshake timer ends it, and is never cut off under the peer's feet.
-            if link is not None and link in self._pending and not link.heard:
-                link.abort()
+            for link in links:
+                if link in self._pending and not link.heard:
+                    link.abort()
+
+    def _punch_dial(
+        self, out: PacketPath, addr: Address, peer_id: str, arrived: asyncio.Future[None]
+    ) -> Link:
+        """A punch's dial to ``addr`` from ``out``, accepting only ``peer_id``; its end wakes
+        ``arrived``."""
+        link = self._client_link(out, addr, "punched", peer_id)
+        dial = self._new_dial(addr, peer_id)
+        self._add_dial_link(dial, link)
+        dial.result.add_done_callback(lambda done: _wake(arrived, done))
+        return link
+
+    async def _fan_out(self, path: t.OpenPath, arrived: asyncio.Future[None], links: list[Link]) -> None:
+        """The hard side of a birthday punch: ``FAN_OUT_PORTS`` fresh sockets each send one
+        datagram towards the peer, opening as many mappings in our NAT; the first that hears
+        from the peer's host dials it from there. The others close when the punch ends."""
+        landed: asyncio.Future[tuple[Transport, Address]] = asyncio.get_running_loop().create_future()
+
+        def heard(transport: Transport, _data: bytes, source: Address) -> None:
+            if source[0] == path.addr[0] and not landed.done():
+                landed.set_result((transport, source))
+
+        sockets = await self._side.open(t.FAN_OUT_PORTS, heard)
+        try:
+            for transport in sockets:
+                transport.sendto(b"\x00", path.addr)
+            transport, source = await landed
+            if not arrived.done() and not self._has_direct_link(path.peer_id):
+                links.append(self._punch_dial(transport, source, path.peer_id, arrived))
+            await asyncio.shield(arrived)  # the sockets stay open until the punch ends
+        finally:
+            for transport in sockets:
+                self._side.release(transport)
+
+    async def _probe_ports(
+        self, path: t.OpenPath, transport: Transport, arrived: asyncio.Future[None]
+    ) -> None:
+        """The easy side of a birthday punch: from ``transport``, one datagram to each of
+        ``path.ports`` on the peer's host, at ``PROBE_RATE``, until a link to the peer stands;
+        the one that lands in a mapping the peer's fan-out opened lets its dial in."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for sent, port in enumerate(path.ports, 1):
+            if arrived.done() or loop.time() >= path.until:
+                return
+            transport.sendto(b"\x00", (path.addr[0], port))
+            if sent % PROBE_BATCH == 0:
+                await asyncio.sleep(max(0.0, started + sent / t.PROBE_RATE - loop.time()))
 
     def _has_direct_link(self, peer_id: str) -> bool:
         connection = self._peers.get(peer_id)
@@ -1052,6 +1219,8 @@ class Endpoint:
         if isinstance(message, wire.PunchRequest):
             target = self._find_peer(message.target, message.target_id, connection)
             self._carry_out(traversal.punch_request(peer, message, target, now))
+        elif isinstance(message, wire.NatReport):
+            traversal.nat_report(peer, message)
         elif isinstance(message, wire.Punch):
             opening = traversal.punch(peer, message, solicited=False, now=now)
             if opening is not None:

@@ -85,6 +85,8 @@ class TransportStats:
 Acceptor = Callable[[packet.PacketHeader, Address, bytes, bytes | None], Receiver | None]
 # Whether an Initial without a token must prove its client's address first: asked per Initial.
 RetryRequired = Callable[[], bool]
+# Told of each datagram that is no QUIC packet (a hole punch's probe), with its source.
+Stray = Callable[[bytes, "Address"], None]
 # A fresh retry key this often; tokens under the previous key stay valid (their lifetime is 10 s).
 RETRY_KEY_LIFETIME = 120.0
 
@@ -98,6 +100,7 @@ class Transport(asyncio.DatagramProtocol):
     ``accept`` then. A spoofed flood therefore costs us no state, and each Retry is smaller
     than the Initial it answers, within the anti-amplification limit. An Initial with a token
     is always checked: its client got a Retry from us and expects its handshake to say so.
+    Datagrams that are no QUIC packet go to ``stray`` when given (a punch listens for probes).
     """
 
     def __init__(
@@ -105,8 +108,10 @@ class Transport(asyncio.DatagramProtocol):
         accept: Acceptor,
         retry: retry_tokens.RetryTokens | None = None,
         retry_required: RetryRequired = lambda: True,
+        stray: Stray | None = None,
     ) -> None:
         self._accept = accept
+        self._stray = stray
         self._retry = retry
         self._retry_required = retry_required
         self._retry_key_at = time.time()
@@ -146,6 +151,10 @@ class Transport(asyncio.DatagramProtocol):
         # ICMP errors (port unreachable, ...) for some earlier datagram: QUIC recovers by itself.
         log.debug("socket error: %s", exc)
 
+    def accept_connections(self, accept: Acceptor) -> None:
+        """From now on unknown Initials go to ``accept`` (a punch's fresh socket takes its peer)."""
+        self._accept = accept
+
     def add_route(self, cid: bytes, receiver: Receiver) -> None:
         self._routes[cid] = receiver
 
@@ -163,13 +172,15 @@ class Transport(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[object, ...]) -> None:
         stats = self.stats
         stats.received += 1
+        # IPv4 sockets give (host, port) already; IPv6 ones add flow info and scope.
+        peer: Address = addr if self._ipv4 else normalize(addr)  # type: ignore[assignment]
         try:
             header = packet.peek(data, CID_LENGTH)
         except MalformedPacket:
             stats.malformed += 1
+            if self._stray is not None:
+                self._stray(data, peer)
             return
-        # IPv4 sockets give (host, port) already; IPv6 ones add flow info and scope.
-        peer: Address = addr if self._ipv4 else normalize(addr)  # type: ignore[assignment]
         receiver = self._routes.get(header.destination_cid)
         if receiver is not None:
             receiver.datagram_received(data, peer)

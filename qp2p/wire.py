@@ -31,6 +31,10 @@ __all__ = (
     "EchoResponse",
     "Hello",
     "Credit",
+    "NatReport",
+    "PUNCH_FAN_OUT",
+    "PUNCH_PLAIN",
+    "PUNCH_PROBE",
     "StreamCancelled",
     "PeersRequest",
     "PeersResponse",
@@ -179,23 +183,44 @@ class PunchRequest:
     ``target`` (and whose peer id is ``target_id``, unless that is ``ANY_PEER``)."""
 
     TAG: ClassVar[int] = 21
-    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint")
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u16")
     target: Address
     target_id: str = ANY_PEER
+    port: int = 0  # nonzero: punch us at this port of the address you see us at (a fresh socket)
 
 
 @dataclass(frozen=True, slots=True)
 class Punch:
     """From the coordinating node to each side: in ``delay_ms``, open a path to the peer
-    ``peer_id``, which the coordinator sees at ``peer``. ``padding`` (ignored) is how a
-    coordinator pays for a punch the receiver did not ask for (docs/protocol.md, section 7)."""
+    ``peer_id``, which the coordinator sees at ``peer``, the way ``mode`` says (``PUNCH_*``).
+    ``padding`` (ignored) is how a coordinator pays for a punch the receiver did not ask for
+    (docs/protocol.md, section 7)."""
 
     TAG: ClassVar[int] = 22
-    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u32", "blob")
+    LAYOUT: ClassVar[tuple[str, ...]] = ("address", "fingerprint", "u32", "u16", "blob")
     peer: Address
     peer_id: str
     delay_ms: int
+    mode: int = 0  # PUNCH_PLAIN, PUNCH_FAN_OUT or PUNCH_PROBE
     padding: bytes = b""
+
+
+# How a Punch opens the path: the plain way (spray, then dial); from many fresh ports at once
+# (the side behind a symmetric NAT); or also probing many ports of the peer's address (the
+# side that faces it). Unknown modes read as plain.
+PUNCH_PLAIN = 0
+PUNCH_FAN_OUT = 1
+PUNCH_PROBE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class NatReport:
+    """To a node we may ask to coordinate: how our NAT maps and filters, as we learned it
+    (``qp2p.nat.behaviour.NatBehaviour.flags``). A claim, used only to choose how to punch."""
+
+    TAG: ClassVar[int] = 28
+    LAYOUT: ClassVar[tuple[str, ...]] = ("u16",)
+    nat: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +288,7 @@ ControlMessage: TypeAlias = (
     | PunchRequest
     | Punch
     | PunchFailed
+    | NatReport
     | RelayOpen
     | RelayIncoming
     | RelayData
@@ -282,6 +308,7 @@ CONTROL_MESSAGES: tuple[type[ControlMessage], ...] = (
     PunchRequest,
     Punch,
     PunchFailed,
+    NatReport,
     RelayOpen,
     RelayIncoming,
     RelayData,

@@ -46,18 +46,14 @@ def short(kind: str) -> str:
 
 def expected(a: str, b: str) -> str:
     """How ``a`` reaches ``b``: a peer that accepts unsolicited packets (public, full cone, a
-    mapped port) is dialled directly; an address-restricted one is punched (once it sent to a's
-    address, any port of a's gets in); a port-restricted one is punched unless ``a`` is
-    symmetric; a symmetric one can only be punched by a peer whose filter lets in the new port
-    its packets come from (public, the cones, igd)."""
+    mapped port) is dialled directly; every other pair is punched (a symmetric NAT facing a
+    port-restricted one by port prediction), except two symmetric NATs, which are relayed."""
     a, b = a.removesuffix(BARE), b.removesuffix(BARE)
     if b in ("public", "full_cone", "igd"):
         return "direct"
-    if b == "address_restricted":
-        return "punched"
-    if b == "port_restricted":
-        return "relayed" if a == "symmetric" else "punched"
-    return "punched" if a in ("public", "full_cone", "address_restricted", "igd") else "relayed"
+    if a == b == "symmetric":
+        return "relayed"
+    return "punched"
 
 
 @dataclass(frozen=True)
@@ -83,6 +79,7 @@ class Node:
         self.site = site
         self.addr = tuple(self.read()["ready"])
         self.public: tuple[str, int] | None = None  # as the contact saw it, once joined
+        self.nat: dict[str, Any] = {}  # what the node learned of its NAT, once joined
 
     def read(self) -> Any:
         """The node's next line (it writes one per command), within REPLY_TIMEOUT."""
@@ -109,10 +106,12 @@ class Node:
         return self.process.wait(timeout=REPLY_TIMEOUT)
 
     def join(self) -> tuple[str, int]:
-        """Bootstrap through the contact; our public address as the contact sees it."""
+        """Bootstrap through the contact, and learn how our NAT behaves; our public address as
+        the contact sees it."""
         joined = self.ask("bootstrap")
         if "error" in joined:
             raise RuntimeError(f"{self.site.name} could not join: {joined}")
+        self.nat = self.ask("nat")["nat"]
         self.public = tuple(joined["public"])  # type: ignore[assignment]
         assert self.public is not None
         return self.public
@@ -137,11 +136,32 @@ def _site(net: netlab.Network, name: str, kind: str, loss: float, delay_ms: floa
     return net.nat_site(name, base, loss=loss, delay_ms=delay_ms, bare=base != kind)
 
 
+def _coordinators(net: netlab.Network, folder: Path, loss: float, delay_ms: float) -> list[Node]:
+    """The public coordinator ``r`` and a second public node ``r2``, which r joins through (so
+    that r hands r2 out to the peers that join through r, and they ask r2 for the second echo
+    that tells a symmetric NAT from a cone); r first."""
+    r_site, r2_site = (_site(net, name, "public", loss, delay_ms) for name in ("r", "r2"))
+    r2 = Node(r2_site, folder / "r2")
+    r = Node(r_site, folder / "r", "--contact", f"{r2.addr[0]}:{r2.addr[1]}")
+    r.join()
+    return [r, r2]
+
+
 def _peer(site: netlab.Site, folder: Path, contact: tuple[str, int]) -> Node:
-    """A client that joins through ``contact``; behind an igd router it maps its port."""
+    """A client that joins through ``contact`` (always: its cache, which learns of r2, is
+    tried only after it), as the coordinator needs; behind an igd router it maps its port."""
     extra = ["--forward-port"] if site.kind == "igd" else []
+    contact_arg = f"{contact[0]}:{contact[1]}"
     return Node(
-        site, folder / site.name, "--contact", f"{contact[0]}:{contact[1]}", "--role", "client", *extra
+        site,
+        folder / site.name,
+        "--contact",
+        contact_arg,
+        "--role",
+        "client",
+        "--bootstrap-concurrency",
+        "1",
+        *extra,
     )
 
 
@@ -154,14 +174,14 @@ def matrix_network(
     nodes: list[Node] = []
     with netlab.Network() as net:
         try:
-            r = Node(_site(net, "r", "public", loss, delay_ms), folder / "r")
-            nodes.append(r)
+            nodes += _coordinators(net, folder, loss, delay_ms)
+            r = nodes[0]
             sides: dict[str, dict[str, Node]] = {"a": {}, "b": {}}
             for side, kind in ((side, kind) for side in ("a", "b") for kind in kinds):
                 node = _peer(_site(net, f"{side}{SHORT[kind]}", kind, loss, delay_ms), folder, r.addr)  # type: ignore[arg-type]
                 nodes.append(node)
                 sides[side][kind] = node
-            for node in nodes[1:]:
+            for node in nodes[2:]:
                 node.join()
             yield r.addr, sides["a"], sides["b"]  # type: ignore[misc]
         finally:
@@ -192,8 +212,8 @@ def punch_trials(
     nodes: list[Node] = []
     with netlab.Network() as net:
         try:
-            coordinator = Node(_site(net, "r", "public", loss, delay_ms), folder / "r")
-            nodes.append(coordinator)
+            nodes += _coordinators(net, folder, loss, delay_ms)
+            coordinator = nodes[0]
             a, b = (
                 _peer(_site(net, name, kind, loss, delay_ms), folder, coordinator.addr)
                 for name, kind in (("a", a_kind), ("b", b_kind))

@@ -2,7 +2,7 @@
 
     python node_process.py [--ip IP] [--port N] [--cache DIR] [--contact HOST:PORT ...]
                            [--role node|client] [--client-fallback] [--forward-port]
-                           [--lease S] [--connect-timeout S]
+                           [--lease S] [--connect-timeout S] [--bootstrap-concurrency N]
 
 It prints ``{"ready": [host, port]}``, then answers one JSON line per command read:
 
@@ -10,6 +10,8 @@ It prints ``{"ready": [host, port]}``, then answers one JSON line per command re
   ``{"error": "<class name>", "message": ...}``;
 - ``"cache"`` -> ``{"cache": [[host, port], ...]}`` (what is in memory; saved on exit);
 - ``"public"`` -> ``{"public": [host, port]}``;
+- ``"nat"`` -> ``{"nat": {"mapping": ..., "open": ..., "port_kept": ...}}``: waits until joining
+  learned how our NAT behaves (``Endpoint.wait_nat_discovered``);
 - ``"mapped"`` -> ``{"mapped": [host, port] or null}``: waits for the UPnP mapping
   (``--forward-port``), the gateway's address and port forwarded to us;
 - ``{"connect": [host, port], "via": [host, port] or null}`` -> ``connect_to`` (through ``via``
@@ -49,6 +51,7 @@ async def run(args: argparse.Namespace) -> int:
         forward_port=args.forward_port,
         upnp_lease_duration=args.lease,
         connect_timeout=args.connect_timeout,
+        bootstrap_concurrency=args.bootstrap_concurrency,
         # The nodes of a test network share 127.0.0.1 (or a namespace's NAT address): as for
         # hosts behind one NAT, an address may hold all of a node's memory.
         address_memory_limit=qp2p.Config().memory_limit,
@@ -100,6 +103,9 @@ async def serve(endpoint: qp2p.Endpoint, reader: asyncio.StreamReader) -> str:
             emit({"mapped": None if mapped is None else list(mapped)})
         elif command == "public":
             emit({"public": list(endpoint.public_addr)})
+        elif command == "nat":
+            nat = await endpoint.wait_nat_discovered()
+            emit({"nat": {"mapping": nat.mapping.value, "open": nat.open, "port_kept": nat.port_kept}})
         elif command in ("quit", "renew"):
             return str(command)
     return "quit"
@@ -140,6 +146,7 @@ def main() -> int:
     parser.add_argument("--forward-port", action="store_true")
     parser.add_argument("--lease", type=int, default=120)
     parser.add_argument("--connect-timeout", type=float, default=5.0)
+    parser.add_argument("--bootstrap-concurrency", type=int, default=qp2p.Config().bootstrap_concurrency)
     return asyncio.run(run(parser.parse_args()))
 
 

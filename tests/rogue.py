@@ -67,7 +67,7 @@ def ref_of(endpoint: qp2p.Endpoint) -> PeerRef:
 
 def punch(peer: Address, who: PeerRef, delay_ms: int, padding: bytes = b"") -> wire.Punch:
     """A ``Punch``: "dial ``who`` at ``peer`` in ``delay_ms``"."""
-    return wire.Punch(peer, who.fingerprint, delay_ms, padding)
+    return wire.Punch(peer, who.fingerprint, delay_ms, padding=padding)
 
 
 def relay_incoming(peer: Address, who: PeerRef, circuit: int) -> wire.RelayIncoming:

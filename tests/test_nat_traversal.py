@@ -13,15 +13,32 @@ from pathlib import Path
 
 import matrix
 import netlab
+import pytest
 
 pytestmark = netlab.requires(*netlab.NAT)
 needs_igd = netlab.requires(*netlab.NAT, *netlab.IGD)
 
 
+# What each kind's peer learns of its NAT from two echoes: (mapping, open).
+LEARNED = {
+    "public": ("endpoint-independent", True),
+    "full_cone": ("endpoint-independent", False),
+    "address_restricted": ("endpoint-independent", False),
+    "port_restricted": ("endpoint-independent", False),
+    "symmetric": ("endpoint-dependent", False),
+    "igd": ("endpoint-independent", True),  # its port is forwarded
+}
+
+
 @needs_igd  # every matrix has an igd site
 def test_every_pair_of_nat_kinds_connects_the_expected_way(tmp_path: Path) -> None:
     with matrix.matrix_network(tmp_path) as (coordinator, a_nodes, b_nodes):
+        learned = {
+            (node.site.name, node.site.kind): (node.nat["mapping"], node.nat["open"])
+            for node in (*a_nodes.values(), *b_nodes.values())
+        }
         outcomes = matrix.connect_all(coordinator, a_nodes, b_nodes)
+    assert learned == {(name, kind): LEARNED[kind] for name, kind in learned}
     got = {pair: outcome.path for pair, outcome in outcomes.items()}
     assert got == {pair: matrix.expected(*pair) for pair in outcomes}, outcomes
     assert len(got) == len(matrix.KINDS) ** 2
@@ -47,6 +64,26 @@ def test_punching_through_port_restricted_nats_with_latency_succeeds_at_the_firs
     outcomes = matrix.punch_trials(tmp_path, "port_restricted", "port_restricted", 8, delay_ms=40.0)
     assert [outcome.path for outcome in outcomes] == ["punched"] * 8, outcomes
     assert sum(outcome.punch_attempts == 1 for outcome in outcomes) >= 7, outcomes
+
+
+@pytest.mark.parametrize(("a", "b"), [("symmetric", "port_restricted"), ("port_restricted", "symmetric")])
+def test_a_symmetric_nat_and_a_port_restricted_one_punch_by_port_prediction(
+    tmp_path: Path, a: str, b: str
+) -> None:
+    """Fan out from 256 ports against 1,024 probes: each trial punches with probability 98%."""
+    outcomes = matrix.punch_trials(tmp_path, a, b, 4, delay_ms=40.0)
+    punched = [outcome for outcome in outcomes if outcome.path == "punched"]
+    assert len(punched) >= 3, outcomes
+    assert all(outcome.seconds < 10 for outcome in punched), outcomes
+
+
+def test_port_restricted_nats_behind_bare_routers_punch_from_a_fresh_port(tmp_path: Path) -> None:
+    """The dialler's direct attempt leaves the far router owning that pair of ports: the punch
+    from the same port would fail every time (it was relayed before the fresh port)."""
+    bare = "port_restricted" + matrix.BARE
+    outcomes = matrix.punch_trials(tmp_path, bare, bare, 4, delay_ms=40.0)
+    assert [outcome.path for outcome in outcomes] == ["punched"] * 4, outcomes
+    assert all(outcome.punch_attempts == 1 for outcome in outcomes), outcomes
 
 
 @netlab.requires(*netlab.NAT, "iptables")  # blocks and unblocks a peer by hand

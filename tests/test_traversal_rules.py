@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from qp2p import wire
 from qp2p._decisions import Peer, Send
 from qp2p.nat import traversal as t
+from qp2p.nat.behaviour import Mapping, NatBehaviour
 
 A, B, R = "a" * 64, "b" * 64, "c" * 64
 ADDR_A, ADDR_B, ADDR_R = ("198.51.100.1", 1000), ("198.51.100.2", 2000), ("198.51.100.3", 3000)
@@ -34,7 +40,7 @@ def test_coordinator_names_each_side_by_proven_id_and_observed_address() -> None
     sends = rules.punch_request(ASKER, wire.PunchRequest(("203.0.113.9", 9)), TARGET, now=0.0)
     assert sends == [
         Send("la", wire.Punch(ADDR_B, B, 40)),  # (0.1 - 0.02) / 2 s later than the nearer side
-        Send("lb", wire.Punch(ADDR_A, A, 0, bytes(t.PUNCH_PADDING))),  # B did not ask: we pay
+        Send("lb", wire.Punch(ADDR_A, A, 0, padding=bytes(t.PUNCH_PADDING))),  # B did not ask: we pay
     ]
 
 
@@ -250,3 +256,121 @@ def test_an_unsolicited_punch_costs_at_most_three_times_what_the_coordinator_sen
         rules.punch(peer(R, ADDR_R, "lr", received=received), wire.Punch(ADDR_B, B, 0), False, 100.0)
         is not None
     )
+
+
+# ---- port prediction and fresh ports -----------------------------------------------------------
+
+HARD = NatBehaviour(Mapping.DEPENDENT)
+EASY = NatBehaviour(Mapping.INDEPENDENT, port_kept=True)
+OPEN = NatBehaviour(Mapping.INDEPENDENT, open=True, port_kept=True)
+
+
+def reported(rules: t.Traversal, asker: NatBehaviour, target: NatBehaviour) -> t.Traversal:
+    rules.nat_report(ASKER, wire.NatReport(asker.flags()))
+    rules.nat_report(TARGET, wire.NatReport(target.flags()))
+    return rules
+
+
+def modes(sends: list[Send]) -> list[int]:
+    return [send.message.mode for send in sends if isinstance(send.message, wire.Punch)]
+
+
+def test_a_hard_nat_facing_an_easy_one_fans_out_while_the_easy_side_probes() -> None:
+    for asker, target, expected in (
+        (HARD, EASY, [wire.PUNCH_FAN_OUT, wire.PUNCH_PROBE]),
+        (EASY, HARD, [wire.PUNCH_PROBE, wire.PUNCH_FAN_OUT]),
+    ):
+        rules = reported(t.Traversal(), asker, target)
+        sends = rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, 0.0)
+        assert modes(sends) == expected
+        # The target did not ask: the coordinator pays for its part of the birthday punch too.
+        punch = sends[1].message
+        assert isinstance(punch, wire.Punch)
+        assert len(punch.padding) == t.MODE_COST[expected[1]] // 3 + 100 > t.PUNCH_PADDING
+
+
+def test_every_other_pair_and_anything_unreported_punches_plainly() -> None:
+    unknown = NatBehaviour()
+    for asker, target in (
+        (HARD, HARD),
+        (EASY, EASY),
+        (HARD, OPEN),
+        (OPEN, HARD),
+        (unknown, HARD),
+        (EASY, unknown),
+    ):
+        rules = reported(t.Traversal(), asker, target)
+        sends = rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, 0.0)
+        assert modes(sends) == [wire.PUNCH_PLAIN] * 2, (asker, target)
+        assert sends[1].message == wire.Punch(ADDR_A, A, 0, padding=bytes(t.PUNCH_PADDING))
+
+
+def test_a_report_lasts_as_long_as_its_link_and_never_over_a_relay() -> None:
+    rules = reported(t.Traversal(), HARD, EASY)
+    rules.link_closed("lb")  # the target's link ended: what it reported is forgotten
+    assert modes(rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, 0.0)) == [wire.PUNCH_PLAIN] * 2
+    relayed = peer(B, ADDR_B, "lb", relayed=True)
+    rules.nat_report(relayed, wire.NatReport(EASY.flags()))
+    assert rules.refusals["nat report over a relayed link"] == 1
+    assert modes(rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, 0.0)) == [wire.PUNCH_PLAIN] * 2
+
+
+def test_a_fresh_port_is_named_on_the_askers_observed_address_only() -> None:
+    rules = t.Traversal()
+    sends = rules.punch_request(ASKER, wire.PunchRequest(ADDR_B, B, 40000), TARGET, 0.0)
+    punch = sends[1].message
+    assert isinstance(punch, wire.Punch) and punch.peer == (ADDR_A[0], 40000)
+    assert sends[0].message == wire.Punch(ADDR_B, B, 40)  # the asker is told the target as seen
+
+
+def test_a_birthday_mode_is_carried_out_only_by_the_side_it_fits_and_one_at_a_time() -> None:
+    rules = t.Traversal()
+    asked = wire.Punch(ADDR_B, B, 0, wire.PUNCH_PROBE)
+    path = rules.punch(COORD, asked, solicited=True, now=0.0)
+    assert path is not None and path.mode == wire.PUNCH_PLAIN  # we know nothing of our NAT: plain
+    assert path.until == t.PUNCH_TIMEOUT
+    rules.behaviour = EASY
+    path = rules.punch(COORD, asked, solicited=True, now=0.0)
+    assert path is not None and path.mode == wire.PUNCH_PROBE and path.until == t.BIRTHDAY_TIMEOUT
+    assert len(path.ports) == t.PROBES
+    assert (
+        rules.punch(COORD, wire.Punch(ADDR_A, A, 0, wire.PUNCH_FAN_OUT), True, 0.0).mode == wire.PUNCH_PLAIN
+    )  # type: ignore[union-attr]
+    again = rules.punch(COORD, wire.Punch(ADDR_A, A, 0, wire.PUNCH_PROBE), True, 0.0)
+    assert again is not None and again.mode == wire.PUNCH_PLAIN  # one birthday at a time
+    assert rules.refusals["a birthday punch is under way"] == 1
+    rules.punch_over(path.punch)
+    rules.behaviour = HARD
+    fan = rules.punch(COORD, wire.Punch(ADDR_A, A, 0, wire.PUNCH_FAN_OUT), True, 0.0)
+    assert fan is not None and fan.mode == wire.PUNCH_FAN_OUT and fan.ports == ()
+    unknown = rules.punch(COORD, wire.Punch(ADDR_A, A, 0, 7), True, 0.0)
+    assert unknown is not None and unknown.mode == wire.PUNCH_PLAIN
+
+
+def test_an_unsolicited_birthday_costs_the_coordinator_its_probes() -> None:
+    rules = t.Traversal()
+    rules.behaviour = EASY
+    probe = wire.Punch(ADDR_B, B, 0, wire.PUNCH_PROBE)
+    # Enough bytes for a plain punch, not for a probing one: refused, not downgraded.
+    poor = peer(R, ADDR_R, "lr", received=t.UNSOLICITED_COST)
+    assert rules.punch(poor, probe, solicited=False, now=0.0) is None
+    assert rules.refusals["punch beyond three times the coordinator's bytes"] == 1
+    rich = peer(R, ADDR_R, "lr2", received=t.MODE_COST[wire.PUNCH_PROBE] // 3 + 1)
+    path = rules.punch(rich, probe, solicited=False, now=0.0)
+    assert path is not None and path.mode == wire.PUNCH_PROBE
+
+
+@settings(max_examples=200, deadline=None)
+@given(observed=st.integers(0, 65535), seed=st.integers(0, 2**32))
+def test_probe_ports_are_bounded_distinct_in_range_and_start_after_the_observed_port(
+    observed: int, seed: int
+) -> None:
+    ports = t.probe_ports(observed, random.Random(seed))
+    low, high = t.PORTS
+    assert len(ports) == t.PROBES == len(set(ports))
+    assert all(low <= port <= high and port != observed for port in ports)
+    following = [
+        port for port in range(observed + 1, observed + 1 + t.SEQUENTIAL_PROBES) if low <= port <= high
+    ]
+    # Every other probe, from the first, is the next port after the observed one, in order.
+    assert list(ports[: 2 * len(following) : 2]) == following

@@ -17,6 +17,21 @@ dials it, refusing any certificate but the named peer's. A ``Punch`` we did not 
 coordinator asking us to send packets to an address: it is rate-limited per coordinator, its
 delay capped, and at most a few are in flight at once.
 
+Port prediction (the "birthday" punch). A symmetric NAT gives the peer a port the coordinator
+never saw, and a port-restricted NAT facing it lets in only ports it sent to: neither plain
+punch opens that pair. When one side reports an endpoint-dependent mapping (hard) and the other
+an endpoint-independent one (easy), the coordinator tells the hard side to send from
+``FAN_OUT_PORTS`` fresh sockets towards the easy side (opening as many mappings) and the easy
+side to probe ``PROBES`` ports of the hard side's address, the next ones after the port the
+coordinator saw first (a NAT that allocates in order) and random ones after; one probe that
+lands opens the path. Both are bounded in sockets, datagrams, rate and time.
+
+A fresh port. A router that answers unsolicited datagrams itself (a "bare" router) keeps the
+5-tuple of the dialler's direct attempt for itself, and no punch through that pair of ports
+works for 30 s after. So an asker whose NAT keeps ports punches from a fresh socket, whose
+public port it can predict: the coordinator names the asker to the target at that port of
+the address it sees the asker at, never another address.
+
 Relaying. A opens a circuit through R to B; the two run an ordinary qp2p QUIC connection
 inside it, whose datagrams R carries as ``RelayData`` without being able to read them. B takes
 the peer id R names as the only certificate it accepts on that circuit, and the address R names
@@ -26,6 +41,7 @@ as a hint only: the relayed connection's address is R's.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from collections import Counter
 from collections.abc import Hashable
@@ -34,6 +50,7 @@ from dataclasses import dataclass
 from qp2p import wire
 from qp2p._budget import Budgets
 from qp2p._decisions import Peer, Send
+from qp2p.nat.behaviour import NatBehaviour
 from qp2p.wire import Address
 
 __all__ = (
@@ -62,6 +79,24 @@ DIRECT_FIRST = 1.0
 # coordinator pays its part with padding in the Punch it sends the side that did not ask.
 UNSOLICITED_COST = SPRAY + 6 * 1200
 PUNCH_PADDING = UNSOLICITED_COST // 3 + 100
+# The birthday punch: fresh sockets on the hard side, probes from the easy side (at most this
+# many, this many per second, the first ones the ports after the one the coordinator saw),
+# and how long it may take in all. With 256 mappings among 64,512 ports, 1,024 random probes
+# land with probability 1 - (1 - 256/64512)^1024 = 98%; half land within 175.
+FAN_OUT_PORTS = 256
+PROBES = 1024
+PROBE_RATE = 200.0
+SEQUENTIAL_PROBES = 256
+BIRTHDAY_TIMEOUT = 8.0
+PORTS = (1024, 65535)  # where NATs allocate ports, and probes look
+# A probe or a fan-out datagram on the wire: one byte of UDP payload, and the IPv4 and UDP
+# headers, so that a coordinator pays for the datagrams' count, not only their payload.
+PROBE_COST = 29
+MODE_COST = {
+    wire.PUNCH_PLAIN: UNSOLICITED_COST,
+    wire.PUNCH_FAN_OUT: UNSOLICITED_COST + FAN_OUT_PORTS * PROBE_COST,
+    wire.PUNCH_PROBE: UNSOLICITED_COST + PROBES * PROBE_COST,
+}
 # A link from a peer we punched towards is "punched" if it arrives up to this long after the
 # punch ended (the other side's dial may complete last); peers remembered so, at most.
 LABEL_GRACE = 2 * PUNCH_TIMEOUT
@@ -74,6 +109,7 @@ class TraversalLimits:
 
     max_delay: float = 2.0  # a Punch's delay is cut to this (seconds)
     punches_in_flight: int = 8  # punches of ours at once, asked for or not
+    birthdays_in_flight: int = 1  # ... of which fan out or probe (the rest are plain)
     unsolicited_per_coordinator: int = 4  # punches we did not ask for, at once per coordinator
     unsolicited_burst: int = 8  # and at most this many in a row ...
     unsolicited_interval: float = 5.0  # ... then one more per this many seconds
@@ -91,15 +127,18 @@ class TraversalLimits:
 
 @dataclass(frozen=True, slots=True)
 class OpenPath:
-    """At time ``at``: spray ``SPRAY`` datagrams at ``addr``, then dial it (``dial``), accepting
-    only the certificate of ``peer_id``; give up at ``until``."""
+    """At time ``at``: spray ``SPRAY`` datagrams at ``addr``, then dial it, accepting only the
+    certificate of ``peer_id``; give up at ``until``. ``mode`` adds the birthday punch: fan out
+    from ``FAN_OUT_PORTS`` fresh sockets towards ``addr``, or probe ``ports`` of its host at
+    ``PROBE_RATE``, until a link to the peer stands."""
 
     punch: int  # the punch this belongs to, for ``punch_over``
     at: float
     addr: Address
     peer_id: str
     until: float
-    dial: bool = True
+    mode: int = wire.PUNCH_PLAIN
+    ports: tuple[int, ...] = ()  # PUNCH_PROBE: the ports to probe, in order
 
 
 @dataclass(eq=False, slots=True)
@@ -121,13 +160,17 @@ class _Punch:
     coordinator: str
     until: float
     solicited: bool
+    mode: int
 
 
 class Traversal:
     """The rules of punching and relaying for one endpoint. Not thread-safe; no I/O."""
 
-    def __init__(self, limits: TraversalLimits | None = None) -> None:
+    def __init__(self, limits: TraversalLimits | None = None, rng: random.Random | None = None) -> None:
         self.limits = limits or TraversalLimits()
+        self.behaviour = NatBehaviour()  # our own NAT's, as the endpoint learned it
+        self._rng = rng or random.SystemRandom()
+        self._nat: dict[Hashable, NatBehaviour] = {}  # as a coordinator: what each link's peer reported
         self._punches: dict[int, _Punch] = {}
         self._next_punch = 1
         self._labels: dict[str, float] = {}  # peer id -> until when its links count as punched
@@ -168,7 +211,9 @@ class Traversal:
         """A ``Punch`` from ``coordinator``: the path to open, or None when refused.
 
         ``solicited`` means we asked this coordinator for this punch; otherwise the coordinator
-        asks us to send packets to an address, which only a budget per coordinator allows.
+        asks us to send packets to an address, which only a budget per coordinator allows. A
+        birthday mode is carried out only by the side it fits (a hard NAT fans out, an easy
+        one probes) and one at a time; otherwise the punch is plain.
         """
         limits = self.limits
         self.expire(now)
@@ -178,12 +223,13 @@ class Traversal:
         if len(self._punches) >= limits.punches_in_flight:
             self._refuse("too many punches at once")
             return None
+        mode = self._mode(message.mode)
         if not solicited:
             mine = sum(1 for p in self._punches.values() if p.coordinator == coordinator.peer_id)
             if mine >= limits.unsolicited_per_coordinator:
                 self._refuse("a punch from this coordinator is under way")
                 return None
-            spent = self._spent.get(coordinator.link, 0) + UNSOLICITED_COST
+            spent = self._spent.get(coordinator.link, 0) + MODE_COST[mode]
             if spent > 3 * coordinator.received:
                 self._refuse("punch beyond three times the coordinator's bytes")
                 return None
@@ -194,35 +240,75 @@ class Traversal:
                 return None
             self._spent[coordinator.link] = spent
         at = now + min(message.delay_ms / 1000, limits.max_delay)
-        until = at + PUNCH_TIMEOUT
+        until = at + (PUNCH_TIMEOUT if mode == wire.PUNCH_PLAIN else BIRTHDAY_TIMEOUT)
         number = self._next_punch
         self._next_punch += 1
-        self._punches[number] = _Punch(message.peer_id, coordinator.peer_id, until, solicited)
+        self._punches[number] = _Punch(message.peer_id, coordinator.peer_id, until, solicited, mode)
         self._labels.pop(message.peer_id, None)
         self._labels[message.peer_id] = until + LABEL_GRACE
         while len(self._labels) > LABELS:  # the oldest go first
             del self._labels[next(iter(self._labels))]
-        return OpenPath(number, at, message.peer, message.peer_id, until)
+        ports = probe_ports(message.peer[1], self._rng) if mode == wire.PUNCH_PROBE else ()
+        return OpenPath(number, at, message.peer, message.peer_id, until, mode, ports)
+
+    def _mode(self, asked: int) -> int:
+        """The mode we carry out when a coordinator asks for ``asked``: a birthday mode only if
+        our own NAT fits it and no other is under way, else plain."""
+        fits = (asked == wire.PUNCH_FAN_OUT and self.behaviour.hard) or (
+            asked == wire.PUNCH_PROBE and self.behaviour.easy
+        )
+        if not fits:
+            return wire.PUNCH_PLAIN
+        birthdays = sum(1 for p in self._punches.values() if p.mode != wire.PUNCH_PLAIN)
+        if birthdays >= self.limits.birthdays_in_flight:
+            self._refuse("a birthday punch is under way")
+            return wire.PUNCH_PLAIN
+        return asked
 
     # ---- the coordinator -------------------------------------------------------------------
+
+    def nat_report(self, peer: Peer, message: wire.NatReport) -> None:
+        """A peer tells us its NAT's behaviour: kept while its link lasts (one per link)."""
+        if peer.relayed:  # the address we see is the relay's: nothing to punch with
+            self._refuse("nat report over a relayed link")
+            return
+        self._nat[peer.link] = NatBehaviour.from_flags(message.nat)
 
     def punch_request(
         self, asker: Peer, message: wire.PunchRequest, target: Peer | None, now: float
     ) -> list[Send]:
         """A peer asks us to coordinate a punch to ``target`` (the peer we found for its
-        request, None if none): a ``Punch`` to each, or ``PunchFailed`` to the asker."""
+        request, None if none): a ``Punch`` to each, or ``PunchFailed`` to the asker. With a
+        ``port``, the target is told to punch the asker at that port of the asker's address."""
         if not self._may_coordinate(asker, target, now, "punch request"):
             return [Send(asker.link, wire.PunchFailed(message.target))]
         assert target is not None
+        asker_addr = asker.addr if message.port == 0 else (asker.addr[0], message.port)
+        asker_mode, target_mode = self._modes(asker, target)
         # Both should act at the same moment: the nearer peer's Punch is held back.
         later = max(asker.rtt, target.rtt)
+        padding = bytes(MODE_COST[target_mode] // 3 + 100)  # the target did not ask: we pay
         return [
-            Send(asker.link, wire.Punch(target.addr, target.peer_id, int((later - asker.rtt) * 500))),
+            Send(
+                asker.link,
+                wire.Punch(target.addr, target.peer_id, int((later - asker.rtt) * 500), asker_mode),
+            ),
             Send(
                 target.link,
-                wire.Punch(asker.addr, asker.peer_id, int((later - target.rtt) * 500), bytes(PUNCH_PADDING)),
+                wire.Punch(asker_addr, asker.peer_id, int((later - target.rtt) * 500), target_mode, padding),
             ),
         ]
+
+    def _modes(self, asker: Peer, target: Peer) -> tuple[int, int]:
+        """How each side punches: a hard NAT facing an easy one fans out while the easy side
+        probes; any other pair (or one we know nothing of) punches plainly."""
+        mine = self._nat.get(asker.link, NatBehaviour())
+        theirs = self._nat.get(target.link, NatBehaviour())
+        if mine.hard and theirs.easy:
+            return wire.PUNCH_FAN_OUT, wire.PUNCH_PROBE
+        if mine.easy and theirs.hard:
+            return wire.PUNCH_PROBE, wire.PUNCH_FAN_OUT
+        return wire.PUNCH_PLAIN, wire.PUNCH_PLAIN
 
     def _may_coordinate(self, asker: Peer, target: Peer | None, now: float, what: str) -> bool:
         """Whether to act on ``asker``'s request (a punch or a relay) towards ``target``: not
@@ -377,6 +463,7 @@ class Traversal:
         """A link ended: the circuits relayed through it end on their other side too (the
         messages to send), and ours through it (their circuit numbers)."""
         self._spent.pop(link, None)
+        self._nat.pop(link, None)
         sends: list[Send] = []
         for (end, _), circuit in list(self._circuits.items()):
             if end is link:
@@ -389,3 +476,21 @@ class Traversal:
         for number in ours:
             del self._paths[(link, number)]
         return sends, ours
+
+
+def probe_ports(observed: int, rng: random.Random, count: int = PROBES) -> tuple[int, ...]:
+    """The ports to probe on a hard peer's address, ``count`` of them, none twice: the ones
+    after ``observed`` (where a NAT that allocates in order put the peer's new mappings),
+    every other probe, and random ones in ``PORTS`` between and after."""
+    low, high = PORTS
+    after = [port for port in range(observed + 1, observed + 1 + SEQUENTIAL_PROBES) if low <= port <= high]
+    skipped = {*after, observed}
+    randoms = iter(
+        [port for port in rng.sample(range(low, high + 1), count + len(skipped)) if port not in skipped]
+    )
+    sequential = iter(after)
+    ports: list[int] = []
+    while len(ports) < count:
+        port = next(sequential, None) if len(ports) % 2 == 0 else None
+        ports.append(next(randoms) if port is None else port)
+    return tuple(ports)
