@@ -315,6 +315,9 @@ class Endpoint:
                 self._close_relay_path(path, tell_relay=False)
             for link in list(self._links):  # pending, or in their closing or draining period
                 link.abort()
+            if self._nat_discovered is not None and not self._nat_discovered.done():
+                # Joining's discovery may have been cancelled before it ran: nothing more to learn.
+                self._nat_discovered.set_result(None)
             self._messages.close()
             self._connections.close()
             self._disconnections.close()
@@ -412,7 +415,8 @@ class Endpoint:
 
     async def wait_nat_discovered(self) -> NatBehaviour:
         """Once ``bootstrap()`` ran: until the second node we were told of echoed our address
-        (or none could), then ``nat``. Before ``bootstrap()``, ``nat`` at once."""
+        (or none could, or the endpoint closed), then ``nat``. Before ``bootstrap()``, ``nat``
+        at once."""
         if self._nat_discovered is not None:
             await asyncio.shield(self._nat_discovered)
         return self.nat
