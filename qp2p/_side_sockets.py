@@ -55,19 +55,25 @@ class SideSockets:
 
     async def open(self, count: int, heard: Heard | None = None) -> list[Transport]:
         """Up to ``count`` fresh sockets on ephemeral ports (fewer if the system runs out),
-        each telling ``heard`` of the stray datagrams it gets."""
+        each telling ``heard`` of the stray datagrams it gets. Cancelled halfway, it closes
+        those it opened: nobody else holds them to release."""
         loop = asyncio.get_running_loop()
         opened: list[Transport] = []
-        for _ in range(count):
-            try:
-                _, transport = await loop.create_datagram_endpoint(
-                    functools.partial(_side_transport, heard), local_addr=(self._local_ip, 0)
-                )
-            except OSError as exc:
-                log.info("opened %d of %d side sockets: %s", len(opened), count, exc)
-                break
-            self._links[transport] = 0
-            opened.append(transport)
+        try:
+            for _ in range(count):
+                try:
+                    _, transport = await loop.create_datagram_endpoint(
+                        functools.partial(_side_transport, heard), local_addr=(self._local_ip, 0)
+                    )
+                except OSError as exc:
+                    log.info("opened %d of %d side sockets: %s", len(opened), count, exc)
+                    break
+                self._links[transport] = 0
+                opened.append(transport)
+        except BaseException:
+            for transport in opened:
+                self.release(transport)
+            raise
         return opened
 
     def attach(self, transport: object) -> None:

@@ -12,9 +12,12 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
+from rogue import RoguePeer, Sinks
 from waiting import wait_until
 
 import qp2p
+from qp2p import wire
+from qp2p.nat import traversal as t
 from qp2p.nat.behaviour import Mapping, NatBehaviour
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -46,3 +49,27 @@ async def test_the_wait_for_our_nat_ends_when_the_endpoint_closes_right_after_bo
     await peer.bootstrap()
     await peer.close()
     assert await asyncio.wait_for(peer.wait_nat_discovered(), 2) == peer.nat
+
+
+# ---- sockets a punch opens -------------------------------------------------------------------
+
+
+async def test_fan_out_sockets_close_when_the_punch_is_cancelled_while_they_open(
+    make_endpoint: MakeEndpoint,
+) -> None:
+    victim = await make_endpoint()
+    victim._traversal.behaviour = HARD
+    async with RoguePeer(victim.local_addr) as coordinator, Sinks(["127.0.0.1"], per_host=2) as sinks:
+        dead, far = sinks.addrs
+        dialling = asyncio.create_task(victim.connect_to(dead, via=coordinator.local_addr, peer_id=NOBODY))
+        await wait_until(lambda: coordinator.controls(wire.PunchRequest))
+        coordinator.send(wire.Punch(far, NOBODY, 0, wire.PUNCH_FAN_OUT))
+        for _ in range(100_000):  # each socket opens in a turn of the loop of its own
+            if victim.stats().side_sockets:
+                break
+            await asyncio.sleep(0)
+        opening = victim.stats().side_sockets
+        dialling.cancel()  # the application gives up on connect_to while the fan-out opens
+        await asyncio.gather(dialling, return_exceptions=True)
+        assert 0 < opening < t.FAN_OUT_PORTS
+        assert await settle(lambda: victim.stats().side_sockets == 0, 2.0), victim.stats().side_sockets
