@@ -1,9 +1,10 @@
 """UDP sockets besides the endpoint's own, for hole punching: one fresh port whose public port
 is predictable, or many at once to open as many NAT mappings (the birthday punch).
 
-Each is a ``Transport`` that never accepts a connection: only our own dials run on it. One
-that carries no link is closed as soon as its punch lets it go; one that does lives as long
-as its links, and every one closes with the endpoint.
+Each is a ``Transport`` that accepts no connection (only a punch's fresh socket does, while
+its punch lasts): our own dials run on it. One that carries no link is closed as soon as its
+punch lets it go; one that does lives as long as its links, and every one closes with the
+endpoint.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ class SideSockets:
 
     def release(self, transport: Transport) -> None:
         """The punch that opened ``transport`` no longer needs it: it closes now, or with its
-        last link."""
+        last link, and takes no new connection meanwhile (a punch's fresh socket took them
+        without a Retry, for the punch's peer only while the punch lasted)."""
         if transport in self._links:
+            transport.accept_connections(_refuse)
             self._released.add(transport)
             self._close_if_idle(transport)
 

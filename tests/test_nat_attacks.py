@@ -73,3 +73,20 @@ async def test_fan_out_sockets_close_when_the_punch_is_cancelled_while_they_open
         await asyncio.gather(dialling, return_exceptions=True)
         assert 0 < opening < t.FAN_OUT_PORTS
         assert await settle(lambda: victim.stats().side_sockets == 0, 2.0), victim.stats().side_sockets
+
+
+async def test_a_fresh_port_accepts_no_handshake_once_its_punch_is_over(make_endpoint: MakeEndpoint) -> None:
+    # The punched link keeps its fresh socket open; the socket took Initials without a Retry
+    # for the punch's peer, and must not go on taking them from anyone once the punch is over.
+    victim, coordinator, target = await make_endpoint(), await make_endpoint(), await make_endpoint()
+    victim._traversal.behaviour = EASY
+    await target.connect_to(coordinator.local_addr)
+    async with Sinks(["127.0.0.1"]) as sinks:  # an address where the target does not answer
+        via = coordinator.local_addr
+        connection = await victim.connect_to(sinks.addrs[0], via=via, peer_id=target.peer_id)
+    assert connection.path == "punched" and victim.stats().side_sockets == 1
+    (fresh,) = victim._side._links
+    accepted, received = fresh.stats.accepted, fresh.stats.received
+    async with RoguePeer(fresh.local_addr, handshake=False):
+        assert await settle(lambda: fresh.stats.received > received, 2.0)
+    assert fresh.stats.accepted == accepted
