@@ -1012,7 +1012,8 @@ class Endpoint:
         helpers: list[asyncio.Task[None]] = []
         try:
             await asyncio.sleep(max(0.0, path.at - loop.time()))
-            transport = out or self._check_open()
+            own = self._check_open()  # closed while we waited: no punch, from any socket
+            transport = out or own
             if path.mode == wire.PUNCH_FAN_OUT:
                 helpers.append(asyncio.create_task(self._fan_out(path, arrived, links)))
             elif path.mode == wire.PUNCH_PROBE:

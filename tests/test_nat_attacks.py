@@ -90,3 +90,19 @@ async def test_a_fresh_port_accepts_no_handshake_once_its_punch_is_over(make_end
     async with RoguePeer(fresh.local_addr, handshake=False):
         assert await settle(lambda: fresh.stats.received > received, 2.0)
     assert fresh.stats.accepted == accepted
+
+
+async def test_a_punch_from_a_fresh_port_stops_when_the_endpoint_closes(make_endpoint: MakeEndpoint) -> None:
+    victim = await make_endpoint()
+    victim._traversal.behaviour = EASY
+    async with RoguePeer(victim.local_addr) as coordinator, Sinks(["127.0.0.1"], per_host=2) as sinks:
+        dead, far = sinks.addrs
+        dialling = asyncio.create_task(victim.connect_to(dead, via=coordinator.local_addr, peer_id=NOBODY))
+        await wait_until(lambda: coordinator.controls(wire.PunchRequest))
+        assert coordinator.controls(wire.PunchRequest)[0].port != 0  # from a fresh port
+        coordinator.send(wire.Punch(far, NOBODY, 500))
+        await wait_until(lambda: victim.stats().punches == 1)
+        await victim.close()  # while the punch waits for its moment
+        with pytest.raises(qp2p.ClosedError):
+            await asyncio.wait_for(dialling, 2.0)  # the punch's delay, and a margin
+    # (no_leaks: no dial of the punch re-armed the closed endpoint's timer)
