@@ -400,7 +400,8 @@ class Endpoint:
         try:
             return await self._joining.bootstrap()
         except BaseException:
-            self._nat_discovered.set_result(None)  # nobody to learn it from
+            if not self._nat_discovered.done():  # closing the endpoint may have ended the wait
+                self._nat_discovered.set_result(None)  # nobody to learn it from
             raise
 
     def _become_client(self) -> None:

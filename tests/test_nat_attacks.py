@@ -51,6 +51,22 @@ async def test_the_wait_for_our_nat_ends_when_the_endpoint_closes_right_after_bo
     assert await asyncio.wait_for(peer.wait_nat_discovered(), 2) == peer.nat
 
 
+async def test_a_bootstrap_the_endpoint_closes_under_ends_with_a_qp2p_error(
+    make_endpoint: MakeEndpoint,
+) -> None:
+    # The close ends the wait for our NAT; the bootstrap failing after must not end it again.
+    async with Sinks(["127.0.0.1"]) as sinks:  # a contact that never answers
+        peer = await make_endpoint(
+            hard_coded_contacts=sinks.addrs, role=qp2p.Role.CLIENT, bootstrap_timeout=3
+        )
+        joining = asyncio.create_task(peer.bootstrap())
+        await wait_until(lambda: sinks.datagrams > 0)  # dialling the contact
+        await peer.close()
+        with pytest.raises(qp2p.Error):
+            await asyncio.wait_for(joining, 5)
+    assert await asyncio.wait_for(peer.wait_nat_discovered(), 1) == NatBehaviour()
+
+
 # ---- sockets a punch opens -------------------------------------------------------------------
 
 
