@@ -41,6 +41,7 @@ from qp2p.errors import (
     UnknownTag,
     UnsupportedVersion,
 )
+from qp2p.nat.behaviour import Mapping, NatBehaviour
 
 USING_EXTENSIONS: bool = BACKEND == "fast"
 
@@ -63,9 +64,11 @@ __all__ = (
     "FrameTooLarge",
     "MalformedMessage",
     "MalformedPacket",
+    "Mapping",
     "MemoryRefused",
     "Message",
     "MessageTooLarge",
+    "NatBehaviour",
     "ReachabilityError",
     "RecvError",
     "RequestTimeout",

@@ -1,15 +1,17 @@
 """The connectivity matrix: how every pair of NAT kinds connects, through real NATs.
 
-    sudo .venv/bin/python scripts/connectivity_matrix.py [--trials 50] [--delay-ms 40]
-                                                         [--write docs/connectivity.md]
+    sudo .venv/bin/python scripts/connectivity_matrix.py [--trials 20] [--loss-trials 20]
+                                                         [--delay-ms 40] [--write docs/connectivity.md]
 
 Needs root (network namespaces), iptables, nftables, miniupnpd and the miniupnpc package
 (``pip install '.[test]'``). It builds netlab's test network (tests/netlab.py), with a public
 coordinator and one site of each kind {public, full cone, port-restricted, symmetric, igd} on
 each side of the pairs, and prints for each pair how the connection stands (direct, punched,
 relayed or failed) and how long ``connect_to`` took: without loss, then with 5% loss on every
-link. Then, for every pair that should punch, it makes ``--trials`` fresh connections with
-``--delay-ms`` on every link and counts how many punched at the first attempt.
+link. Then, for every pair that should punch (and two port-restricted NATs behind bare
+routers), it makes ``--trials`` fresh connections with ``--delay-ms`` on every link and counts
+how many punched, and how many at the first attempt; then ``--loss-trials`` more with 5% loss
+on every link as well.
 """
 
 from __future__ import annotations
@@ -52,18 +54,22 @@ def run_matrix(loss: float) -> dict[tuple[str, str], matrix.Outcome]:
             return matrix.connect_all(coordinator, a_nodes, b_nodes)
 
 
-def trials_table(trials: int, delay_ms: float) -> list[str]:
+PAIRS = [(a, b) for a in matrix.KINDS for b in matrix.KINDS if matrix.expected(a, b) == "punched"]
+BARE_PAIR = ("port_restricted" + matrix.BARE, "port_restricted" + matrix.BARE)
+
+
+def trials_table(trials: int, delay_ms: float, loss: float) -> list[str]:
     """Markdown: for each pair that should punch, the share that punched, and at the first try."""
     rows = [
-        f"With {delay_ms:g} ms of delay each way on every link.",
+        f"With {delay_ms:g} ms of delay each way on every link"
+        + (f" and {100 * loss:g}% loss each way." if loss else "."),
         "",
         "| pair | punched | first attempt | median time | slowest |",
         "| --- | --- | --- | --- | --- |",
     ]
-    pairs = [(a, b) for a in matrix.KINDS for b in matrix.KINDS if matrix.expected(a, b) == "punched"]
-    for a, b in pairs:
+    for a, b in [*PAIRS, BARE_PAIR]:
         with tempfile.TemporaryDirectory() as folder:
-            outcomes = matrix.punch_trials(Path(folder), a, b, trials, delay_ms=delay_ms)
+            outcomes = matrix.punch_trials(Path(folder), a, b, trials, delay_ms=delay_ms, loss=loss)
         punched = [o for o in outcomes if o.path == "punched"]
         first = [o for o in punched if o.punch_attempts == 1]
         times = [o.seconds for o in punched] or [0.0]
@@ -80,8 +86,12 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--trials", type=int, default=50, help="fresh connections per punchable pair (0: none)"
+        "--trials", type=int, default=20, help="fresh connections per punchable pair (0: none)"
     )
+    parser.add_argument(
+        "--loss-trials", type=int, default=20, help="the same with 5%% loss on every link (0: none)"
+    )
+    parser.add_argument("--skip-matrix", action="store_true", help="only the trials")
     parser.add_argument("--delay-ms", type=float, default=40.0, help="delay on every link during the trials")
     parser.add_argument(
         "--write", type=Path, help=f"also put the results in this markdown file, between {BEGIN} and {END}"
@@ -89,14 +99,23 @@ def main() -> int:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so that the networks are torn down
     started = time.monotonic()
-    command = f"python scripts/connectivity_matrix.py --trials {args.trials} --delay-ms {args.delay_ms:g}"
+    command = (
+        f"python scripts/connectivity_matrix.py --trials {args.trials} --loss-trials {args.loss_trials} "
+        f"--delay-ms {args.delay_ms:g}"
+    )
     report = [f"Measured with `{command}` on {time.strftime('%Y-%m-%d')}."]
     for title, loss in (("No loss", 0.0), (f"{100 * LOSS:g}% loss on every link", LOSS)):
+        if args.skip_matrix:
+            break
         report += ["", f"### {title}", "", *matrix_table(run_matrix(loss))]
         print("\n".join(report[-len(matrix.KINDS) - 2 :]), flush=True)
-    if args.trials:
-        report += ["", f"### Punching: {args.trials} fresh connections per pair", ""]
-        report += trials_table(args.trials, args.delay_ms)
+    for trials, loss, title in (
+        (args.trials, 0.0, "Punching"),
+        (args.loss_trials, LOSS, f"Punching at {100 * LOSS:g}% loss"),
+    ):
+        if trials:
+            report += ["", f"### {title}: {trials} fresh connections per pair", ""]
+            report += trials_table(trials, args.delay_ms, loss)
     report += ["", f"The whole run took {time.monotonic() - started:.0f} s."]
     if args.write:
         text = args.write.read_text()
