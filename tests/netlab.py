@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "IGD",
+    "LanHost",
     "NAT",
     "NAT_KINDS",
     "STUN_ADDRESSES",
@@ -72,6 +73,8 @@ STOP_TIMEOUT = 3.0  # seconds for helper processes to exit after SIGTERM, before
 IGD_HTTP_PORT = 5555
 ROUTER_KINDS = ("full_cone", "address_restricted", "port_restricted", "symmetric")  # iptables-made
 CONTACTED_FOR = 180  # seconds an address-restricted router lets in an address the host sent to
+MAX_HOSTS = 4  # hosts behind one router
+HOST_PORTS = (20000, 59999)  # split among the hosts of a router with several (ip_local_port_range)
 _NAME = re.compile(r"[a-z][a-z0-9]{0,11}")  # a site name; "s-" + name must fit in 15 characters
 _NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,23}")
 
@@ -268,19 +271,27 @@ class NatRouter:
         host_ip: str | None = None,
         wan_ip: str | None = None,
         bare: bool = False,
+        hosts: Sequence[LanHost] = (),
+        hairpin: bool = False,
     ) -> None:
         router.sysctl("net.ipv4.ip_forward=1")
+        hosts = hosts or ([LanHost(host_ip)] if host_ip is not None else [])
         forward: list[str] = []
+        if (kind in ("full_cone", "address_restricted") or hairpin) and (not hosts or wan_ip is None):
+            raise ValueError(
+                f"a {kind} NAT{' with hairpinning' if hairpin else ''} needs its hosts and wan_ip"
+            )
+        if hairpin and kind == "symmetric":
+            raise ValueError("a symmetric NAT's ports are random: netlab cannot hairpin them")
         if kind == "port_restricted":
             nat = [f"-A POSTROUTING -o {wan_if} -j MASQUERADE"]
         elif kind == "symmetric":
             nat = [f"-A POSTROUTING -o {wan_if} -j MASQUERADE --random-fully"]
         elif kind in ("full_cone", "address_restricted"):
-            if host_ip is None or wan_ip is None:
-                raise ValueError(f"a {kind} NAT needs host_ip and wan_ip")
-            nat = [
-                f"-A POSTROUTING -o {wan_if} -s {host_ip} -j SNAT --to-source {wan_ip}",
-                f"-A PREROUTING -i {wan_if} -d {wan_ip} -p udp -j DNAT --to-destination {host_ip}",
+            nat = [f"-A POSTROUTING -o {wan_if} -s {host.ip} -j SNAT --to-source {wan_ip}" for host in hosts]
+            nat += [
+                f"-A PREROUTING -i {wan_if} -d {wan_ip} {host.udp()} -j DNAT --to-destination {host.ip}"
+                for host in hosts
             ]
             inbound = f"-A FORWARD -i {wan_if} -o {lan_if} -m conntrack --ctstate DNAT"
             if kind == "address_restricted":
@@ -291,8 +302,36 @@ class NatRouter:
             forward = [f"{inbound} -j ACCEPT"]
         else:
             raise ValueError(f"NatRouter makes {', '.join(ROUTER_KINDS)}, not {kind!r}")
+        if hairpin:
+            # A LAN host's datagram to the WAN address goes to the host whose ports those are,
+            # from the WAN address, as if it had crossed the internet and come back.
+            nat += [
+                f"-A PREROUTING -i {lan_if} -d {wan_ip} {host.udp()} -j DNAT --to-destination {host.ip}"
+                for host in hosts
+            ]
+            looped = f"-o {lan_if} -m conntrack --ctstate DNAT -s {_prefix(hosts[0].ip)}"
+            nat.append(f"-A POSTROUTING {looped} -j SNAT --to-source {wan_ip}")
+            forward.append(f"-A FORWARD -i {lan_if} -o {lan_if} -m conntrack --ctstate DNAT -j ACCEPT")
         router.iptables_restore("\n".join(["*nat", *nat, "COMMIT", ""]))
         router.iptables_restore(_home_router_filter(lan_if, wan_if, forward, bare))
+
+
+@dataclass(frozen=True)
+class LanHost:
+    """A host behind a router: its LAN address and, when it shares the router, the ephemeral
+    ports it binds (its own range, so that a port tells the router whose it is)."""
+
+    ip: str
+    ports: tuple[int, int] | None = None
+
+    def udp(self) -> str:
+        """The iptables match for UDP to this host's ports."""
+        return "-p udp" if self.ports is None else f"-p udp --dport {self.ports[0]}:{self.ports[1]}"
+
+
+def _prefix(ip: str) -> str:
+    """The /24 a LAN address is in."""
+    return ip.rsplit(".", 1)[0] + ".0/24"
 
 
 def _igd_ruleset(lan_if: str, wan_if: str) -> str:
@@ -388,6 +427,13 @@ class Site:
     loss: float = 0.0
     delay_ms: float = 0.0
     bare: bool = False  # a router that answers unsolicited datagrams with ICMP (see NatRouter)
+    others: tuple[tuple[Namespace, str], ...] = ()  # more hosts behind the router: (namespace, ip)
+    hairpin: bool = False  # the router loops LAN datagrams to its WAN address back in
+
+    @property
+    def hosts(self) -> list[tuple[Namespace, str]]:
+        """Every host of the site, ``host`` first: (namespace, LAN address)."""
+        return [(self.host, self.host_ip), *self.others]
 
     @property
     def wan_ip(self) -> str:
@@ -413,7 +459,9 @@ class Site:
                 "wan": {"interface": "wan0", "ip": self.ip},
                 "lan": {"interface": "lan0", "ip": self.router_lan_ip},
                 "bare": self.bare,
+                "hairpin": self.hairpin,
             }
+            described["other_hosts"] = [{"namespace": ns.name, "ip": ip} for ns, ip in self.others]
         return described
 
 
@@ -520,34 +568,47 @@ class Network:
         delay_ms: float = 0.0,
         bare: bool = False,
         lan: int | None = None,
+        hosts: int = 1,
+        hairpin: bool = False,
     ) -> Site:
         """A host at 10.<lan>.0.2 behind a home router of ``kind`` whose WAN address is
         198.18.<n>.1; ``lan`` is the site's number n unless given, so that two sites can share a
-        private range. A ``bare`` router answers unsolicited datagrams with ICMP."""
+        private range. A ``bare`` router answers unsolicited datagrams with ICMP. With ``hosts``
+        above 1, more hosts (10.<lan>.0.3, ...) share the router on a LAN bridge, each binding
+        its own range of ephemeral ports; a ``hairpin`` router loops what a LAN host sends to
+        its WAN address back to the host whose port it is."""
         if kind not in NAT_KINDS:
             raise ValueError(f"kind must be one of {NAT_KINDS}, not {kind!r}")
-        if bare and kind == "igd":
-            raise ValueError("an igd router has its own firewall (nftables), it cannot be bare")
+        if (bare or hairpin) and kind == "igd":
+            raise ValueError("an igd router has its own firewall (nftables), it cannot be bare or hairpin")
         if lan is not None and not 1 <= lan <= 254:
             raise ValueError(f"lan must be in 1..254, not {lan}")
+        if not 1 <= hosts <= MAX_HOSTS or (hosts > 1 and kind == "igd"):
+            raise ValueError(f"hosts must be in 1..{MAX_HOSTS} (1 for igd), not {hosts}")
         index = self._next_index(name, loss, delay_ms)
         lan = index if lan is None else lan
         router = self._add_namespace(Namespace(f"qp2p-{self.name}-{name}-router"))
-        host = self._add_namespace(Namespace(f"qp2p-{self.name}-{name}"))
-        wan_ip, lan_ip, host_ip = f"198.18.{index}.1", f"10.{lan}.0.1", f"10.{lan}.0.2"
+        namespaces = [
+            self._add_namespace(Namespace(f"qp2p-{self.name}-{name}" + (str(k + 1) if k else "")))
+            for k in range(hosts)
+        ]
+        wan_ip, lan_ip = f"198.18.{index}.1", f"10.{lan}.0.1"
+        ips = [f"10.{lan}.0.{k + 2}" for k in range(hosts)]
         port = f"s-{name}"
         router.ip("link", "add", "wan0", "type", "veth", "peer", "name", port, "netns", self.internet.name)
         self.internet.ip("link", "set", port, "master", "br0", "up")
         router.ip("addr", "add", f"{wan_ip}/{INTERNET_PREFIX_LENGTH}", "dev", "wan0")
         router.ip("link", "set", "wan0", "up")
-        wire(router, "lan0", f"{lan_ip}/24", host, "eth0", f"{host_ip}/24")
-        host.ip("route", "add", "default", "via", lan_ip)
-        site = Site(name, kind, host, wan_ip, host_ip, router, lan_ip, loss, delay_ms, bare)
+        lan_hosts = self._lan(router, lan_ip, namespaces, ips, shared=hosts > 1 or hairpin)
+        site = Site(name, kind, namespaces[0], wan_ip, ips[0], router, lan_ip, loss, delay_ms, bare,
+                    tuple(zip(namespaces[1:], ips[1:], strict=True)), hairpin)  # fmt: skip
         self._add_site(site)
         if kind == "igd":
             self._igd(site, f"10.{lan}.0.0/24")
         else:
-            NatRouter(router, "lan0", "wan0", kind, host_ip=host_ip, wan_ip=wan_ip, bare=bare)
+            NatRouter(
+                router, "lan0", "wan0", kind, wan_ip=wan_ip, bare=bare, hosts=lan_hosts, hairpin=hairpin
+            )
         if loss or delay_ms:
             # Raw PREROUTING comes before conntrack and NAT: a dropped packet never makes a mapping,
             # and delayed packets reach the NAT one by one in their order.
@@ -560,6 +621,34 @@ class Network:
                 delay_ms,
             )
         return site
+
+    def _lan(
+        self, router: Namespace, lan_ip: str, namespaces: list[Namespace], ips: list[str], shared: bool
+    ) -> list[LanHost]:
+        """The LAN behind ``router``: one veth to a lone host, else a bridge with a port per
+        host, each host then binding ports of its own (so its mappings tell whose they are)."""
+        if not shared:
+            wire(router, "lan0", f"{lan_ip}/24", namespaces[0], "eth0", f"{ips[0]}/24")
+            namespaces[0].ip("route", "add", "default", "via", lan_ip)
+            return [LanHost(ips[0])]
+        # Frames between two LAN hosts are bridged, not routed: iptables must not see them.
+        router.run(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"])
+        router.ip("link", "add", "lan0", "type", "bridge")
+        router.ip("addr", "add", f"{lan_ip}/24", "dev", "lan0")
+        router.ip("link", "set", "lan0", "up")
+        low, high = HOST_PORTS
+        size = (high - low + 1) // len(namespaces)
+        hosts = []
+        for k, (ns, ip) in enumerate(zip(namespaces, ips, strict=True)):
+            ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", f"lan0p{k}", "netns", router.name)
+            router.ip("link", "set", f"lan0p{k}", "master", "lan0", "up")
+            ns.ip("addr", "add", f"{ip}/24", "dev", "eth0")
+            ns.ip("link", "set", "eth0", "up")
+            ns.ip("route", "add", "default", "via", lan_ip)
+            ports = (low + k * size, low + (k + 1) * size - 1)
+            ns.sysctl(f"net.ipv4.ip_local_port_range={ports[0]} {ports[1]}")
+            hosts.append(LanHost(ip, ports))
+        return hosts
 
     def build(self, topology: str, *, loss: float = 0.0, delay_ms: float = 0.0) -> None:
         """Adds the sites of ``topology``: a name in ``TOPOLOGIES`` or ``name=kind,name=kind,...``

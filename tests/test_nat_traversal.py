@@ -5,6 +5,7 @@ a real miniupnpd. Every peer is a process of its own in a site of netlab's test 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -84,6 +85,29 @@ def test_port_restricted_nats_behind_bare_routers_punch_from_a_fresh_port(tmp_pa
     outcomes = matrix.punch_trials(tmp_path, bare, bare, 4, delay_ms=40.0)
     assert [outcome.path for outcome in outcomes] == ["punched"] * 4, outcomes
     assert all(outcome.punch_attempts == 1 for outcome in outcomes), outcomes
+
+
+@pytest.mark.parametrize(("hairpin", "path"), [(True, "direct"), (False, "relayed")])
+def test_two_peers_behind_one_router_meet_through_its_hairpin_or_else_the_relay(
+    tmp_path: Path, hairpin: bool, path: str
+) -> None:
+    """Peers know each other only by public addresses: behind one router, only a hairpinning
+    one connects them directly (qp2p does not try private addresses, docs/nat.md)."""
+    with netlab.Network() as net:
+        r = matrix.Node(net.public_site("r"), tmp_path / "r")
+        home = net.nat_site("home", "port_restricted", hosts=2, hairpin=hairpin)
+        ((other_host, other_ip),) = home.others
+        neighbour = dataclasses.replace(home, name="home2", host=other_host, host_ip=other_ip, others=())
+        contact = ["--contact", f"{r.addr[0]}:{r.addr[1]}", "--role", "client"]
+        a = matrix.Node(home, tmp_path / "a", *contact)
+        b = matrix.Node(neighbour, tmp_path / "b", *contact)
+        try:
+            a.join()
+            outcome = a.connect(b.join(), r.addr)
+        finally:
+            for node in (a, b, r):
+                node.stop()
+    assert outcome.path == path, outcome
 
 
 @netlab.requires(*netlab.NAT, "iptables")  # blocks and unblocks a peer by hand

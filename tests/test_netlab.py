@@ -222,6 +222,8 @@ def lab() -> Iterator[Lab]:
         net.nat_site("bare", "port_restricted", bare=True)
         for twin in ("twin1", "twin2"):  # two home networks on the same private range
             net.nat_site(twin, "port_restricted", lan=TWIN_LAN)
+        net.nat_site("hairpin", "port_restricted", hosts=2, hairpin=True)
+        net.nat_site("flat", "port_restricted", hosts=2)
         net.nat_site("symmetric", "symmetric")
         if IGD_REASON is None:
             net.nat_site("igd", "igd")
@@ -231,6 +233,8 @@ def lab() -> Iterator[Lab]:
         net.nat_site("lossnat", "port_restricted", loss=LOSS)
         net.public_site("lossy", loss=LOSS, delay_ms=LOSSY_DELAY_MS)
         agents = {name: Agent(site.host) for name, site in net.sites.items()}
+        for name, site in net.sites.items():  # the second host of a shared router: "<site>2"
+            agents.update({f"{name}{k}": Agent(ns) for k, (ns, _ip) in enumerate(site.others, 2)})
         try:
             yield Lab(net, agents)
         finally:
@@ -354,6 +358,23 @@ def test_two_sites_on_the_same_private_range_stay_apart(lab: Lab) -> None:
         assert lab.agents[twin.name].recv(port, count=2, timeout=1.0) == [
             (lab.site("p1").ip, p1_ports[twins.index(twin)], f"{twin.name}:0")
         ]
+
+
+def test_hosts_sharing_a_router_keep_their_ports_apart_and_a_hairpin_loops_them_together(lab: Lab) -> None:
+    for name in ("hairpin", "flat"):
+        site = lab.site(name)
+        first, second = lab.agents[name], lab.agents[f"{name}2"]
+        assert [ip for _ns, ip in site.hosts] == [site.host_ip, site.host_ip[:-1] + "3"]
+        port, other = first.open(), second.open()
+        low, high = netlab.HOST_PORTS
+        assert low <= port < other <= high  # each host binds from its own range
+        _p1_port, seen = send_and_see(lab, name, port, "p1")
+        assert seen == port  # so the public port tells the router whose mapping it is
+        second.call("send", port=other, to=[site.ip, seen], tag="looped")
+        if name == "hairpin":  # from the WAN address and the sender's own port, as from outside
+            assert first.recv(port) == [(site.ip, other, "looped:0")]
+        else:  # the datagram ends at the router
+            assert first.recv(port, timeout=0.5) == []
 
 
 @needs_igd
