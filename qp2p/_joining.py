@@ -164,9 +164,12 @@ class Joining:
             wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, config.control_timeout
         )
         others = [addr for addr in candidates if addr != connection.remote_addr]
-        self._tasks.spawn(self._discover([(addr, fingerprint) for addr, fingerprint in peers.peers], others))
+        nodes = [(addr, fingerprint) for addr, fingerprint in peers.peers]
+        self._tasks.spawn(self._discover(nodes, others, connection.peer_id))
 
-    async def _discover(self, nodes: list[tuple[Address, str]], others: list[Address]) -> None:
+    async def _discover(
+        self, nodes: list[tuple[Address, str]], others: list[Address], contact_id: str
+    ) -> None:
         """Dials nodes we were told about, each by the peer id we were told (those that answer
         enter the cache as they connect). A node also asks each to check it, which is how they
         learn of us. The first one at another address than the contact's also echoes our
@@ -179,11 +182,21 @@ class Joining:
         contact = membership.contact
         echoing: list[Address] = []  # the node asked for the second echo, once one is
 
+        def elsewhere(connection: Connection) -> bool:
+            """Whether ``connection`` sees us from another place than the contact: another
+            node, at another IP, not through a relay (whose echo would be its own view)."""
+            return (
+                contact is not None
+                and connection.peer_id != contact_id
+                and connection.path != "relayed"
+                and connection.remote_addr[0] != contact[0]
+            )
+
         async def dial(addr: Address, peer_id: str) -> None:
             async with gate:
                 try:
                     connection = await network.connect_to(addr, peer_id=peer_id)
-                    if not echoing and contact is not None and addr[0] != contact[0]:
+                    if not echoing and elsewhere(connection):
                         echoing.append(addr)
                         echo = await connection.control_request(
                             wire.EchoRequest(), wire.EchoResponse, network.config.control_timeout
@@ -200,12 +213,14 @@ class Joining:
 
         try:
             await asyncio.gather(*(dial(addr, peer_id) for addr, peer_id in nodes if addr not in own))
-            elsewhere = [addr for addr in others if contact is not None and addr[0] != contact[0]]
-            for addr in elsewhere[:SECOND_ECHO_TRIES]:
+            candidates = [addr for addr in others if contact is not None and addr[0] != contact[0]]
+            for addr in candidates[:SECOND_ECHO_TRIES]:
                 if len(self._echoes) > 1:
                     break
                 try:
                     connection = await network.connect_to(addr)
+                    if not elsewhere(connection):
+                        continue
                     echo = await connection.control_request(
                         wire.EchoRequest(), wire.EchoResponse, network.config.control_timeout
                     )

@@ -991,7 +991,7 @@ class Endpoint:
             if link is None or (peer_id is not None and answer.peer_id != peer_id):
                 return None
             loop = asyncio.get_running_loop()
-            path = self._traversal.punch(self._peer(link), answer, solicited=True, now=loop.time())
+            path = self._traversal.punch(self._peer(link), answer, True, loop.time(), asked=target)
             if path is None:
                 return None
             if out is not None:  # the peer may dial us there too (the hard side of a birthday does)

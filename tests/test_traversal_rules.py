@@ -115,7 +115,9 @@ def test_punches_in_flight_are_capped_and_expire() -> None:
     paths = [rules.punch(c, wire.Punch(ADDR_B, B, 0), solicited=False, now=0.0) for c in coordinators]
     assert sum(p is not None for p in paths) == limits.punches_in_flight
     assert rules.refusals["too many punches at once"] == 4
-    rules.expire(t.PUNCH_TIMEOUT)  # every punch's time is over: the table empties by itself
+    rules.expire(t.PUNCH_TIMEOUT)  # over, but an answered dial may still get its extra time
+    assert rules.punches == limits.punches_in_flight
+    rules.expire(2 * t.PUNCH_TIMEOUT)  # that too is over: the table empties by itself
     assert rules.punches == 0
 
 
@@ -374,3 +376,40 @@ def test_probe_ports_are_bounded_distinct_in_range_and_start_after_the_observed_
     ]
     # Every other probe, from the first, is the next port after the observed one, in order.
     assert list(ports[: 2 * len(following) : 2]) == following
+
+
+def test_a_punch_holds_its_place_through_the_extra_time_an_answered_dial_gets() -> None:
+    rules = t.Traversal()
+    rules.behaviour = EASY
+    path = rules.punch(COORD, wire.Punch(ADDR_B, B, 0, wire.PUNCH_PROBE), True, 0.0)
+    assert path is not None and path.mode == wire.PUNCH_PROBE
+    # Past its end, the endpoint may still wait for an answered dial: no second birthday yet.
+    during = rules.punch(COORD, wire.Punch(ADDR_A, A, 0, wire.PUNCH_PROBE), True, path.until + 1.0)
+    assert during is not None and during.mode == wire.PUNCH_PLAIN
+    after = rules.punch(COORD, wire.Punch(ADDR_A, A, 0, wire.PUNCH_PROBE), True, path.until + t.PUNCH_TIMEOUT)
+    assert after is not None and after.mode == wire.PUNCH_PROBE
+
+
+def test_a_birthday_we_asked_for_goes_only_to_the_host_we_asked_for() -> None:
+    rules = t.Traversal()
+    rules.behaviour = EASY
+    elsewhere = wire.Punch(("203.0.113.7", 4000), B, 0, wire.PUNCH_PROBE)
+    path = rules.punch(COORD, elsewhere, True, 0.0, asked=ADDR_B)
+    assert path is not None and path.mode == wire.PUNCH_PLAIN and path.ports == ()
+    assert rules.refusals["birthday punch towards another host than asked"] == 1
+    # Another port of the host we asked for is what a symmetric NAT looks like: allowed.
+    same_host = wire.Punch((ADDR_B[0], 4000), B, 0, wire.PUNCH_PROBE)
+    path = rules.punch(COORD, same_host, True, 0.0, asked=ADDR_B)
+    assert path is not None and path.mode == wire.PUNCH_PROBE
+
+
+def test_an_asker_gets_few_birthday_punches_and_plain_ones_after() -> None:
+    rules, limits = reported(t.Traversal(), HARD, EASY), t.TraversalLimits()
+    got = [modes(rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, 0.0)) for _ in range(4)]
+    birthday = [wire.PUNCH_FAN_OUT, wire.PUNCH_PROBE]
+    assert got == [birthday] * limits.birthdays_burst + [[wire.PUNCH_PLAIN] * 2] * (
+        4 - limits.birthdays_burst
+    )
+    assert rules.refusals["birthday punch rate"] == 4 - limits.birthdays_burst
+    later = rules.punch_request(ASKER, wire.PunchRequest(ADDR_B), TARGET, limits.birthdays_interval)
+    assert modes(later) == birthday

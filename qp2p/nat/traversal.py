@@ -115,6 +115,8 @@ class TraversalLimits:
     unsolicited_interval: float = 5.0  # ... then one more per this many seconds
     requests_burst: int = 10  # as a coordinator: PunchRequests and RelayOpens per asker
     requests_interval: float = 6.0  # ... then one more per this many seconds
+    birthdays_burst: int = 2  # ... of which birthday punches (their padding costs us 12 KB each)
+    birthdays_interval: float = 30.0  # ... then one more per this many seconds
     relay_circuits: int = 64  # as a relay: circuits at once
     relay_circuits_per_peer: int = 4  # ... of which one peer may hold
     relay_bytes: int = 256 << 20  # ... and bytes carried per circuit
@@ -207,13 +209,21 @@ class Traversal:
 
     # ---- the side that asks, and the side asked for ----------------------------------------
 
-    def punch(self, coordinator: Peer, message: wire.Punch, solicited: bool, now: float) -> OpenPath | None:
+    def punch(
+        self,
+        coordinator: Peer,
+        message: wire.Punch,
+        solicited: bool,
+        now: float,
+        asked: Address | None = None,
+    ) -> OpenPath | None:
         """A ``Punch`` from ``coordinator``: the path to open, or None when refused.
 
-        ``solicited`` means we asked this coordinator for this punch; otherwise the coordinator
-        asks us to send packets to an address, which only a budget per coordinator allows. A
-        birthday mode is carried out only by the side it fits (a hard NAT fans out, an easy
-        one probes) and one at a time; otherwise the punch is plain.
+        ``solicited`` means we asked this coordinator for this punch (towards ``asked``);
+        otherwise the coordinator asks us to send packets to an address, which only a budget
+        per coordinator allows. A birthday mode is carried out only by the side it fits (a hard
+        NAT fans out, an easy one probes), one at a time, and for a punch we asked for only
+        towards the host we asked for; otherwise the punch is plain.
         """
         limits = self.limits
         self.expire(now)
@@ -224,6 +234,9 @@ class Traversal:
             self._refuse("too many punches at once")
             return None
         mode = self._mode(message.mode)
+        if mode != wire.PUNCH_PLAIN and asked is not None and message.peer[0] != asked[0]:
+            self._refuse("birthday punch towards another host than asked")
+            mode = wire.PUNCH_PLAIN
         if not solicited:
             mine = sum(1 for p in self._punches.values() if p.coordinator == coordinator.peer_id)
             if mine >= limits.unsolicited_per_coordinator:
@@ -243,7 +256,10 @@ class Traversal:
         until = at + (PUNCH_TIMEOUT if mode == wire.PUNCH_PLAIN else BIRTHDAY_TIMEOUT)
         number = self._next_punch
         self._next_punch += 1
-        self._punches[number] = _Punch(message.peer_id, coordinator.peer_id, until, solicited, mode)
+        # Held until the end of the extra time an answered dial may get, so that no bound
+        # (punches at once, birthdays at once) frees its place before the endpoint does.
+        held = until + PUNCH_TIMEOUT
+        self._punches[number] = _Punch(message.peer_id, coordinator.peer_id, held, solicited, mode)
         self._labels.pop(message.peer_id, None)
         self._labels[message.peer_id] = until + LABEL_GRACE
         while len(self._labels) > LABELS:  # the oldest go first
@@ -285,6 +301,11 @@ class Traversal:
         assert target is not None
         asker_addr = asker.addr if message.port == 0 else (asker.addr[0], message.port)
         asker_mode, target_mode = self._modes(asker, target)
+        if asker_mode != wire.PUNCH_PLAIN and not self._budgets.take(
+            "birthday", asker.peer_id, now, self.limits.birthdays_burst, self.limits.birthdays_interval
+        ):
+            self._refuse("birthday punch rate")  # its padding is costly: the asker gets a plain one
+            asker_mode, target_mode = wire.PUNCH_PLAIN, wire.PUNCH_PLAIN
         # Both should act at the same moment: the nearer peer's Punch is held back.
         later = max(asker.rtt, target.rtt)
         padding = bytes(MODE_COST[target_mode] // 3 + 100)  # the target did not ask: we pay
