@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from rogue import RoguePeer, Sinks
@@ -19,6 +20,7 @@ import qp2p
 from qp2p import wire
 from qp2p.nat import traversal as t
 from qp2p.nat.behaviour import Mapping, NatBehaviour
+from qp2p.wire import Address
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -34,6 +36,22 @@ async def settle(condition: Callable[[], object], timeout: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await wait_until(condition, timeout)
     return bool(condition())
+
+
+@contextlib.asynccontextmanager
+async def asking_rogue(victim: qp2p.Endpoint) -> AsyncIterator[tuple[RoguePeer, Address, asyncio.Task[Any]]]:
+    """The victim dials an address that never answers through a rogue coordinator, which has
+    just got its PunchRequest: yields the coordinator, another silent address to name in a
+    Punch, and the dialling task."""
+    async with RoguePeer(victim.local_addr) as coordinator, Sinks(["127.0.0.1"], per_host=2) as sinks:
+        dead, far = sinks.addrs
+        dialling = asyncio.create_task(victim.connect_to(dead, via=coordinator.local_addr, peer_id=NOBODY))
+        try:
+            await wait_until(lambda: coordinator.controls(wire.PunchRequest))
+            yield coordinator, far, dialling
+        finally:
+            dialling.cancel()
+            await asyncio.gather(dialling, return_exceptions=True)
 
 
 # ---- learning our NAT ------------------------------------------------------------------------
@@ -75,10 +93,7 @@ async def test_fan_out_sockets_close_when_the_punch_is_cancelled_while_they_open
 ) -> None:
     victim = await make_endpoint()
     victim._traversal.behaviour = HARD
-    async with RoguePeer(victim.local_addr) as coordinator, Sinks(["127.0.0.1"], per_host=2) as sinks:
-        dead, far = sinks.addrs
-        dialling = asyncio.create_task(victim.connect_to(dead, via=coordinator.local_addr, peer_id=NOBODY))
-        await wait_until(lambda: coordinator.controls(wire.PunchRequest))
+    async with asking_rogue(victim) as (coordinator, far, dialling):
         coordinator.send(wire.Punch(far, NOBODY, 0, wire.PUNCH_FAN_OUT))
         for _ in range(100_000):  # each socket opens in a turn of the loop of its own
             if victim.stats().side_sockets:
@@ -111,10 +126,7 @@ async def test_a_fresh_port_accepts_no_handshake_once_its_punch_is_over(make_end
 async def test_a_punch_from_a_fresh_port_stops_when_the_endpoint_closes(make_endpoint: MakeEndpoint) -> None:
     victim = await make_endpoint()
     victim._traversal.behaviour = EASY
-    async with RoguePeer(victim.local_addr) as coordinator, Sinks(["127.0.0.1"], per_host=2) as sinks:
-        dead, far = sinks.addrs
-        dialling = asyncio.create_task(victim.connect_to(dead, via=coordinator.local_addr, peer_id=NOBODY))
-        await wait_until(lambda: coordinator.controls(wire.PunchRequest))
+    async with asking_rogue(victim) as (coordinator, far, dialling):
         assert coordinator.controls(wire.PunchRequest)[0].port != 0  # from a fresh port
         coordinator.send(wire.Punch(far, NOBODY, 500))
         await wait_until(lambda: victim.stats().punches == 1)
