@@ -36,6 +36,7 @@ SHORT = {
 }
 BARE = "+bare"  # a kind with this suffix is behind a bare router (netlab.NatRouter)
 REPLY_TIMEOUT = 90.0  # the longest a node may take over one command
+JOIN_ATTEMPTS = 3  # the coordinator's joins through r2, at most
 
 
 def short(kind: str) -> str:
@@ -143,7 +144,13 @@ def _coordinators(net: netlab.Network, folder: Path, loss: float, delay_ms: floa
     r_site, r2_site = (_site(net, name, "public", loss, delay_ms) for name in ("r", "r2"))
     r2 = Node(r2_site, folder / "r2")
     r = Node(r_site, folder / "r", "--contact", f"{r2.addr[0]}:{r2.addr[1]}")
-    r.join()
+    for attempt in range(JOIN_ATTEMPTS):  # setting up, not measured: loss may cost an attempt
+        try:
+            r.join()
+            break
+        except RuntimeError:
+            if attempt == JOIN_ATTEMPTS - 1:
+                raise
     return [r, r2]
 
 
