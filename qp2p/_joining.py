@@ -141,9 +141,8 @@ class Joining:
         we bootstrapped from, our address a second time)."""
         network, membership = self._network, self._membership
         config = network.config
-        echo = await connection.control_request(wire.EchoRequest(), wire.EchoResponse, config.control_timeout)
-        membership.echoed = echo.addr
-        self._echoes = [echo.addr]
+        membership.echoed = await self._echo(connection)
+        self._echoes = [membership.echoed]
         if membership.role is Role.NODE:
             public = network.public_addr
             verdict = await connection.control_request(  # the verifier gives up after its control_timeout
@@ -198,10 +197,7 @@ class Joining:
                     connection = await network.connect_to(addr, peer_id=peer_id)
                     if not echoing and elsewhere(connection):
                         echoing.append(addr)
-                        echo = await connection.control_request(
-                            wire.EchoRequest(), wire.EchoResponse, network.config.control_timeout
-                        )
-                        self._echoes.append(echo.addr)
+                        self._echoes.append(await self._echo(connection))
                         self._echoed(self._echoes, True)
                     if membership.role is Role.NODE:
                         request = wire.VerificationRequest(network.public_addr)
@@ -221,15 +217,19 @@ class Joining:
                     connection = await network.connect_to(addr)
                     if not elsewhere(connection):
                         continue
-                    echo = await connection.control_request(
-                        wire.EchoRequest(), wire.EchoResponse, network.config.control_timeout
-                    )
+                    echo = await self._echo(connection)
                 except errors.Error as exc:
                     log.info("no second echo from %s:%d: %s", *addr, exc)
                     continue
-                self._echoes.append(echo.addr)
+                self._echoes.append(echo)
         finally:
             self._echoed(self._echoes, True)
+
+    async def _echo(self, connection: Connection) -> Address:
+        """Our address as the node at the other end of ``connection`` sees it."""
+        timeout = self._network.config.control_timeout
+        echo = await connection.control_request(wire.EchoRequest(), wire.EchoResponse, timeout)
+        return echo.addr
 
     # ---- tasks and saving ------------------------------------------------------------------
 
