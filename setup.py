@@ -4,7 +4,7 @@ Environment switches (set at build time):
   QP2P_NO_EXTENSIONS=1       build nothing compiled: a pure-Python install.
   QP2P_REQUIRE_EXTENSIONS=1  a failed extension build is an error (CI and wheel builds), not a fallback.
   QP2P_CYTHON_TRACING=1      compile with line tracing, for coverage runs only.
-Without a C compiler, Python headers or OpenSSL 3 headers the build prints one warning and
+Without a C compiler or the Python headers the build prints one warning and
 installs the pure-Python backend, which behaves the same, only slower.
 """
 
@@ -17,7 +17,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = ("framing", "chunking", "retry", "packet")
-LIBRARIES = {"retry": ["crypto"]}
+LIBRARIES = {"retry": ["ws2_32"]} if sys.platform == "win32" else {}
 
 
 def _flag(name: str) -> bool:
@@ -51,7 +51,7 @@ class OptionalBuildExt(build_ext):
             _warn(
                 f"the compiled backend could not be built ({type(exc).__name__}: {exc}); "
                 "installing the pure-Python backend, which works the same but slower. "
-                "A C compiler, the Python headers and OpenSSL 3 headers (libssl-dev) enable it."
+                "A C compiler and the Python headers enable it."
             )
 
 

@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Compiled twin of ``qp2p._pure.retry``; see there for the documentation.
 
-HMAC-SHA256 is OpenSSL's (EVP_MAC, the library CPython's ``hmac`` uses): one keyed context per
-key, re-initialised with the same key for each token, so no key schedule is redone per call.
+HMAC-SHA256 is the standard library's ``hashlib.sha256`` composed as RFC 2104 says: each key's
+inner and outer states are hashed once, then copied for every token, so no key schedule is redone
+per call and the module links no library of its own (a wheel bundles no OpenSSL).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -27,30 +28,17 @@ MAX_CID_LENGTH = 20
 MIN_KEY_SIZE = 16
 
 
-cdef extern from "openssl/evp.h" nogil:
-    ctypedef struct EVP_MAC
-    ctypedef struct EVP_MAC_CTX
-    ctypedef struct OSSL_PARAM:
-        pass
-    EVP_MAC* EVP_MAC_fetch(void* libctx, const char* algorithm, const char* properties)
-    void EVP_MAC_free(EVP_MAC* mac)
-    EVP_MAC_CTX* EVP_MAC_CTX_new(EVP_MAC* mac)
-    void EVP_MAC_CTX_free(EVP_MAC_CTX* ctx)
-    int EVP_MAC_init(EVP_MAC_CTX* ctx, const unsigned char* key, size_t keylen, const OSSL_PARAM* params)
-    int EVP_MAC_update(EVP_MAC_CTX* ctx, const unsigned char* data, size_t datalen)
-    int EVP_MAC_final(EVP_MAC_CTX* ctx, unsigned char* out, size_t* outl, size_t outsize)
-
-cdef extern from "openssl/params.h" nogil:
-    OSSL_PARAM OSSL_PARAM_construct_utf8_string(const char* key, char* buf, size_t bsize)
-    OSSL_PARAM OSSL_PARAM_construct_end()
-
-cdef extern from "openssl/crypto.h" nogil:
-    int CRYPTO_memcmp(const void* a, const void* b, size_t len)
-
-cdef extern from "arpa/inet.h" nogil:
-    int inet_pton(int af, const char* src, void* dst)
-
-cdef extern from "sys/socket.h" nogil:
+cdef extern from *:
+    """
+    #ifdef _WIN32
+    #include <winsock2.h>
+    #include <ws2tcpip.h>
+    #else
+    #include <arpa/inet.h>
+    #include <sys/socket.h>
+    #endif
+    """
+    int inet_pton(int af, const char* src, void* dst) nogil
     int AF_INET
     int AF_INET6
 
@@ -71,41 +59,41 @@ def key_id(key):
 
 
 cdef class _Hmac:
-    """One HMAC-SHA256 key in an OpenSSL context, re-used for every token under that key."""
-    cdef EVP_MAC_CTX* ctx
+    """One HMAC-SHA256 key as its two keyed hashlib states (RFC 2104), copied for every token."""
+    cdef object inner
+    cdef object outer
     cdef readonly bytes key
     cdef readonly uint32_t ident
 
     def __cinit__(self, bytes key):
-        cdef EVP_MAC* mac = EVP_MAC_fetch(NULL, b"HMAC", NULL)
-        cdef OSSL_PARAM params[2]
-        if mac == NULL:
-            raise RuntimeError("OpenSSL has no HMAC")
-        self.ctx = EVP_MAC_CTX_new(mac)
-        EVP_MAC_free(mac)
-        if self.ctx == NULL:
-            raise MemoryError()
-        params[0] = OSSL_PARAM_construct_utf8_string(b"digest", b"SHA256", 0)
-        params[1] = OSSL_PARAM_construct_end()
-        if EVP_MAC_init(self.ctx, <const unsigned char*>PyBytes_AS_STRING(key), len(key), params) != 1:
-            raise RuntimeError("OpenSSL refused the HMAC key")
+        padded = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self.inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
+        self.outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
         self.key = key
         self.ident = key_id(key)
 
-    def __dealloc__(self):
-        EVP_MAC_CTX_free(self.ctx)
-
     cdef int mac(self, const uint8_t* body, size_t body_len, const uint8_t* extra, size_t extra_len,
                  uint8_t* out) except -1:
-        cdef unsigned char digest[32]
-        cdef size_t digest_len = 0
-        if (EVP_MAC_init(self.ctx, NULL, 0, NULL) != 1
-                or EVP_MAC_update(self.ctx, body, body_len) != 1
-                or EVP_MAC_update(self.ctx, extra, extra_len) != 1
-                or EVP_MAC_final(self.ctx, digest, &digest_len, 32) != 1):
-            raise RuntimeError("OpenSSL HMAC failed")
-        memcpy(out, digest, C_MAC_SIZE)
+        cdef bytes message = PyBytes_FromStringAndSize(NULL, body_len + extra_len)
+        cdef uint8_t* m = <uint8_t*>PyBytes_AS_STRING(message)
+        memcpy(m, body, body_len)
+        memcpy(m + body_len, extra, extra_len)
+        h = self.inner.copy()
+        h.update(message)
+        inner_digest = h.digest()
+        h = self.outer.copy()
+        h.update(inner_digest)
+        memcpy(out, PyBytes_AS_STRING(h.digest()), C_MAC_SIZE)
         return 0
+
+
+cdef bint _same_mac(const uint8_t* a, const uint8_t* b) noexcept:
+    """Compares two MACs in time independent of where they differ."""
+    cdef volatile uint8_t diff = 0
+    cdef Py_ssize_t i
+    for i in range(C_MAC_SIZE):
+        diff |= a[i] ^ b[i]
+    return diff == 0
 
 
 cdef int _pack_address(object addr, uint8_t* out) except -1:
@@ -222,7 +210,7 @@ cdef class RetryTokens:
         else:
             raise TokenUnknownKey(f"token key {kid:08x} is neither the current nor the previous key")
         key.mac(p, mac_at, <const uint8_t*>PyBytes_AS_STRING(retry_scid), PyBytes_GET_SIZE(retry_scid), mac)
-        if CRYPTO_memcmp(mac, p + mac_at, C_MAC_SIZE) != 0:
+        if not _same_mac(mac, p + mac_at):
             raise TokenForged("token MAC does not verify")
         if <int>addr_len != packed_len or memcmp(p + C_FIXED, packed, packed_len + 2) != 0:
             raise TokenAddressMismatch("token was issued to another address")

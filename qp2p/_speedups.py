@@ -2,7 +2,7 @@
 
 ``QP2P_NO_EXTENSIONS`` set to anything but empty or ``0`` forces the pure modules, as does any
 interpreter other than CPython. Otherwise the compiled modules are used when they import;
-if the build skipped them (no compiler, no OpenSSL headers) all four fall back together:
+if the build skipped them (no compiler, no Python headers) all four fall back together:
 fast and pure modules are never mixed. The build already warned, so the fallback is silent.
 """
 

@@ -6,6 +6,7 @@ the same exception class with the same message.
 
 from __future__ import annotations
 
+import hmac
 import inspect
 import random
 from collections.abc import Callable
@@ -338,6 +339,15 @@ def test_validate_agrees(
 @given(st.binary(max_size=80))
 def test_validate_agrees_on_garbage(data: bytes) -> None:
     assert_same(lambda m: m.RetryTokens(KEY).validate(data, ADDRS[0], 1e9), "retry")
+
+
+@given(st.binary(min_size=16, max_size=200), st.binary(max_size=20), st.binary(max_size=20))
+def test_mac_is_hmac_sha256_for_any_key_length(key: bytes, odcid: bytes, rscid: bytes) -> None:
+    """Keys shorter than, equal to and longer than SHA-256's 64-byte block: RFC 2104 either way."""
+    for module in twins("retry"):
+        token = module.RetryTokens(key).mint(ADDRS[0], odcid, 1e9, rscid)
+        assert token[-16:] == hmac.digest(key, token[:-16] + rscid, "sha256")[:16]
+        assert module.RetryTokens(key).validate(token, ADDRS[0], 1e9, rscid) == odcid
 
 
 def test_tokens_cross_backends() -> None:
