@@ -94,6 +94,7 @@ class Message:
 
     @property
     def connection(self) -> Connection:
+        """The connection the message came on: reply, or send more, through it."""
         return self._connection
 
     def _consumed(self) -> None:
@@ -180,6 +181,7 @@ class Connection:
 
     @property
     def is_closed(self) -> bool:
+        """Whether the connection has ended, by either side."""
         return self._closed.done()
 
     @property
@@ -231,6 +233,7 @@ class Connection:
         await self.shutdown(errors.ClosedError("the connection was closed"))
 
     async def wait_closed(self) -> None:
+        """Returns once the connection has ended; cancelling the wait leaves the connection be."""
         await asyncio.shield(self._closed)
 
     async def __aenter__(self) -> Connection:
@@ -316,6 +319,7 @@ class Connection:
             self._retire(link)
 
     def frames_received(self, link: Link, frames: list[s.FrameReceived]) -> None:
+        """From the endpoint: frames one of our links decoded (replies resolve requests)."""
         messages = []
         for event in frames:
             if event.flag == _FLAG_RESPONSE:
@@ -330,6 +334,7 @@ class Connection:
             self._events.messages_received(messages)
 
     def control_received(self, link: Link, message: ControlMessage) -> None:
+        """From the endpoint: a control message on one of our links, for whoever awaits its type."""
         waiters = self._control_waiters.get(type(message))
         while waiters:
             waiter = waiters.pop(0)
@@ -339,6 +344,7 @@ class Connection:
         self._events.control_received(self, link, message)
 
     def link_closed(self, link: Link, event: s.Closing) -> None:
+        """From the endpoint: one of our links ended; the connection ends with its last link."""
         if link in self._links:
             self._links.remove(link)
         self._events.link_closed(link)

@@ -476,6 +476,7 @@ class Endpoint:
             return connection.peer_id
 
     def stats(self) -> EndpointStats:
+        """A snapshot of the endpoint's counters and gauges (docs/observability.md)."""
         transport = self._check_open()
         return EndpointStats(
             connections=len(self._peers),

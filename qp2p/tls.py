@@ -62,6 +62,7 @@ class Identity:
 
     @property
     def fingerprint(self) -> str:
+        """SHA-256 of our certificate, hex: the id peers know us by."""
         return fingerprint(self.certificate)
 
 
