@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
@@ -389,9 +390,11 @@ class _Reader:
     def address(self) -> Address:
         family = self.scalar("u32")
         if family == _FAMILY_IPV4:
-            host = str(ipaddress.IPv4Address(self.take(4, "IPv4 address")))
+            host = socket.inet_ntop(socket.AF_INET, self.take(4, "IPv4 address"))
         elif family == _FAMILY_IPV6:
-            host = str(ipaddress.IPv6Address(self.take(16, "IPv6 address")))
+            # As the socket layer writes addresses (``::ffff:10.0.0.1``), so a peer's claim and a
+            # packet's source compare equal; ``ipaddress`` changed its text for these in 3.13.
+            host = socket.inet_ntop(socket.AF_INET6, self.take(16, "IPv6 address"))
         else:
             raise MalformedMessage(f"unknown address family {family}")
         return host, self.scalar("u16")

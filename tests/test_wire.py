@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,7 +21,7 @@ MESSAGES = [
     wire.EchoResponse(("192.0.2.1", 4000)),
     wire.EchoResponse(("2001:db8::5", 65535)),
     wire.VerificationRequest(("10.0.0.1", 0)),
-    wire.VerificationRequest(("::ffff:a00:1", 9)),
+    wire.VerificationRequest(("::ffff:10.0.0.1", 9)),
     wire.VerificationResponse(True),
     wire.VerificationResponse(False),
 ]
@@ -32,6 +35,9 @@ def test_round_trip(msg: wire.WireMessage) -> None:
 def test_addresses_are_normalised_on_decode() -> None:
     frame = wire.encode(wire.EchoResponse(("2001:0db8:0000::0001", 1)))
     assert wire.decode_frame(frame) == wire.EchoResponse(("2001:db8::1", 1))
+    # IPv4-mapped addresses read as the socket layer writes them, on every Python.
+    mapped = wire.encode(wire.EchoResponse(("::ffff:a00:1", 1)))
+    assert wire.decode_frame(mapped) == wire.EchoResponse(("::ffff:10.0.0.1", 1))
     assert wire.decode_frame(wire.encode(wire.EchoResponse(("fe80::1%eth0", 1)))).addr == ("fe80::1", 1)
 
 
@@ -103,7 +109,12 @@ def test_encoding_refuses_bad_values() -> None:
         wire.encode(wire.EchoResponse(("1.2.3.4", 70000)))
 
 
-addresses = st.tuples(st.ip_addresses().map(str), st.integers(0, 65535))
+def _socket_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as sockets write it (inet_ntop), the form decoding yields."""
+    return socket.inet_ntop(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, ip.packed)
+
+
+addresses = st.tuples(st.ip_addresses().map(_socket_text), st.integers(0, 65535))
 messages = st.one_of(
     st.binary(min_size=1).map(wire.UserMessage),
     st.builds(wire.Request, st.integers(0, 2**32 - 1), st.binary()),
