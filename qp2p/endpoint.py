@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.logger import QuicFileLogger
 
 from qp2p import errors, tls, wire
-from qp2p._aioquic_hooks import CheckedQuicConnection, limit_streams, smoothed_rtt
+from qp2p._aioquic_hooks import CheckedQuicConnection, end_qlog_trace, limit_streams, smoothed_rtt
 from qp2p._decisions import Peer, Send
 from qp2p._half_open import HalfOpen
 from qp2p._joining import Joining
@@ -181,6 +182,8 @@ class Endpoint:
         self.punch_attempts = 0  # punch attempts the last connect_to(via=) made
         self._mapping: PortMapping | None = None
         self._mapping_task: asyncio.Task[Address | None] | None = None
+        # One qlog file per QUIC connection, named by its original destination connection id.
+        self._qlog = QuicFileLogger(self.config.qlog_dir) if self.config.qlog_dir is not None else None
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
         self._peer_check = tls.peer_check(self.config.trust)
@@ -223,6 +226,7 @@ class Endpoint:
             connection_id_length=CID_LENGTH,
             idle_timeout=self.config.idle_timeout,
             max_datagram_size=BASE_SIZE,  # path MTU discovery raises it per connection
+            quic_logger=self._qlog,
             server_name=tls.SERVER_NAME if is_client else None,
             verify_mode=ssl.CERT_NONE,
         )
@@ -632,6 +636,7 @@ class Endpoint:
             alarm.cancel()
 
     def _forgotten(self, link: Link) -> None:
+        end_qlog_trace(link.session.quic)  # an aborted link never reaches aioquic's own end
         self._links.discard(link)
         self._open_links.discard(link)
         self._keep_alives += link.keep_alives
