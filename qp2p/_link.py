@@ -36,6 +36,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from qp2p import errors, wire
 from qp2p import session as s
+from qp2p._peer_log import peer_log
 from qp2p._scheduler import Scheduler
 from qp2p._speedups import packet
 from qp2p.transport import MIN_INITIAL_SIZE, Address, PacketPath, Transport
@@ -238,7 +239,11 @@ class Link:
             elif kind is s.ControlReceived:
                 self.owner.control_received(self, event.message)  # type: ignore[union-attr]
             elif kind is s.StreamRefused:
-                log.info("refused stream %d from %s: %s", event.stream_id, self.remote_addr, event.error)  # type: ignore[union-attr]
+                peer_log(log, self.peer_id, self.remote_addr).info(
+                    "refused stream %d: %s",
+                    event.stream_id,  # type: ignore[union-attr]
+                    event.error,  # type: ignore[union-attr]
+                )
             elif kind is s.Closing:
                 self._closing(event)  # type: ignore[arg-type]
             elif kind is s.Terminated:

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from qp2p import errors
 from qp2p import session as s
 from qp2p._link import Link, LinkPath
+from qp2p._peer_log import peer_log
 from qp2p._pmtud import BASE_SIZE
 from qp2p._speedups import framing
 from qp2p.transport import Address
@@ -249,7 +250,9 @@ class Connection:
             async with asyncio.timeout(self._close_timeout):
                 await asyncio.gather(*(link.drain() for link in links))
         except TimeoutError:
-            log.info("closing %s before all sent data was acknowledged", self)
+            peer_log(log, self.peer_id, self.remote_addr).info(
+                "closing before all sent data was acknowledged"
+            )
         finally:
             for link in links:
                 link.abort()
@@ -406,4 +409,5 @@ class Connection:
             if not waiter.done():
                 waiter.set_exception(error)
         self._closed.set_result(None)
+        peer_log(log, self.peer_id, self._last_addr).info("closed: %r", error)  # quoted: peers' words
         self._events.connection_closed(self)

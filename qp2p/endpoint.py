@@ -40,6 +40,7 @@ from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._memory import MemoryBudget, MemoryStats, address_key
 from qp2p._mtu import forbid_fragmentation, route_payload
+from qp2p._peer_log import peer_log
 from qp2p._pmtud import BASE_SIZE
 from qp2p._scheduler import Alarm, Scheduler
 from qp2p._side_sockets import SideSockets
@@ -475,7 +476,7 @@ class Endpoint:
             try:
                 connection = await probe.connect_to(addr)
             except errors.Error as exc:
-                log.info("%s:%d is not reachable: %s", addr[0], addr[1], exc)
+                peer_log(log, None, addr).info("not reachable from a fresh socket: %s", exc)
                 return None
             return connection.peer_id
 
@@ -624,7 +625,7 @@ class Endpoint:
 
     def _handshake_too_slow(self, link: Link) -> None:
         if self._pending.pop(link, None) is not None:
-            log.info("no handshake with %s:%d in time: closing", *link.remote_addr)
+            peer_log(log, link.peer_id, link.remote_addr).info("no handshake in time: closing")
             link.abort()
 
     def _settled(self, link: Link) -> None:
@@ -722,7 +723,7 @@ class Endpoint:
         evicted = self._half_open.evictable(host)
         if evicted is None:
             return False
-        log.info("too many handshakes: ending one from %s:%d", *evicted.remote_addr)
+        peer_log(log, evicted.peer_id, evicted.remote_addr).info("too many handshakes: ending this one")
         evicted.abort()  # its end takes it out of the table
         self._dial_refusals["half_open_evicted"] += 1
         return True
@@ -758,6 +759,9 @@ class Endpoint:
         dial = self._link_dials.pop(link, None)
         if new:
             dialled = link.session.is_client
+            peer_log(log, peer_id, link.remote_addr).info(
+                "connected (%s, %s)", link.path, "dialled" if dialled else "accepted"
+            )
             if not dialled:
                 self._connections.put(connection)
             started = dial.started if dial is not None else now
@@ -776,9 +780,12 @@ class Endpoint:
         self._open_links.discard(link)
         self._settled(link)
         self._failed_handshakes += 1
-        host, port = link.remote_addr
-        log.info("no connection with %s:%d: %s (error %#x)", host, port, event.reason, event.error_code)
         dial = self._link_dials.pop(link, None)
+        # The reason may be the peer's words: quoted, so no line of it passes as a record.
+        peer_id = link.peer_id or (dial.peer_id if dial is not None else None)
+        peer_log(log, peer_id, link.remote_addr).info(
+            "no connection: %r (error %#x)", event.reason, event.error_code
+        )
         if dial is None:
             return
         dial.links.discard(link)
@@ -990,7 +997,7 @@ class Endpoint:
                     request, wire.Punch, self.config.control_timeout, wire.PunchFailed
                 )
             except errors.Error as exc:
-                log.info("no punch towards %s:%d: %s", *target, exc)
+                peer_log(log, peer_id, target).info("no punch towards it: %s", exc)
                 return None
             link = coordinator.current_link
             if link is None or (peer_id is not None and answer.peer_id != peer_id):
@@ -1255,7 +1262,9 @@ class Endpoint:
                 return
             sends = traversal.relay(link, message, now)
             if sends is None:
-                log.debug("a relay message for an unknown circuit from %s", connection)
+                peer_log(log, connection.peer_id, connection.remote_addr).debug(
+                    "a relay message for an unknown circuit"
+                )
             else:
                 self._carry_out(sends)
         elif not isinstance(message, wire.PunchFailed):  # a late answer: nobody waits for it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from waiting import wait_until
 
 import qp2p
+from qp2p._peer_log import peer_log
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -91,3 +93,58 @@ def test_qlog_dir_is_made_private(tmp_path: Path) -> None:
     config = qp2p.Config.from_env({"QP2P_QLOG_DIR": str(folder)})
     assert config.qlog_dir == str(folder)
     assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+
+
+# ---- log records ---------------------------------------------------------------------------
+
+
+def records(caplog: pytest.LogCaptureFixture, logger: str, start: str) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name == logger and r.getMessage().partition(": ")[2].startswith(start)
+    ]
+
+
+async def test_connection_records_carry_the_peer_id_and_address(
+    make_endpoint: MakeEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qp2p")
+    a, b = await make_endpoint(), await make_endpoint()
+    connection = await a.connect_to(b.local_addr)
+    await connection.close()
+    await wait_until(lambda: records(caplog, "qp2p.connection", "closed: ConnectionLost("), timeout=10)
+
+    host, port = a.local_addr
+    for logger, start, function in [
+        ("qp2p.endpoint", "connected (direct, accepted)", "_link_established"),
+        ("qp2p.connection", "closed: ConnectionLost(", "_finish"),
+    ]:
+        (record,) = [r for r in records(caplog, logger, start) if r.peer_id == a.peer_id]  # type: ignore[attr-defined]
+        assert record.peer_addr == f"{host}:{port}"  # type: ignore[attr-defined]
+        assert record.getMessage().startswith(f"peer {a.peer_id[:16]} at {host}:{port}: ")
+        assert record.funcName == function  # the line that logged, not the adapter's
+
+
+async def test_a_refused_handshake_is_logged_with_the_address_and_no_peer_id(
+    make_endpoint: MakeEndpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qp2p")
+    a = await make_endpoint(trust=qp2p.Trust.pinned(["ab" * 32]))  # nobody we will meet
+    b = await make_endpoint()
+    with pytest.raises(qp2p.CertificateError):
+        await a.connect_to(b.local_addr)
+    host, port = b.local_addr
+    (record, *_) = records(caplog, "qp2p.endpoint", "no connection")
+    assert record.peer_id is None and record.peer_addr == f"{host}:{port}"  # type: ignore[attr-defined]
+    assert record.getMessage().startswith(f"peer ? at {host}:{port}: no connection: ")
+
+
+def test_peer_records_survive_a_percent_sign_in_the_address(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="qp2p.test")
+    log = peer_log(logging.getLogger("qp2p.test"), "cd" * 32, ("fe80::1%eth0", 4000))
+    log.info("with %d argument", 1)
+    log.info("without arguments, 100%")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"peer {'cd' * 8} at [fe80::1%eth0]:4000: with 1 argument",
+        f"peer {'cd' * 8} at [fe80::1%eth0]:4000: without arguments, 100%",
+    ]
+    assert caplog.records[0].peer_addr == "[fe80::1%eth0]:4000"  # type: ignore[attr-defined]
