@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from qp2p import errors
@@ -28,7 +29,7 @@ from qp2p._speedups import framing
 from qp2p.transport import Address
 from qp2p.wire import ControlMessage
 
-__all__ = ("BytesLike", "Connection", "ConnectionEvents", "Message", "message_taken")
+__all__ = ("BytesLike", "Connection", "ConnectionEvents", "Message", "Traffic", "message_taken")
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,24 @@ class ConnectionEvents(Protocol):
     def control_received(self, connection: Connection, link: Link, message: ControlMessage) -> None: ...
     def link_closed(self, link: Link) -> None: ...
     def connection_closed(self, connection: Connection) -> None: ...
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What a connection carried, as totals since it opened (they only grow). Messages,
+    requests and replies count as one message each; bytes are their payloads'."""
+
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
+
+    def add(self, other: Traffic) -> None:
+        """Add ``other``'s totals to these."""
+        self.messages_sent += other.messages_sent
+        self.bytes_sent += other.bytes_sent
+        self.messages_received += other.messages_received
+        self.bytes_received += other.bytes_received
 
 
 def _preference(link: Link) -> int:
@@ -143,6 +162,7 @@ class Connection:
         self._request_ids = itertools.count(1)
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._close_error: Exception | None = None
+        self.traffic = Traffic()  # counted as messages are queued to QUIC and handed up
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"
@@ -205,6 +225,9 @@ class Connection:
         if link is not None and self._close_error is None and type(data) is bytes:
             session = link.session
             if session.try_send(_FLAG_USER, data, lane):
+                traffic = self.traffic
+                traffic.messages_sent += 1
+                traffic.bytes_sent += len(data)
                 link.transmit_first()
                 if session.queued >= YIELD_AFTER:
                     await asyncio.sleep(0)  # let the transmit run before queueing more
@@ -320,7 +343,9 @@ class Connection:
 
     def frames_received(self, link: Link, frames: list[s.FrameReceived]) -> None:
         messages = []
+        size = 0
         for event in frames:
+            size += len(event.data)
             if event.flag == _FLAG_RESPONSE:
                 waiter = self._requests.get(event.request_id)
                 if waiter is not None and not waiter.done():
@@ -329,6 +354,9 @@ class Connection:
                 link.transmit_soon()
             else:
                 messages.append(Message(self, link, event))
+        traffic = self.traffic
+        traffic.messages_received += len(frames)
+        traffic.bytes_received += size
         if messages:
             self._events.messages_received(messages)
 
@@ -374,14 +402,16 @@ class Connection:
             raise errors.MessageTooLarge(peer.max_message_size, size)
         if size > link.session.inline_limit:  # the peer's lane threshold, held to ours
             await link.send_large(flag, data, prefix)
-            return
-        body = prefix + data if prefix else bytes(data)
-        # Only credit can hold a small frame back now; a closing connection wakes the waiter
-        # and ``_usable_link`` raises.
-        while not link.session.try_send(flag, body, lane):
-            await link.wait_credit()
-            link = self._usable_link()
-        link.transmit_first()
+        else:
+            body = prefix + data if prefix else bytes(data)
+            # Only credit can hold a small frame back now; a closing connection wakes the
+            # waiter and ``_usable_link`` raises.
+            while not link.session.try_send(flag, body, lane):
+                await link.wait_credit()
+                link = self._usable_link()
+            link.transmit_first()
+        self.traffic.messages_sent += 1
+        self.traffic.bytes_sent += size - len(prefix)
 
     def _dialler(self, link: Link) -> str:
         """The peer id of whoever dialled ``link``: both peers agree on it."""

@@ -21,6 +21,7 @@ import os
 import socket
 import ssl
 import time
+import typing
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.logger import QuicFileLogger
+from aioquic.quic.packet import QuicErrorCode
 
 from qp2p import errors, tls, wire
 from qp2p._aioquic_hooks import CheckedQuicConnection, end_qlog_trace, limit_streams, smoothed_rtt
@@ -50,12 +52,12 @@ from qp2p._tasks import BackgroundTasks
 from qp2p._tickets import HELD_PER_ADDRESS, LinkTickets, TicketStore
 from qp2p.bootstrap_cache import BootstrapCache
 from qp2p.config import Config, Role
-from qp2p.connection import BytesLike, Connection, Message, message_taken
+from qp2p.connection import BytesLike, Connection, Message, Traffic, message_taken
 from qp2p.membership import Membership, Probe
 from qp2p.nat import traversal as t
 from qp2p.nat.behaviour import Mapping, NatBehaviour, observe
 from qp2p.nat.igd import PortMapping
-from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of, link_memory
+from qp2p.session import ALPN, CLOSE_NO_MEMORY, Closing, FrameReceived, Session, endpoint_id_of, link_memory
 from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
 
 if TYPE_CHECKING:
@@ -71,6 +73,13 @@ EVENT_BACKLOG = 1024
 PROBE_BATCH = 4
 # QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
+# Why a handshake failed, as ``EndpointStats.handshakes_failed`` counts it: a certificate refused
+# (by either side), another TLS failure, our deadline for it passed, the peer refused the
+# connection (too many, or no memory), the peer or the network ended it, or we gave it up (a
+# dial abandoned, a punch over, the endpoint closing).
+HANDSHAKE_FAILURES = ("certificate", "tls", "timeout", "refused", "closed_by_peer", "closed")
+# The reason our CONNECTION_CLOSE gives when a handshake took longer than it may.
+HANDSHAKE_TIMEOUT = "handshake timeout"
 # What a refused dial's CONNECTION_CLOSE says, by the reason ``EndpointStats.refusals`` counts.
 REFUSED_BECAUSE = {
     "max_connections": "too many connections",
@@ -81,25 +90,44 @@ REFUSED_BECAUSE = {
 
 @dataclass(frozen=True, slots=True)
 class EndpointStats:
-    """A snapshot of an endpoint's counters."""
+    """A snapshot of an endpoint's counters and gauges (docs/observability.md).
 
-    connections: int
-    routes: int
-    datagrams: TransportStats
-    queued_messages: int
-    failed_handshakes: int  # links that ended before being established (refused certificates, ...)
-    refused_connections: int  # dials refused because ``max_connections`` was reached
-    links: int = 0  # QUIC connections alive, established or not
-    punches: int = 0  # hole punches under way
-    relay_circuits: int = 0  # circuits we relay for others
-    half_open: int = 0  # handshakes peers started that are not done (``max_half_open``)
-    refusals: dict[str, int] = field(default_factory=dict)  # requests and dials declined, by reason
-    memory: MemoryStats | None = None  # what peers make us hold, by scope
-    tickets_issued: int = 0  # session tickets we issued that peers may resume with
-    tickets_held: int = 0  # session tickets peers issued us, to resume with when we dial them
-    keep_alives: int = 0  # PINGs sent on links idle for a whole keep_alive_interval
-    deadlines: int = 0  # link deadlines (QUIC timers, keep-alives, handshakes) behind the one timer
-    side_sockets: int = 0  # sockets besides our own, opened to punch (docs/nat.md)
+    A counter is a total since the endpoint was made: it only grows. A gauge is a value now.
+    Label-like keys (paths, reasons) come from fixed sets, never from peers.
+    """
+
+    connections: int  # gauge: connections in the pool
+    routes: int  # gauge: connection ids that route to a link
+    datagrams: TransportStats  # counters: datagrams on our socket, by fate
+    queued_messages: int  # gauge: messages received that the application has not taken
+    failed_handshakes: int  # counter: links that ended before being established (all reasons)
+    refused_connections: int  # counter: dials refused because ``max_connections`` was reached
+    links: int = 0  # gauge: QUIC connections alive, established or not
+    punches: int = 0  # gauge: hole punches under way
+    relay_circuits: int = 0  # gauge: circuits we relay for others
+    half_open: int = 0  # gauge: handshakes peers started that are not done (``max_half_open``)
+    refusals: dict[str, int] = field(default_factory=dict)  # counters: requests and dials declined, by reason
+    memory: MemoryStats | None = None  # gauges: what peers make us hold, by scope (its refusals: counters)
+    tickets_issued: int = 0  # gauge: session tickets we issued that peers may resume with
+    tickets_held: int = 0  # gauge: session tickets peers issued us, to resume with when we dial them
+    keep_alives: int = 0  # counter: PINGs sent on links idle for a whole keep_alive_interval
+    deadlines: int = 0  # gauge: link deadlines (QUIC timers, keep-alives, handshakes) behind the one timer
+    side_sockets: int = 0  # gauge: sockets besides our own, opened to punch (docs/nat.md)
+    # gauge: connections by how their packets travel now, every path of ``LinkPath`` a key
+    connections_by_path: dict[str, int] = field(default_factory=dict)
+    handshakes_ok: int = 0  # counter: links established (handshake done, the peer's Hello in)
+    # counters: links that ended before being established, every reason of ``HANDSHAKE_FAILURES`` a key
+    handshakes_failed: dict[str, int] = field(default_factory=dict)
+    messages_sent: int = 0  # counter: messages, requests and replies queued to QUIC
+    bytes_sent: int = 0  # counter: their payload bytes
+    messages_received: int = 0  # counter: messages, requests and replies received
+    bytes_received: int = 0  # counter: their payload bytes
+    punches_started: int = 0  # counter: hole punches of ours begun, asked for or not
+    punches_succeeded: int = 0  # counter: ... that brought a direct link to the peer
+    punches_failed: int = 0  # counter: ... given up
+    relay_circuits_opened: int = 0  # counter: circuits we relayed for others
+    relayed_bytes: int = 0  # counter: datagram bytes we carried on them, both ways
+    bootstrap_cache_size: int = 0  # gauge: nodes in the bootstrap cache
 
 
 @dataclass(eq=False, slots=True)
@@ -211,6 +239,9 @@ class Endpoint:
         self._relay_sweep: asyncio.TimerHandle | None = None  # closes idle circuits we relay
         self._tasks = BackgroundTasks(log, "background work failed")
         self._failed_handshakes = 0
+        self._handshakes_ok = 0
+        self._handshake_failures = dict.fromkeys(HANDSHAKE_FAILURES, 0)
+        self._closed_traffic = Traffic()  # what connections no longer in the pool carried
         self._refused_connections = 0
         self._transport: Transport | None = None
         self._side = SideSockets(self.config.local_ip)
@@ -481,7 +512,16 @@ class Endpoint:
             return connection.peer_id
 
     def stats(self) -> EndpointStats:
+        """The counters and gauges now (``ClosedError`` once closed); a walk of the pool, not
+        kept up per event, so as cheap as the pool is small."""
         transport = self._check_open()
+        traversal = self._traversal
+        traffic = Traffic()
+        traffic.add(self._closed_traffic)
+        paths = dict.fromkeys(typing.get_args(LinkPath), 0)
+        for connection in self._peers.values():
+            traffic.add(connection.traffic)
+            paths[connection.path] += 1
         return EndpointStats(
             connections=len(self._peers),
             routes=transport.routes,
@@ -505,6 +545,19 @@ class Endpoint:
             keep_alives=self._keep_alives + sum(link.keep_alives for link in self._links),
             deadlines=self._scheduler.deadlines if self._scheduler is not None else 0,
             side_sockets=len(self._side),
+            connections_by_path=paths,
+            handshakes_ok=self._handshakes_ok,
+            handshakes_failed=dict(self._handshake_failures),
+            messages_sent=traffic.messages_sent,
+            bytes_sent=traffic.bytes_sent,
+            messages_received=traffic.messages_received,
+            bytes_received=traffic.bytes_received,
+            punches_started=traversal.punches_started,
+            punches_succeeded=traversal.punches_succeeded,
+            punches_failed=traversal.punches_failed,
+            relay_circuits_opened=traversal.circuits_opened,
+            relayed_bytes=traversal.relayed_bytes,
+            bootstrap_cache_size=len(self.bootstrap_cache),
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -626,6 +679,7 @@ class Endpoint:
     def _handshake_too_slow(self, link: Link) -> None:
         if self._pending.pop(link, None) is not None:
             peer_log(log, link.peer_id, link.remote_addr).info("no handshake in time: closing")
+            link.close(reason=HANDSHAKE_TIMEOUT)  # the peer learns why, and so does the count
             link.abort()
 
     def _settled(self, link: Link) -> None:
@@ -742,6 +796,7 @@ class Endpoint:
         """The handshake proved a certificate and the Hello arrived: the link joins the
         connection of that peer id, made now if there is none."""
         self._settled(link)
+        self._handshakes_ok += 1
         peer_id = link.peer_id
         assert peer_id is not None  # the session establishes only with a certificate
         now = asyncio.get_running_loop().time()
@@ -780,6 +835,7 @@ class Endpoint:
         self._open_links.discard(link)
         self._settled(link)
         self._failed_handshakes += 1
+        self._handshake_failures[_handshake_failure(event)] += 1
         dial = self._link_dials.pop(link, None)
         # The reason may be the peer's words: quoted, so no line of it passes as a record.
         peer_id = link.peer_id or (dial.peer_id if dial is not None else None)
@@ -803,6 +859,7 @@ class Endpoint:
                 self._close_relay_path(path, tell_relay=False)
 
     def _connection_closed(self, connection: Connection) -> None:
+        self._closed_traffic.add(connection.traffic)
         if self._peers.get(connection.peer_id) is connection:
             del self._peers[connection.peer_id]
         if self._state == "open":
@@ -1023,6 +1080,7 @@ class Endpoint:
         self._arrivals.setdefault(path.peer_id, []).append(arrived)
         links: list[Link] = []
         helpers: list[asyncio.Task[None]] = []
+        punched: Connection | None = None
         try:
             await asyncio.sleep(max(0.0, path.at - loop.time()))
             own = self._check_open()  # closed while we waited: no punch, from any socket
@@ -1053,12 +1111,13 @@ class Endpoint:
                     raise
                 except errors.Error:
                     return None
-            return self.connection(path.peer_id) if self._has_direct_link(path.peer_id) else None
+            punched = self.connection(path.peer_id) if self._has_direct_link(path.peer_id) else None
+            return punched
         finally:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            self._traversal.punch_over(path.punch)
+            self._traversal.punch_over(path.punch, succeeded=punched is not None)
             waiters = self._arrivals.get(path.peer_id, [])
             if arrived in waiters:
                 waiters.remove(arrived)
@@ -1326,12 +1385,23 @@ def _wake(waiter: asyncio.Future[None], done: asyncio.Future[Connection]) -> Non
         waiter.exception()  # retrieved: the punch may be over, nobody waiting any more
 
 
+def _handshake_failure(event: Closing) -> str:
+    """Why a link ended before being established: one of ``HANDSHAKE_FAILURES``."""
+    alert = event.error_code - CRYPTO_ERROR  # a TLS alert, either side's
+    if 0 <= alert < 0x100:
+        return "certificate" if alert in tls.CERTIFICATE_ALERTS else "tls"
+    if not event.by_peer:
+        return "timeout" if event.reason == HANDSHAKE_TIMEOUT else "closed"
+    if event.error_code in (QuicErrorCode.CONNECTION_REFUSED, CLOSE_NO_MEMORY):
+        return "refused"
+    return "closed_by_peer"
+
+
 def _dial_error(addr: Address, event: Closing) -> Exception:
     """Why no connection could be made: a refused certificate (either side's refusal) or
     anything else."""
     host, port = addr
     reason = event.reason or f"error code {event.error_code:#x}"
-    alert = event.error_code - CRYPTO_ERROR
-    if 0 <= alert < 0x100 and alert in tls.CERTIFICATE_ALERTS:
+    if _handshake_failure(event) == "certificate":
         return errors.CertificateError(f"{host}:{port}: certificate refused: {reason}")
     return errors.ConnectionError(f"could not connect to {host}:{port}: {reason}")

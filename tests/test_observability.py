@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rogue import Sinks
+from test_handshake_limits import flood_from
 from waiting import wait_until
 
 import qp2p
@@ -93,6 +95,65 @@ def test_qlog_dir_is_made_private(tmp_path: Path) -> None:
     config = qp2p.Config.from_env({"QP2P_QLOG_DIR": str(folder)})
     assert config.qlog_dir == str(folder)
     assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+
+
+# ---- stats ---------------------------------------------------------------------------------
+
+
+async def test_stats_count_messages_and_bytes_both_ways_and_keep_them_after_a_close(
+    make_endpoint: MakeEndpoint,
+) -> None:
+    a, b = await make_endpoint(), await make_endpoint()
+    connection = await a.connect_to(b.local_addr)
+    for size in (10, 200 * 1024):  # on a lane, and on a stream of its own
+        await connection.send(bytes(size))
+    request = asyncio.create_task(connection.request(b"ping", timeout=10))
+    (asked,) = [message for message in await received(b, 3) if message.is_request]
+    await asked.reply(b"pong!")
+    assert await request == b"pong!"
+
+    sent = (3, 10 + 200 * 1024 + 4)
+    before = a.stats(), b.stats()
+    assert [(s.messages_sent, s.bytes_sent, s.messages_received, s.bytes_received) for s in before] == [
+        (*sent, 1, 5),
+        (1, 5, *sent),
+    ]
+    for stats in before:
+        assert stats.connections_by_path == {"direct": 1, "punched": 0, "relayed": 0}
+        assert stats.handshakes_ok == 1 and sum(stats.handshakes_failed.values()) == 0
+    await connection.close()
+    await wait_until(lambda: not b.connections())
+    after = b.stats()
+    assert after.connections_by_path == {"direct": 0, "punched": 0, "relayed": 0}
+    assert (after.messages_received, after.bytes_received, after.handshakes_ok) == (*sent, 1)
+
+
+async def test_stats_count_failed_handshakes_by_reason(make_endpoint: MakeEndpoint) -> None:
+    full = await make_endpoint(max_connections=1)
+    slow = await make_endpoint(handshake_timeout=0.3, stateless_retry=False)
+    a, b = await make_endpoint(), await make_endpoint(trust=qp2p.Trust.pinned(["ab" * 32]))
+    await a.connect_to(full.local_addr)  # its one place
+    with pytest.raises(qp2p.ConnectionError):
+        await b.connect_to(full.local_addr)  # refused, before any certificate
+    with pytest.raises(qp2p.CertificateError):
+        await b.connect_to(a.local_addr)  # a's certificate is not pinned
+    flood = await flood_from("127.0.0.1", slow.local_addr)  # an Initial, then silence
+    try:
+        flood.start_one()
+        await wait_until(lambda: slow.stats().handshakes_failed["timeout"] == 1)
+    finally:
+        flood.close()
+    gave_up = await make_endpoint(connect_timeout=0.3)
+    async with Sinks(["127.0.0.1"]) as sinks:  # nobody answers there
+        with pytest.raises(qp2p.ConnectionError):
+            await gave_up.connect_to(sinks.addrs[0])
+
+    failed = {"certificate": 0, "tls": 0, "timeout": 0, "refused": 0, "closed_by_peer": 0, "closed": 0}
+    await wait_until(lambda: a.stats().handshakes_failed["certificate"] == 1)  # b's alert reached a
+    assert b.stats().handshakes_failed == {**failed, "certificate": 1, "refused": 1}
+    assert slow.stats().handshakes_failed == {**failed, "timeout": 1}
+    assert gave_up.stats().handshakes_failed == {**failed, "closed": 1}
+    assert b.stats().failed_handshakes == 2 and a.stats().handshakes_ok == full.stats().handshakes_ok == 1
 
 
 # ---- log records ---------------------------------------------------------------------------
