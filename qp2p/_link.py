@@ -394,10 +394,10 @@ class Link:
         if not self._linger.armed and not self.terminated.done():
             self._linger.set(self._loop.time() + delay)
 
-    def abort(self) -> None:
-        """Send one CONNECTION_CLOSE, then forget the connection without waiting for the
-        closing period: used when the connection or the endpoint is closed."""
-        self.close()
+    def abort(self, reason: str = "") -> None:
+        """Send one CONNECTION_CLOSE (giving ``reason``), then forget the connection without
+        waiting for the closing period: used when the connection or the endpoint is closed."""
+        self.close(reason=reason)
         if self.end is None:
             self._closing(s.Closing(s.CLOSE_NORMAL, "closed", by_peer=False))
         self._forget()

@@ -679,8 +679,7 @@ class Endpoint:
     def _handshake_too_slow(self, link: Link) -> None:
         if self._pending.pop(link, None) is not None:
             peer_log(log, link.peer_id, link.remote_addr).info("no handshake in time: closing")
-            link.close(reason=HANDSHAKE_TIMEOUT)  # the peer learns why, and so does the count
-            link.abort()
+            link.abort(HANDSHAKE_TIMEOUT)  # the peer learns why, and so does the count
 
     def _settled(self, link: Link) -> None:
         """``link`` is no longer waiting for its handshake: its timer goes, and it is no
@@ -907,7 +906,8 @@ class Endpoint:
         if not dial.result.cancelled():
             dial.result.exception()  # retrieved: nobody may be waiting any more
 
-    def _fail_dial(self, dial: _Dial, error: Exception) -> None:
+    def _fail_dial(self, dial: _Dial, error: Exception, reason: str = "") -> None:
+        """End ``dial`` with ``error``; its links nobody answered close, giving ``reason``."""
         if not dial.result.done():
             dial.result.set_exception(error)
         for link in list(dial.links):
@@ -916,26 +916,29 @@ class Endpoint:
             # replies: it is left to complete (it joins the peer's connection) or to time out.
             # Closing it could drop what the peer already sent on it.
             if link in self._pending and not link.heard:
-                link.abort()
+                link.abort(reason)
 
     async def _await_dial(self, dial: _Dial, timeout: float, what: str = "") -> Connection:
         """The connection ``dial`` brings, within ``timeout``; the dial is abandoned (its links
         closed) when its last waiter gives up."""
         dial.waiters += 1
+        timed_out = False
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(dial.result)
         except TimeoutError:
+            timed_out = True
             host, port = dial.addr
             raise errors.ConnectionError(f"no connection to {host}:{port}{what} within {timeout} s") from None
         finally:
-            self._release(dial)
+            self._release(dial, HANDSHAKE_TIMEOUT if timed_out else "")
 
-    def _release(self, dial: _Dial) -> None:
-        """One waiter less: the dial is abandoned (its links closed) when none is left."""
+    def _release(self, dial: _Dial, reason: str = "") -> None:
+        """One waiter less: the dial is abandoned (its links closed, giving ``reason``) when
+        none is left."""
         dial.waiters -= 1
         if dial.waiters == 0 and not dial.result.done():
-            self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"))
+            self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"), reason)
 
     def _existing(self, addr: Address, peer_id: str | None) -> Connection | None:
         """An open connection to ``peer_id``, or (without one) to whoever we reach at ``addr``

@@ -144,15 +144,20 @@ async def test_stats_count_failed_handshakes_by_reason(make_endpoint: MakeEndpoi
     finally:
         flood.close()
     gave_up = await make_endpoint(connect_timeout=0.3)
-    async with Sinks(["127.0.0.1"]) as sinks:  # nobody answers there
+    async with Sinks(["127.0.0.1"], per_host=2) as sinks:  # nobody answers there
         with pytest.raises(qp2p.ConnectionError):
             await gave_up.connect_to(sinks.addrs[0])
+        cancelled = asyncio.create_task(gave_up.connect_to(sinks.addrs[1]))
+        await wait_until(lambda: gave_up.stats().links == 1)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
 
     failed = {"certificate": 0, "tls": 0, "timeout": 0, "refused": 0, "closed_by_peer": 0, "closed": 0}
     await wait_until(lambda: a.stats().handshakes_failed["certificate"] == 1)  # b's alert reached a
     assert b.stats().handshakes_failed == {**failed, "certificate": 1, "refused": 1}
     assert slow.stats().handshakes_failed == {**failed, "timeout": 1}
-    assert gave_up.stats().handshakes_failed == {**failed, "closed": 1}
+    assert gave_up.stats().handshakes_failed == {**failed, "timeout": 1, "closed": 1}
     assert b.stats().failed_handshakes == 2 and a.stats().handshakes_ok == full.stats().handshakes_ok == 1
 
 
