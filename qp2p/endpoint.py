@@ -74,9 +74,9 @@ PROBE_BATCH = 4
 # QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
 # Why a handshake failed, as ``EndpointStats.handshakes_failed`` counts it: a certificate refused
-# (by either side), another TLS failure, our deadline for it passed, the peer refused the
-# connection (too many, or no memory), the peer or the network ended it, or we gave it up (a
-# dial abandoned, a punch over, the endpoint closing).
+# (by either side), another TLS failure, our deadline for it passed (or connect_to's), the peer
+# refused the connection (too many, or no memory), the peer or the network ended it, or we gave
+# it up (a dial whose callers were cancelled, a punch over, the endpoint closing).
 HANDSHAKE_FAILURES = ("certificate", "tls", "timeout", "refused", "closed_by_peer", "closed")
 # The reason our CONNECTION_CLOSE gives when a handshake took longer than it may.
 HANDSHAKE_TIMEOUT = "handshake timeout"
