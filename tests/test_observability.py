@@ -61,7 +61,7 @@ async def test_qlog_writes_one_trace_per_connection(make_endpoint: MakeEndpoint,
     await wait_until(lambda: any((tmp_path / "b").iterdir()), timeout=10)
 
     for side, vantage in (("a", "client"), ("b", "server")):
-        (name, trace) = traces(tmp_path / side).popitem()
+        ((name, trace),) = traces(tmp_path / side).items()  # one connection, one file
         assert name == f"{odcid}.qlog"
         assert trace["common_fields"]["ODCID"] == odcid
         assert trace["vantage_point"]["type"] == vantage
