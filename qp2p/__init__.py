@@ -7,7 +7,7 @@ pure-Python twin (forced with ``QP2P_NO_EXTENSIONS=1``).
 from qp2p._speedups import BACKEND
 from qp2p._version import __version__
 from qp2p.config import Config, Role, Trust
-from qp2p.connection import Connection, Message
+from qp2p.connection import Connection, Message, Traffic
 from qp2p.endpoint import Endpoint, EndpointStats
 from qp2p.errors import (
     BootstrapError,
@@ -24,6 +24,7 @@ from qp2p.errors import (
     MalformedPacket,
     MemoryRefused,
     MessageTooLarge,
+    MissingDependency,
     ReachabilityError,
     RecvError,
     RequestTimeout,
@@ -68,6 +69,7 @@ __all__ = (
     "MemoryRefused",
     "Message",
     "MessageTooLarge",
+    "MissingDependency",
     "NatBehaviour",
     "ReachabilityError",
     "RecvError",
@@ -81,6 +83,7 @@ __all__ = (
     "TokenForged",
     "TokenLengthError",
     "TokenUnknownKey",
+    "Traffic",
     "TruncatedFrame",
     "TruncatedMessage",
     "Trust",

@@ -15,7 +15,9 @@ aioquic 1.7 has no public way to:
   0-RTT a resuming client offers);
 - discover the path MTU: it sends every packet at one configured size, and neither sends
   probes, nor honours the peer's max_udp_payload_size, nor can change the size of a live
-  connection (nor keep the probing of another path at the base size once it can).
+  connection (nor keep the probing of another path at the base size once it can);
+- end a connection's qlog trace unless the connection reaches its terminated state, which one
+  that is dropped without waiting for its closing period never does.
 
 The version is pinned to 1.7.x in pyproject.toml; tests/test_aioquic_hooks.py fails if an
 upgrade moves anything used here.
@@ -48,6 +50,7 @@ __all__ = (
     "CheckedQuicConnection",
     "PeerCheck",
     "closing_event",
+    "end_qlog_trace",
     "limit_streams",
     "peer_certificate",
     "smoothed_rtt",
@@ -392,6 +395,16 @@ def closing_event(quic: QuicConnection) -> ConnectionTerminated | None:
     """Why the connection is closing, as soon as it starts to (aioquic reports it only after
     the closing or draining period, three probe timeouts later)."""
     return quic._close_event
+
+
+def end_qlog_trace(quic: QuicConnection) -> None:
+    """Hand the connection's qlog trace to its logger (a ``QuicFileLogger`` writes its file),
+    as aioquic does on reaching the terminated state; nothing if there is none or it ended."""
+    trace = quic._quic_logger
+    logger = quic.configuration.quic_logger
+    if trace is not None and logger is not None:
+        quic._quic_logger = None  # no more events, and aioquic will not end it a second time
+        logger.end_trace(trace)
 
 
 def smoothed_rtt(quic: QuicConnection) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from qp2p import errors, wire
+from qp2p._peer_log import peer_log
 from qp2p._tasks import BackgroundTasks
 from qp2p.bootstrap_cache import CacheFile
 from qp2p.config import Config, Role
@@ -205,7 +206,7 @@ class Joining:
                 except errors.Error as exc:
                     if addr in echoing:
                         echoing.clear()  # another node may echo instead
-                    log.info("a node we were told about, %s:%d, did not answer: %s", *addr, exc)
+                    peer_log(log, peer_id, addr).info("a node we were told about did not answer: %s", exc)
 
         try:
             await asyncio.gather(*(dial(addr, peer_id) for addr, peer_id in nodes if addr not in own))
@@ -219,7 +220,7 @@ class Joining:
                         continue
                     echo = await self._echo(connection)
                 except errors.Error as exc:
-                    log.info("no second echo from %s:%d: %s", *addr, exc)
+                    peer_log(log, None, addr).info("no second echo: %s", exc)
                     continue
                 self._echoes.append(echo)
         finally:

@@ -36,6 +36,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 
 from qp2p import errors, wire
 from qp2p import session as s
+from qp2p._peer_log import peer_log
 from qp2p._scheduler import Scheduler
 from qp2p._speedups import packet
 from qp2p.transport import MIN_INITIAL_SIZE, Address, PacketPath, Transport
@@ -238,7 +239,11 @@ class Link:
             elif kind is s.ControlReceived:
                 self.owner.control_received(self, event.message)  # type: ignore[union-attr]
             elif kind is s.StreamRefused:
-                log.info("refused stream %d from %s: %s", event.stream_id, self.remote_addr, event.error)  # type: ignore[union-attr]
+                peer_log(log, self.peer_id, self.remote_addr).info(
+                    "refused stream %d: %s",
+                    event.stream_id,  # type: ignore[union-attr]
+                    event.error,  # type: ignore[union-attr]
+                )
             elif kind is s.Closing:
                 self._closing(event)  # type: ignore[arg-type]
             elif kind is s.Terminated:
@@ -389,10 +394,10 @@ class Link:
         if not self._linger.armed and not self.terminated.done():
             self._linger.set(self._loop.time() + delay)
 
-    def abort(self) -> None:
-        """Send one CONNECTION_CLOSE, then forget the connection without waiting for the
-        closing period: used when the connection or the endpoint is closed."""
-        self.close()
+    def abort(self, reason: str = "") -> None:
+        """Send one CONNECTION_CLOSE (giving ``reason``), then forget the connection without
+        waiting for the closing period: used when the connection or the endpoint is closed."""
+        self.close(reason=reason)
         if self.end is None:
             self._closing(s.Closing(s.CLOSE_NORMAL, "closed", by_peer=False))
         self._forget()

@@ -72,17 +72,28 @@ def _format(addr: Address) -> str:
 
 
 async def _listen(args: argparse.Namespace) -> int:
-    """``qp2p listen``: serve until SIGINT or SIGTERM, then close the endpoint and exit 0."""
+    """``qp2p listen``: serve until SIGINT or SIGTERM, then close the endpoint and exit 0; with
+    ``--metrics-port``, its Prometheus metrics are served over HTTP as long."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with qp2p.Endpoint(qp2p.Config(local_ip=args.ip, local_port=args.port)) as endpoint:
         print(f"listening on {_format(endpoint.local_addr)}", flush=True)
-        async with asyncio.TaskGroup() as tasks:
-            serving = tasks.create_task(_serve(endpoint))
-            await stop.wait()
-            serving.cancel()
+        metrics = None
+        if args.metrics_port is not None:
+            from qp2p.metrics import start_metrics_server  # prometheus-client only when asked for
+
+            metrics = start_metrics_server(endpoint, args.metrics_port, args.metrics_host)
+            print(f"metrics on http://{_format(metrics.address)}/metrics", flush=True)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                serving = tasks.create_task(_serve(endpoint))
+                await stop.wait()
+                serving.cancel()
+        finally:
+            if metrics is not None:
+                metrics.close()
     return 0
 
 
@@ -453,6 +464,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen.add_argument("--ip", default="127.0.0.1", help="address to bind (default: %(default)s)")
     listen.add_argument("--port", type=int, default=0, help="port to bind, 0 for any (default: %(default)s)")
+    listen.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics over HTTP on this port, 0 for any (needs the metrics extra)",
+    )
+    listen.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="IP",
+        help="address the metrics server binds (default: %(default)s; 0.0.0.0 lets anyone read them)",
+    )
     listen.set_defaults(run=_run(_listen))
 
     send = commands.add_parser("send", help="send one message, or a request and print its reply")

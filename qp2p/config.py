@@ -227,6 +227,8 @@ class Config:
     relay_bytes_per_peer: int = 64 * MiB
     relay_window: float = 60.0
     relay_idle_timeout: float = 30.0
+    # Observability
+    qlog_dir: str | None = None  # a qlog trace per QUIC connection goes there (docs/observability.md)
 
     def __post_init__(self) -> None:
         try:
@@ -320,6 +322,24 @@ class Config:
             self.external_port is None or 0 < self.external_port <= 0xFFFF,
             f"external_port out of range: {self.external_port}",
         )
+        self._check_qlog_dir()
+
+    def _check_qlog_dir(self) -> None:
+        """The qlog folder: a path, made if it is missing (mode 0700: traces hold connection ids
+        and stateless reset tokens), and writable, so that no endpoint learns only when its
+        first connection ends that its traces cannot be written."""
+        folder = self.qlog_dir
+        if folder is None:
+            return
+        if isinstance(folder, os.PathLike):
+            folder = os.fspath(folder)
+            object.__setattr__(self, "qlog_dir", folder)  # a Path given is kept as a string
+        _check(isinstance(folder, str) and folder != "", "qlog_dir must be a folder path (or None)")
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"qlog_dir: cannot make the folder {folder}: {exc}") from exc
+        _check(os.access(folder, os.W_OK | os.X_OK), f"qlog_dir: the folder {folder} is not writable")
 
     def memory_limits(self) -> tuple[int, int, int]:
         """The memory an endpoint, a source address and a peer may hold, defaults filled in."""

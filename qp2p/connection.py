@@ -17,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from qp2p import errors
 from qp2p import session as s
 from qp2p._link import Link, LinkPath
+from qp2p._peer_log import peer_log
 from qp2p._pmtud import BASE_SIZE
 from qp2p._speedups import framing
 from qp2p.transport import Address
 from qp2p.wire import ControlMessage
 
-__all__ = ("BytesLike", "Connection", "ConnectionEvents", "Message", "message_taken")
+__all__ = ("BytesLike", "Connection", "ConnectionEvents", "Message", "Traffic", "message_taken")
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,24 @@ class ConnectionEvents(Protocol):
     def control_received(self, connection: Connection, link: Link, message: ControlMessage) -> None: ...
     def link_closed(self, link: Link) -> None: ...
     def connection_closed(self, connection: Connection) -> None: ...
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What a connection carried, as totals since it opened (they only grow). Messages,
+    requests and replies count as one message each; bytes are their payloads'."""
+
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
+
+    def add(self, other: Traffic) -> None:
+        """Add ``other``'s totals to these."""
+        self.messages_sent += other.messages_sent
+        self.bytes_sent += other.bytes_sent
+        self.messages_received += other.messages_received
+        self.bytes_received += other.bytes_received
 
 
 def _preference(link: Link) -> int:
@@ -143,6 +163,7 @@ class Connection:
         self._request_ids = itertools.count(1)
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._close_error: Exception | None = None
+        self.traffic = Traffic()  # counted as messages are queued to QUIC and handed up
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "open"
@@ -206,6 +227,9 @@ class Connection:
         if link is not None and self._close_error is None and type(data) is bytes:
             session = link.session
             if session.try_send(_FLAG_USER, data, lane):
+                traffic = self.traffic
+                traffic.messages_sent += 1
+                traffic.bytes_sent += len(data)
                 link.transmit_first()
                 if session.queued >= YIELD_AFTER:
                     await asyncio.sleep(0)  # let the transmit run before queueing more
@@ -252,7 +276,9 @@ class Connection:
             async with asyncio.timeout(self._close_timeout):
                 await asyncio.gather(*(link.drain() for link in links))
         except TimeoutError:
-            log.info("closing %s before all sent data was acknowledged", self)
+            peer_log(log, self.peer_id, self.remote_addr).info(
+                "closing before all sent data was acknowledged"
+            )
         finally:
             for link in links:
                 link.abort()
@@ -321,7 +347,9 @@ class Connection:
     def frames_received(self, link: Link, frames: list[s.FrameReceived]) -> None:
         """From the endpoint: frames one of our links decoded (replies resolve requests)."""
         messages = []
+        size = 0
         for event in frames:
+            size += len(event.data)
             if event.flag == _FLAG_RESPONSE:
                 waiter = self._requests.get(event.request_id)
                 if waiter is not None and not waiter.done():
@@ -330,6 +358,9 @@ class Connection:
                 link.transmit_soon()
             else:
                 messages.append(Message(self, link, event))
+        traffic = self.traffic
+        traffic.messages_received += len(frames)
+        traffic.bytes_received += size
         if messages:
             self._events.messages_received(messages)
 
@@ -377,14 +408,16 @@ class Connection:
             raise errors.MessageTooLarge(peer.max_message_size, size)
         if size > link.session.inline_limit:  # the peer's lane threshold, held to ours
             await link.send_large(flag, data, prefix)
-            return
-        body = prefix + data if prefix else bytes(data)
-        # Only credit can hold a small frame back now; a closing connection wakes the waiter
-        # and ``_usable_link`` raises.
-        while not link.session.try_send(flag, body, lane):
-            await link.wait_credit()
-            link = self._usable_link()
-        link.transmit_first()
+        else:
+            body = prefix + data if prefix else bytes(data)
+            # Only credit can hold a small frame back now; a closing connection wakes the
+            # waiter and ``_usable_link`` raises.
+            while not link.session.try_send(flag, body, lane):
+                await link.wait_credit()
+                link = self._usable_link()
+            link.transmit_first()
+        self.traffic.messages_sent += 1
+        self.traffic.bytes_sent += size - len(prefix)
 
     def _dialler(self, link: Link) -> str:
         """The peer id of whoever dialled ``link``: both peers agree on it."""
@@ -412,4 +445,5 @@ class Connection:
             if not waiter.done():
                 waiter.set_exception(error)
         self._closed.set_result(None)
+        peer_log(log, self.peer_id, self._last_addr).info("closed: %r", error)  # quoted: peers' words
         self._events.connection_closed(self)

@@ -21,6 +21,7 @@ import os
 import socket
 import ssl
 import time
+import typing
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -29,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.logger import QuicFileLogger
+from aioquic.quic.packet import QuicErrorCode
 
 from qp2p import errors, tls, wire
-from qp2p._aioquic_hooks import CheckedQuicConnection, limit_streams, smoothed_rtt
+from qp2p._aioquic_hooks import CheckedQuicConnection, end_qlog_trace, limit_streams, smoothed_rtt
 from qp2p._decisions import Peer, Send
 from qp2p._half_open import HalfOpen
 from qp2p._joining import Joining
@@ -39,6 +42,7 @@ from qp2p._link import Link, LinkPath, Refusal, RelayPath
 from qp2p._mailbox import Mailbox, MailboxIterator
 from qp2p._memory import MemoryBudget, MemoryStats, address_key
 from qp2p._mtu import forbid_fragmentation, route_payload
+from qp2p._peer_log import peer_log
 from qp2p._pmtud import BASE_SIZE
 from qp2p._scheduler import Alarm, Scheduler
 from qp2p._side_sockets import SideSockets
@@ -48,12 +52,12 @@ from qp2p._tasks import BackgroundTasks
 from qp2p._tickets import HELD_PER_ADDRESS, LinkTickets, TicketStore
 from qp2p.bootstrap_cache import BootstrapCache
 from qp2p.config import Config, Role
-from qp2p.connection import BytesLike, Connection, Message, message_taken
+from qp2p.connection import BytesLike, Connection, Message, Traffic, message_taken
 from qp2p.membership import Membership, Probe
 from qp2p.nat import traversal as t
 from qp2p.nat.behaviour import Mapping, NatBehaviour, observe
 from qp2p.nat.igd import PortMapping
-from qp2p.session import ALPN, Closing, FrameReceived, Session, endpoint_id_of, link_memory
+from qp2p.session import ALPN, CLOSE_NO_MEMORY, Closing, FrameReceived, Session, endpoint_id_of, link_memory
 from qp2p.transport import CID_LENGTH, Address, PacketPath, Receiver, Transport, TransportStats, normalize
 
 if TYPE_CHECKING:
@@ -69,6 +73,13 @@ EVENT_BACKLOG = 1024
 PROBE_BATCH = 4
 # QUIC carries a TLS alert as this plus the alert's number (RFC 9001 section 4.8).
 CRYPTO_ERROR = 0x100
+# Why a handshake failed, as ``EndpointStats.handshakes_failed`` counts it: a certificate refused
+# (by either side), another TLS failure, our deadline for it passed (or connect_to's), the peer
+# refused the connection (too many, or no memory), the peer or the network ended it, or we gave
+# it up (a dial whose callers were cancelled, a punch over, the endpoint closing).
+HANDSHAKE_FAILURES = ("certificate", "tls", "timeout", "refused", "closed_by_peer", "closed")
+# The reason our CONNECTION_CLOSE gives when a handshake took longer than it may.
+HANDSHAKE_TIMEOUT = "handshake timeout"
 # What a refused dial's CONNECTION_CLOSE says, by the reason ``EndpointStats.refusals`` counts.
 REFUSED_BECAUSE = {
     "max_connections": "too many connections",
@@ -79,25 +90,44 @@ REFUSED_BECAUSE = {
 
 @dataclass(frozen=True, slots=True)
 class EndpointStats:
-    """A snapshot of an endpoint's counters."""
+    """A snapshot of an endpoint's counters and gauges (docs/observability.md).
 
-    connections: int
-    routes: int
-    datagrams: TransportStats
-    queued_messages: int
-    failed_handshakes: int  # links that ended before being established (refused certificates, ...)
-    refused_connections: int  # dials refused because ``max_connections`` was reached
-    links: int = 0  # QUIC connections alive, established or not
-    punches: int = 0  # hole punches under way
-    relay_circuits: int = 0  # circuits we relay for others
-    half_open: int = 0  # handshakes peers started that are not done (``max_half_open``)
-    refusals: dict[str, int] = field(default_factory=dict)  # requests and dials declined, by reason
-    memory: MemoryStats | None = None  # what peers make us hold, by scope
-    tickets_issued: int = 0  # session tickets we issued that peers may resume with
-    tickets_held: int = 0  # session tickets peers issued us, to resume with when we dial them
-    keep_alives: int = 0  # PINGs sent on links idle for a whole keep_alive_interval
-    deadlines: int = 0  # link deadlines (QUIC timers, keep-alives, handshakes) behind the one timer
-    side_sockets: int = 0  # sockets besides our own, opened to punch (docs/nat.md)
+    A counter is a total since the endpoint was made: it only grows. A gauge is a value now.
+    Label-like keys (paths, reasons) come from fixed sets, never from peers.
+    """
+
+    connections: int  # gauge: connections in the pool
+    routes: int  # gauge: connection ids that route to a link
+    datagrams: TransportStats  # counters: datagrams on our socket, by fate
+    queued_messages: int  # gauge: messages received that the application has not taken
+    failed_handshakes: int  # counter: links that ended before being established (all reasons)
+    refused_connections: int  # counter: dials refused because ``max_connections`` was reached
+    links: int = 0  # gauge: QUIC connections alive, established or not
+    punches: int = 0  # gauge: hole punches under way
+    relay_circuits: int = 0  # gauge: circuits we relay for others
+    half_open: int = 0  # gauge: handshakes peers started that are not done (``max_half_open``)
+    refusals: dict[str, int] = field(default_factory=dict)  # counters: requests and dials declined, by reason
+    memory: MemoryStats | None = None  # gauges: what peers make us hold, by scope (its refusals: counters)
+    tickets_issued: int = 0  # gauge: session tickets we issued that peers may resume with
+    tickets_held: int = 0  # gauge: session tickets peers issued us, to resume with when we dial them
+    keep_alives: int = 0  # counter: PINGs sent on links idle for a whole keep_alive_interval
+    deadlines: int = 0  # gauge: link deadlines (QUIC timers, keep-alives, handshakes) behind the one timer
+    side_sockets: int = 0  # gauge: sockets besides our own, opened to punch (docs/nat.md)
+    # gauge: connections by how their packets travel now, every path of ``LinkPath`` a key
+    connections_by_path: dict[str, int] = field(default_factory=dict)
+    handshakes_ok: int = 0  # counter: links established (handshake done, the peer's Hello in)
+    # counters: links that ended before being established, every reason of ``HANDSHAKE_FAILURES`` a key
+    handshakes_failed: dict[str, int] = field(default_factory=dict)
+    messages_sent: int = 0  # counter: messages, requests and replies queued to QUIC
+    bytes_sent: int = 0  # counter: their payload bytes
+    messages_received: int = 0  # counter: messages, requests and replies received
+    bytes_received: int = 0  # counter: their payload bytes
+    punches_started: int = 0  # counter: hole punches of ours begun, asked for or not
+    punches_succeeded: int = 0  # counter: ... that brought a direct link to the peer
+    punches_failed: int = 0  # counter: ... given up
+    relay_circuits_opened: int = 0  # counter: circuits we relayed for others
+    relayed_bytes: int = 0  # counter: datagram bytes we carried on them, both ways
+    bootstrap_cache_size: int = 0  # gauge: nodes in the bootstrap cache
 
 
 @dataclass(eq=False, slots=True)
@@ -181,6 +211,8 @@ class Endpoint:
         self.punch_attempts = 0  # punch attempts the last connect_to(via=) made
         self._mapping: PortMapping | None = None
         self._mapping_task: asyncio.Task[Address | None] | None = None
+        # One qlog file per QUIC connection, named by its original destination connection id.
+        self._qlog = QuicFileLogger(self.config.qlog_dir) if self.config.qlog_dir is not None else None
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
         self._peer_check = tls.peer_check(self.config.trust)
@@ -207,6 +239,9 @@ class Endpoint:
         self._relay_sweep: asyncio.TimerHandle | None = None  # closes idle circuits we relay
         self._tasks = BackgroundTasks(log, "background work failed")
         self._failed_handshakes = 0
+        self._handshakes_ok = 0
+        self._handshake_failures = dict.fromkeys(HANDSHAKE_FAILURES, 0)
+        self._closed_traffic = Traffic()  # what connections no longer in the pool carried
         self._refused_connections = 0
         self._transport: Transport | None = None
         self._side = SideSockets(self.config.local_ip)
@@ -223,6 +258,7 @@ class Endpoint:
             connection_id_length=CID_LENGTH,
             idle_timeout=self.config.idle_timeout,
             max_datagram_size=BASE_SIZE,  # path MTU discovery raises it per connection
+            quic_logger=self._qlog,
             server_name=tls.SERVER_NAME if is_client else None,
             verify_mode=ssl.CERT_NONE,
         )
@@ -471,13 +507,21 @@ class Endpoint:
             try:
                 connection = await probe.connect_to(addr)
             except errors.Error as exc:
-                log.info("%s:%d is not reachable: %s", addr[0], addr[1], exc)
+                peer_log(log, None, addr).info("not reachable from a fresh socket: %s", exc)
                 return None
             return connection.peer_id
 
     def stats(self) -> EndpointStats:
-        """A snapshot of the endpoint's counters and gauges (docs/observability.md)."""
+        """The counters and gauges now (docs/observability.md; ``ClosedError`` once closed): a
+        walk of the pool, not kept up per event, so as cheap as the pool is small."""
         transport = self._check_open()
+        traversal = self._traversal
+        traffic = Traffic()
+        traffic.add(self._closed_traffic)
+        paths = dict.fromkeys(typing.get_args(LinkPath), 0)
+        for connection in self._peers.values():
+            traffic.add(connection.traffic)
+            paths[connection.path] += 1
         return EndpointStats(
             connections=len(self._peers),
             routes=transport.routes,
@@ -501,6 +545,19 @@ class Endpoint:
             keep_alives=self._keep_alives + sum(link.keep_alives for link in self._links),
             deadlines=self._scheduler.deadlines if self._scheduler is not None else 0,
             side_sockets=len(self._side),
+            connections_by_path=paths,
+            handshakes_ok=self._handshakes_ok,
+            handshakes_failed=dict(self._handshake_failures),
+            messages_sent=traffic.messages_sent,
+            bytes_sent=traffic.bytes_sent,
+            messages_received=traffic.messages_received,
+            bytes_received=traffic.bytes_received,
+            punches_started=traversal.punches_started,
+            punches_succeeded=traversal.punches_succeeded,
+            punches_failed=traversal.punches_failed,
+            relay_circuits_opened=traversal.circuits_opened,
+            relayed_bytes=traversal.relayed_bytes,
+            bootstrap_cache_size=len(self.bootstrap_cache),
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -621,8 +678,8 @@ class Endpoint:
 
     def _handshake_too_slow(self, link: Link) -> None:
         if self._pending.pop(link, None) is not None:
-            log.info("no handshake with %s:%d in time: closing", *link.remote_addr)
-            link.abort()
+            peer_log(log, link.peer_id, link.remote_addr).info("no handshake in time: closing")
+            link.abort(HANDSHAKE_TIMEOUT)  # the peer learns why, and so does the count
 
     def _settled(self, link: Link) -> None:
         """``link`` is no longer waiting for its handshake: its timer goes, and it is no
@@ -633,6 +690,7 @@ class Endpoint:
             alarm.cancel()
 
     def _forgotten(self, link: Link) -> None:
+        end_qlog_trace(link.session.quic)  # an aborted link never reaches aioquic's own end
         self._links.discard(link)
         self._open_links.discard(link)
         self._keep_alives += link.keep_alives
@@ -718,7 +776,7 @@ class Endpoint:
         evicted = self._half_open.evictable(host)
         if evicted is None:
             return False
-        log.info("too many handshakes: ending one from %s:%d", *evicted.remote_addr)
+        peer_log(log, evicted.peer_id, evicted.remote_addr).info("too many handshakes: ending this one")
         evicted.abort()  # its end takes it out of the table
         self._dial_refusals["half_open_evicted"] += 1
         return True
@@ -737,6 +795,7 @@ class Endpoint:
         """The handshake proved a certificate and the Hello arrived: the link joins the
         connection of that peer id, made now if there is none."""
         self._settled(link)
+        self._handshakes_ok += 1
         peer_id = link.peer_id
         assert peer_id is not None  # the session establishes only with a certificate
         now = asyncio.get_running_loop().time()
@@ -754,6 +813,9 @@ class Endpoint:
         dial = self._link_dials.pop(link, None)
         if new:
             dialled = link.session.is_client
+            peer_log(log, peer_id, link.remote_addr).info(
+                "connected (%s, %s)", link.path, "dialled" if dialled else "accepted"
+            )
             if not dialled:
                 self._connections.put(connection)
             started = dial.started if dial is not None else now
@@ -772,9 +834,13 @@ class Endpoint:
         self._open_links.discard(link)
         self._settled(link)
         self._failed_handshakes += 1
-        host, port = link.remote_addr
-        log.info("no connection with %s:%d: %s (error %#x)", host, port, event.reason, event.error_code)
+        self._handshake_failures[_handshake_failure(event)] += 1
         dial = self._link_dials.pop(link, None)
+        # The reason may be the peer's words: quoted, so no line of it passes as a record.
+        peer_id = link.peer_id or (dial.peer_id if dial is not None else None)
+        peer_log(log, peer_id, link.remote_addr).info(
+            "no connection: %r (error %#x)", event.reason, event.error_code
+        )
         if dial is None:
             return
         dial.links.discard(link)
@@ -792,6 +858,7 @@ class Endpoint:
                 self._close_relay_path(path, tell_relay=False)
 
     def _connection_closed(self, connection: Connection) -> None:
+        self._closed_traffic.add(connection.traffic)
         if self._peers.get(connection.peer_id) is connection:
             del self._peers[connection.peer_id]
         if self._state == "open":
@@ -839,7 +906,8 @@ class Endpoint:
         if not dial.result.cancelled():
             dial.result.exception()  # retrieved: nobody may be waiting any more
 
-    def _fail_dial(self, dial: _Dial, error: Exception) -> None:
+    def _fail_dial(self, dial: _Dial, error: Exception, reason: str = "") -> None:
+        """End ``dial`` with ``error``; its links nobody answered close, giving ``reason``."""
         if not dial.result.done():
             dial.result.set_exception(error)
         for link in list(dial.links):
@@ -848,26 +916,29 @@ class Endpoint:
             # replies: it is left to complete (it joins the peer's connection) or to time out.
             # Closing it could drop what the peer already sent on it.
             if link in self._pending and not link.heard:
-                link.abort()
+                link.abort(reason)
 
     async def _await_dial(self, dial: _Dial, timeout: float, what: str = "") -> Connection:
         """The connection ``dial`` brings, within ``timeout``; the dial is abandoned (its links
         closed) when its last waiter gives up."""
         dial.waiters += 1
+        timed_out = False
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(dial.result)
         except TimeoutError:
+            timed_out = True
             host, port = dial.addr
             raise errors.ConnectionError(f"no connection to {host}:{port}{what} within {timeout} s") from None
         finally:
-            self._release(dial)
+            self._release(dial, HANDSHAKE_TIMEOUT if timed_out else "")
 
-    def _release(self, dial: _Dial) -> None:
-        """One waiter less: the dial is abandoned (its links closed) when none is left."""
+    def _release(self, dial: _Dial, reason: str = "") -> None:
+        """One waiter less: the dial is abandoned (its links closed, giving ``reason``) when
+        none is left."""
         dial.waiters -= 1
         if dial.waiters == 0 and not dial.result.done():
-            self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"))
+            self._fail_dial(dial, errors.ConnectionError("the dial was abandoned"), reason)
 
     def _existing(self, addr: Address, peer_id: str | None) -> Connection | None:
         """An open connection to ``peer_id``, or (without one) to whoever we reach at ``addr``
@@ -986,7 +1057,7 @@ class Endpoint:
                     request, wire.Punch, self.config.control_timeout, wire.PunchFailed
                 )
             except errors.Error as exc:
-                log.info("no punch towards %s:%d: %s", *target, exc)
+                peer_log(log, peer_id, target).info("no punch towards it: %s", exc)
                 return None
             link = coordinator.current_link
             if link is None or (peer_id is not None and answer.peer_id != peer_id):
@@ -1012,6 +1083,7 @@ class Endpoint:
         self._arrivals.setdefault(path.peer_id, []).append(arrived)
         links: list[Link] = []
         helpers: list[asyncio.Task[None]] = []
+        punched: Connection | None = None
         try:
             await asyncio.sleep(max(0.0, path.at - loop.time()))
             own = self._check_open()  # closed while we waited: no punch, from any socket
@@ -1042,12 +1114,13 @@ class Endpoint:
                     raise
                 except errors.Error:
                     return None
-            return self.connection(path.peer_id) if self._has_direct_link(path.peer_id) else None
+            punched = self.connection(path.peer_id) if self._has_direct_link(path.peer_id) else None
+            return punched
         finally:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            self._traversal.punch_over(path.punch)
+            self._traversal.punch_over(path.punch, succeeded=punched is not None)
             waiters = self._arrivals.get(path.peer_id, [])
             if arrived in waiters:
                 waiters.remove(arrived)
@@ -1251,7 +1324,9 @@ class Endpoint:
                 return
             sends = traversal.relay(link, message, now)
             if sends is None:
-                log.debug("a relay message for an unknown circuit from %s", connection)
+                peer_log(log, connection.peer_id, connection.remote_addr).debug(
+                    "a relay message for an unknown circuit"
+                )
             else:
                 self._carry_out(sends)
         elif not isinstance(message, wire.PunchFailed):  # a late answer: nobody waits for it
@@ -1313,12 +1388,23 @@ def _wake(waiter: asyncio.Future[None], done: asyncio.Future[Connection]) -> Non
         waiter.exception()  # retrieved: the punch may be over, nobody waiting any more
 
 
+def _handshake_failure(event: Closing) -> str:
+    """Why a link ended before being established: one of ``HANDSHAKE_FAILURES``."""
+    alert = event.error_code - CRYPTO_ERROR  # a TLS alert, either side's
+    if 0 <= alert < 0x100:
+        return "certificate" if alert in tls.CERTIFICATE_ALERTS else "tls"
+    if not event.by_peer:
+        return "timeout" if event.reason == HANDSHAKE_TIMEOUT else "closed"
+    if event.error_code in (QuicErrorCode.CONNECTION_REFUSED, CLOSE_NO_MEMORY):
+        return "refused"
+    return "closed_by_peer"
+
+
 def _dial_error(addr: Address, event: Closing) -> Exception:
     """Why no connection could be made: a refused certificate (either side's refusal) or
     anything else."""
     host, port = addr
     reason = event.reason or f"error code {event.error_code:#x}"
-    alert = event.error_code - CRYPTO_ERROR
-    if 0 <= alert < 0x100 and alert in tls.CERTIFICATE_ALERTS:
+    if _handshake_failure(event) == "certificate":
         return errors.CertificateError(f"{host}:{port}: certificate refused: {reason}")
     return errors.ConnectionError(f"could not connect to {host}:{port}: {reason}")

@@ -24,6 +24,7 @@ __all__ = (
     "MalformedPacket",
     "MemoryRefused",
     "MessageTooLarge",
+    "MissingDependency",
     "ReachabilityError",
     "RecvError",
     "RequestTimeout",
@@ -75,6 +76,11 @@ class BootstrapError(ConnectionError):
 
     def __reduce__(self) -> tuple[type[BootstrapError], tuple[str, dict[tuple[str, int], str]]]:
         return (type(self), (str(self), self.attempts))
+
+
+class MissingDependency(Error, builtins.ImportError):
+    """An optional feature needs a package that is not installed; the message names the
+    extra that brings it (``pip install 'qp2p[metrics]'``)."""
 
 
 class ReachabilityError(Error):

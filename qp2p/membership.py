@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from qp2p import wire
 from qp2p._budget import Budgets
 from qp2p._decisions import Peer, Send
+from qp2p._peer_log import peer_log
 from qp2p.bootstrap_cache import BootstrapCache
 from qp2p.config import Config, Role
 from qp2p.wire import Address
@@ -95,7 +96,7 @@ class Membership:
                 if entry.fingerprint is not None and entry.addr != peer.addr
             ]
             return Send(peer.link, wire.PeersResponse(tuple(known[: min(message.limit, PEERS_WANTED)])))
-        log.debug("ignored control message %r from %s", message, peer.addr)
+        peer_log(log, peer.peer_id, peer.addr).debug("ignored control message %r", message)
         return None
 
     def probe_done(self, probe: Probe, fingerprint: str | None, wall_time: float) -> tuple[Send, bool]:

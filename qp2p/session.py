@@ -36,6 +36,7 @@ from aioquic.quic.connection import NetworkAddress
 from qp2p import wire
 from qp2p._aioquic_hooks import CheckedQuicConnection, closing_event, peer_certificate, unacked_bytes
 from qp2p._memory import Reservation, unlimited
+from qp2p._peer_log import peer_log
 from qp2p._speedups import chunking, framing
 from qp2p.errors import (
     DecodeError,
@@ -818,7 +819,9 @@ class Session:
 
     def _reject_frame(self, error: DecodeError) -> None:
         self.rejected_frames += 1
-        log.warning("dropped a malformed frame from %s: %s", self._quic.get_peer_address(), error)
+        addr = self._quic.get_peer_address()
+        assert addr is not None  # frames came: the peer has an address
+        peer_log(log, self.peer_id, addr).warning("dropped a malformed frame: %s", error)
 
     def _control_frame(self, body: bytes | bytearray) -> None:
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "api.md"
-MODULES = ("qp2p", "qp2p.tls")
+MODULES = ("qp2p", "qp2p.tls", "qp2p.metrics")
 # Classes whose instances the endpoint hands out: their constructors are not for applications.
 HANDED_OUT = frozenset({"Connection", "Message"})
 # Constants whose value depends on the install, described instead of shown.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import aioquic
 from aioquic import tls as aioquic_tls
@@ -12,10 +14,11 @@ from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.logger import QuicFileLogger
 from aioquic.quic.packet import pull_quic_header
 
 from qp2p import tls
-from qp2p._aioquic_hooks import CheckedQuicConnection, smoothed_rtt, unacked_bytes
+from qp2p._aioquic_hooks import CheckedQuicConnection, end_qlog_trace, smoothed_rtt, unacked_bytes
 from qp2p._tickets import LinkTickets, TicketStore
 from qp2p.config import Trust
 
@@ -40,6 +43,20 @@ def test_unacked_bytes_reads_the_send_buffers() -> None:
 
 def test_smoothed_rtt_is_zero_before_the_first_sample() -> None:
     assert smoothed_rtt(QuicConnection(configuration=QuicConfiguration(is_client=True))) == 0.0
+
+
+def test_end_qlog_trace_writes_the_trace_of_a_connection_never_terminated(tmp_path: Path) -> None:
+    quic = QuicConnection(
+        configuration=QuicConfiguration(is_client=True, quic_logger=QuicFileLogger(str(tmp_path)))
+    )
+    quic.connect(("10.0.0.2", 4433), now=0.0)
+    quic.datagrams_to_send(now=0.0)
+    end_qlog_trace(quic)
+    end_qlog_trace(quic)  # ended once: aioquic would not end it again either
+    (path,) = tmp_path.iterdir()
+    assert path.name == quic.original_destination_connection_id.hex() + ".qlog"
+    (trace,) = json.loads(path.read_text())["traces"]
+    assert "transport:packet_sent" in {event["name"] for event in trace["events"]}
 
 
 def _pump(

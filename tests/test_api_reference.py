@@ -58,3 +58,10 @@ def test_every_config_field_has_a_row_in_the_configuration_table() -> None:
     documented = _table_names(page, "## Configuration")
     fields = {field.name for field in dataclasses.fields(qp2p.Config)}
     assert fields - documented == set()
+
+
+def test_every_stats_field_has_a_row_in_the_observability_table() -> None:
+    page = (ROOT / "docs" / "observability.md").read_text()
+    documented = _table_names(page, "## Counters and gauges")
+    fields = {field.name for field in dataclasses.fields(qp2p.EndpointStats)}
+    assert fields - documented == set()

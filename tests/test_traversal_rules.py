@@ -72,10 +72,25 @@ def test_a_solicited_punch_opens_a_path_with_a_capped_delay() -> None:
     assert (path.addr, path.peer_id) == (ADDR_B, B)
     assert path.at == 10.0 + rules.limits.max_delay and path.until == path.at + t.PUNCH_TIMEOUT
     assert rules.punches == 1 and rules.punching(B, path.until)
-    rules.punch_over(path.punch)
+    rules.punch_over(path.punch, succeeded=False)
     assert rules.punches == 0
     assert rules.punching(B, path.until + t.LABEL_GRACE - 0.1) and not rules.punching(
         B, path.until + t.LABEL_GRACE
+    )
+
+
+def test_punches_are_counted_as_they_start_and_end() -> None:
+    rules = t.Traversal()
+    paths = [rules.punch(COORD, wire.Punch(ADDR_B, B, 0), solicited=True, now=0.0) for _ in range(3)]
+    assert rules.punch(COORD, wire.Punch(ADDR_B, wire.ANY_PEER, 0), True, 0.0) is None  # refused: not started
+    first, second, _ = (path.punch for path in paths if path is not None)
+    rules.punch_over(first, succeeded=True)
+    rules.punch_over(second, succeeded=False)
+    assert (rules.punches_started, rules.punches_succeeded, rules.punches_failed, rules.punches) == (
+        3,
+        1,
+        1,
+        1,
     )
 
 
@@ -94,13 +109,13 @@ def test_unsolicited_punches_one_at_a_time_per_coordinator_within_a_budget() -> 
     assert rules.punch(COORD, wire.Punch(ADDR_A, A, 0), solicited=False, now=0.0) is None  # one at a time
     other = peer("d" * 64, ("198.51.100.4", 4), "ld")
     assert rules.punch(other, wire.Punch(ADDR_A, A, 0), solicited=False, now=0.0) is not None
-    rules.punch_over(first.punch)
+    rules.punch_over(first.punch, succeeded=False)
     taken = 1
     for _ in range(50):  # back to back: the burst, then nothing until the bucket refills
         path = rules.punch(COORD, wire.Punch(ADDR_B, B, 0), solicited=False, now=0.0)
         if path is not None:
             taken += 1
-            rules.punch_over(path.punch)
+            rules.punch_over(path.punch, succeeded=False)
     assert taken == limits.unsolicited_burst
     later = rules.punch(COORD, wire.Punch(ADDR_B, B, 0), solicited=False, now=limits.unsolicited_interval)
     assert later is not None
@@ -140,6 +155,7 @@ def test_relay_opens_a_circuit_and_forwards_both_ways() -> None:
     assert rules.relay("la", wire.RelayData(8, b"x"), 0.0) is None  # not a circuit of ours
     assert rules.relay("lb", wire.RelayClose(incoming.circuit), 0.0) == [Send("la", wire.RelayClose(7))]
     assert rules.circuits == 0
+    assert (rules.circuits_opened, rules.relayed_bytes) == (1, 2)  # totals: they outlive the circuit
 
 
 def test_relay_limits_circuits_per_peer_and_bytes_per_circuit() -> None:
@@ -152,6 +168,7 @@ def test_relay_limits_circuits_per_peer_and_bytes_per_circuit() -> None:
     closed = rules.relay("la", wire.RelayData(0, b"123456"), 0.0)
     assert closed is not None and all(isinstance(send.message, wire.RelayClose) for send in closed)
     assert rules.circuits == 1
+    assert (rules.circuits_opened, rules.relayed_bytes) == (2, 5)  # the one past the budget was not carried
 
 
 def open_circuit(rules: t.Traversal, number: int, now: float = 0.0) -> int:
@@ -247,7 +264,7 @@ def test_an_unsolicited_punch_costs_at_most_three_times_what_the_coordinator_sen
         )
         if path is not None:
             allowed += 1
-            rules.punch_over(path.punch)
+            rules.punch_over(path.punch, succeeded=False)
         assert allowed * t.UNSOLICITED_COST <= 3 * received
     assert allowed >= 19  # the first padded Punch tops up what the handshake left
     assert (
@@ -341,7 +358,7 @@ def test_a_birthday_mode_is_carried_out_only_by_the_side_it_fits_and_one_at_a_ti
     again = rules.punch(COORD, wire.Punch(ADDR_A, A, 0, wire.PUNCH_PROBE), True, 0.0)
     assert again is not None and again.mode == wire.PUNCH_PLAIN  # one birthday at a time
     assert rules.refusals["a birthday punch is under way"] == 1
-    rules.punch_over(path.punch)
+    rules.punch_over(path.punch, succeeded=False)
     rules.behaviour = HARD
     fan = rules.punch(COORD, wire.Punch(ADDR_A, A, 0, wire.PUNCH_FAN_OUT), True, 0.0)
     assert fan is not None and fan.mode == wire.PUNCH_FAN_OUT and fan.ports == ()

@@ -181,6 +181,13 @@ class Traversal:
         self._circuits: dict[tuple[Hashable, int], Circuit] = {}  # as a relay: both ends of each
         self._paths: dict[tuple[Hashable, int], str] = {}  # as a relayed peer: circuit -> peer id
         self.refusals: Counter[str] = Counter()  # why we declined what a peer asked
+        # Totals since made (they only grow): punches of ours started and how they ended (the
+        # endpoint says, ``punch_over``), circuits we relayed and the bytes they carried.
+        self.punches_started = 0
+        self.punches_succeeded = 0
+        self.punches_failed = 0
+        self.circuits_opened = 0
+        self.relayed_bytes = 0
 
     # ---- bookkeeping -----------------------------------------------------------------------
 
@@ -203,9 +210,13 @@ class Traversal:
         came through the punched hole."""
         return self._labels.get(peer_id, 0.0) > now
 
-    def punch_over(self, number: int) -> None:
-        """The punch ``number`` succeeded or was given up."""
+    def punch_over(self, number: int, *, succeeded: bool) -> None:
+        """The punch ``number`` brought a link to its peer (``succeeded``) or was given up."""
         self._punches.pop(number, None)
+        if succeeded:
+            self.punches_succeeded += 1
+        else:
+            self.punches_failed += 1
 
     # ---- the side that asks, and the side asked for ----------------------------------------
 
@@ -265,6 +276,7 @@ class Traversal:
         while len(self._labels) > LABELS:  # the oldest go first
             del self._labels[next(iter(self._labels))]
         ports = probe_ports(message.peer[1], self._rng) if mode == wire.PUNCH_PROBE else ()
+        self.punches_started += 1
         return OpenPath(number, at, message.peer, message.peer_id, until, mode, ports)
 
     def _mode(self, asked: int) -> int:
@@ -369,6 +381,7 @@ class Traversal:
         circuit = Circuit(asker.link, message.circuit, asker.peer_id, target.link, theirs, now)
         self._circuits[(asker.link, message.circuit)] = circuit
         self._circuits[(target.link, theirs)] = circuit
+        self.circuits_opened += 1
         return [Send(target.link, wire.RelayIncoming(asker.addr, asker.peer_id, theirs))]
 
     def _may_open(self, asker: Peer) -> bool:
@@ -417,6 +430,7 @@ class Traversal:
                 limits.relay_bytes_per_peer,
             )
             return self._close(circuit, "relay_bytes_per_peer")
+        self.relayed_bytes += size
         return [Send(to, wire.RelayData(number, message.datagram))]
 
     def _close(self, circuit: Circuit, reason: str) -> list[Send]:
