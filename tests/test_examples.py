@@ -1,0 +1,94 @@
+"""Every program in examples/, run end to end as real processes over UDP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import netlab
+import pytest
+from processes import Running
+
+import qp2p
+
+pytestmark = pytest.mark.timeout(180)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# The package directory's parent, first on the children's path: they import this very qp2p.
+ROOT = str(Path(qp2p.__file__).resolve().parent.parent)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+
+Start = Callable[..., Running]
+
+
+@pytest.fixture
+def start() -> Iterator[Start]:
+    """Starts ``examples/NAME`` with arguments (inside a namespace, given ``within``); whatever
+    still runs at the end is killed."""
+    started: list[Running] = []
+
+    def run(
+        name: str, *args: str, within: netlab.Namespace | None = None, env: dict[str, str] = ENV
+    ) -> Running:
+        argv = [sys.executable, str(EXAMPLES / name), *args]
+        started.append(Running(within.command(argv) if within else argv, env=env))
+        return started[-1]
+
+    yield run
+    for running in started:
+        running.stop()
+
+
+def test_every_example_is_short_and_says_what_it_shows() -> None:
+    for path in sorted(EXAMPLES.glob("*.py")):
+        source = path.read_text()
+        assert source.startswith('"""'), f"{path.name} has no docstring at the top"
+        assert "python examples/" in source.split('"""')[1], f"{path.name} does not say how to run it"
+        if path.name != "demo.py":
+            assert len(source.splitlines()) < 100, f"{path.name} is too long for an example"
+
+
+# ---- chat ------------------------------------------------------------------------------------
+
+
+def converse(listener: Running, connector: Running, listener_addr: str) -> str:
+    """Both sides connect, lines cross both ways in order, the connector leaves; the address the
+    listener saw the connector at."""
+    connector_seen_at = listener.expect("* connected to ").split()[-1]
+    assert connector.expect("* connected to ") == f"* connected to {listener_addr}"
+    lines = [f"line {i} from the connector" for i in range(20)]
+    connector.write("".join(f"{line}\n" for line in lines))
+    assert [listener.next() for _ in lines] == [f"< {line}" for line in lines]
+    listener.write("hi back\n\x1b[2J\n")  # the second line would clear a terminal
+    assert connector.next() == "< hi back"
+    assert connector.next() == "< '\\x1b[2J'"
+    connector.close_stdin()
+    assert connector.wait() == 0, connector.stderr
+    assert listener.expect("* peer left")
+    assert listener.wait() == 0, listener.stderr
+    return connector_seen_at
+
+
+def test_chat_over_loopback(start: Start) -> None:
+    listener = start("chat.py", "--listen", "127.0.0.1:0")
+    addr = listener.expect("* listening on ").split()[-1]
+    assert addr.startswith("127.0.0.1:")
+    connector = start("chat.py", "--connect", addr)
+    assert converse(listener, connector, addr).startswith("127.0.0.1:")
+
+
+@netlab.requires(*netlab.NAT)
+def test_chat_with_one_peer_behind_a_nat(start: Start) -> None:
+    with netlab.Namespace() as wan, netlab.Namespace() as router, netlab.Namespace() as lan:
+        netlab.wire(router, "wan0", "198.18.7.1/24", wan, "eth0", "198.18.7.2/24")
+        netlab.wire(router, "lan0", "10.7.0.1/24", lan, "eth0", "10.7.0.2/24")
+        lan.ip("route", "add", "default", "via", "10.7.0.1")
+        netlab.NatRouter(router, "lan0", "wan0")  # port-restricted cone: MASQUERADE
+        listener = start("chat.py", "--listen", "198.18.7.2:0", within=wan)
+        addr = listener.expect("* listening on ").split()[-1]
+        connector = start("chat.py", "--connect", addr, within=lan)
+        seen_at = converse(listener, connector, addr)
+    # The listener talked to the NAT's public address, never to the host's own.
+    assert seen_at.startswith("198.18.7.1:"), seen_at
