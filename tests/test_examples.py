@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,3 +95,36 @@ def test_chat_with_one_peer_behind_a_nat(start: Start) -> None:
         seen_at = converse(listener, connector, addr)
     # The listener talked to the NAT's public address, never to the host's own.
     assert seen_at.startswith("198.18.7.1:"), seen_at
+
+
+# ---- send_file -------------------------------------------------------------------------------
+
+TQDM = pytest.mark.skipif(importlib.util.find_spec("tqdm") is None, reason="tqdm is not installed")
+
+
+@pytest.mark.parametrize("bar", [pytest.param("tqdm", marks=TQDM), "plain"])
+def test_send_file_arrives_intact_with_progress(start: Start, tmp_path: Path, bar: str) -> None:
+    data = os.urandom(5 << 20)
+    source, copy = tmp_path / "source.bin", tmp_path / "copy.bin"
+    source.write_bytes(data)
+    env = dict(ENV)
+    if bar == "plain":  # a tqdm that cannot be imported, found first
+        (tmp_path / "hidden").mkdir()
+        (tmp_path / "hidden" / "tqdm.py").write_text("raise ImportError('hidden by the test')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "hidden"), ENV["PYTHONPATH"]])
+    receiver = start("send_file.py", "receive", str(copy), "127.0.0.1:0")
+    addr = receiver.expect("listening on ").split()[-1]
+    sender = start("send_file.py", "send", str(source), addr, env=env)
+    assert sender.wait(timeout=120) == 0, sender.stderr
+    digest = hashlib.sha256(data).hexdigest()
+    throughput, checked = sender.rest()
+    assert re.fullmatch(r"sent 5242880 bytes in \d+\.\d\d s: \d+\.\d MB/s", throughput), throughput
+    assert checked == f"sha256 {digest}: the receiver has the same"
+    assert receiver.wait() == 0, receiver.stderr
+    assert receiver.next() == f"received 5242880 bytes, sha256 {digest}: intact"
+    assert copy.read_bytes() == data
+    progress = sender.stderr.splitlines()
+    if bar == "tqdm":
+        assert "100%|" in progress[-1] and "5.00M/5.00M" in progress[-1], progress
+    else:
+        assert progress[-1] == "sent 100%" and "sent 20%" in progress, progress
