@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,3 +129,18 @@ def test_send_file_arrives_intact_with_progress(start: Start, tmp_path: Path, ba
         assert "100%|" in progress[-1] and "5.00M/5.00M" in progress[-1], progress
     else:
         assert progress[-1] == "sent 100%" and "sent 20%" in progress, progress
+
+
+# ---- service ---------------------------------------------------------------------------------
+
+
+def test_service_answers_three_clients_at_once(start: Start) -> None:
+    server = start("service.py", "serve", "127.0.0.1:0")
+    addr = server.expect("serving on ").split()[-1]
+    clients = [start("service.py", "ask", addr, "--count", "50") for _ in range(3)]
+    for client in clients:
+        assert client.wait(timeout=60) == 0, client.stderr
+        assert list(client.rest()) == ["101 of 101 replies right"]
+    server.process.send_signal(signal.SIGINT)
+    assert server.wait() == 0, server.stderr
+    assert list(server.rest()) == ["served 303 requests from 3 clients"]
