@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -144,3 +145,38 @@ def test_service_answers_three_clients_at_once(start: Start) -> None:
     server.process.send_signal(signal.SIGINT)
     assert server.wait() == 0, server.stderr
     assert list(server.rest()) == ["served 303 requests from 3 clients"]
+
+
+# ---- rejoin ----------------------------------------------------------------------------------
+
+
+def test_rejoin_from_the_cache_alone_once_the_contact_is_gone(start: Start, tmp_path: Path) -> None:
+    def node(name: str, *contact: str) -> tuple[Running, str]:
+        running = start("rejoin.py", "--cache-dir", str(tmp_path / name), *contact)
+        return running, running.expect("node at ").split()[-1]
+
+    first, first_addr = node("first")
+    assert first.next().startswith("the first node (")
+    other, other_addr = node("other", "--contact", first_addr)
+    assert other.expect("joined through ") == f"joined through {first_addr}"
+    # First run: through the contact; the contact hands out the other node, which answers.
+    rejoining, addr = node("rejoining", "--contact", first_addr)
+    assert rejoining.expect("joined through ") == f"joined through {first_addr}"
+    both = ", ".join(sorted([first_addr, other_addr], key=lambda addr: int(addr.rsplit(":", 1)[1])))
+    assert rejoining.expect(f"cache: {both}")
+    rejoining.close_stdin()
+    assert rejoining.wait() == 0, rejoining.stderr
+    assert list(rejoining.rest()) == [f"saved: {both}"]
+    saved = json.loads((tmp_path / "rejoining" / "bootstrap_cache.json").read_text())["peers"]
+    assert sorted(f"{host}:{port}" for host, port in (entry["addr"] for entry in saved)) == sorted(
+        [first_addr, other_addr]
+    )
+
+    first.process.kill()  # the contact is gone for good
+    first.wait()
+    # Second run: no contact given, the cache alone.
+    again, _ = node("rejoining")
+    assert again.expect("joined through ") == f"joined through {other_addr}"
+    for running in (again, other):
+        running.close_stdin()
+        assert running.wait() == 0, running.stderr
