@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
-__all__ = ("Running",)
+import qp2p
+
+__all__ = ("ENV", "Running")
+
+# For children: the package directory's parent first on their path, so they import this very qp2p.
+_ROOT = str(Path(qp2p.__file__).resolve().parent.parent)
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
 
 
 class Running:

@@ -1,30 +1,22 @@
-"""The ``qp2p`` command line, run as real processes: ``listen``, ``send``, ``demo``, ``ca`` and ``cert``."""
+"""The ``qp2p`` command line, run as real processes: ``listen``, ``send``, ``ca`` and ``cert``."""
 
 from __future__ import annotations
 
 import datetime
-import importlib.util
-import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from processes import ENV, Running
 
-import qp2p
 from qp2p import tls
 
 pytestmark = pytest.mark.timeout(180)
-
-# The package directory's parent, first on the children's path: they import this very qp2p.
-ROOT = str(Path(qp2p.__file__).resolve().parent.parent)
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
 
 
 def qp2p_command(*args: str) -> list[str]:
@@ -35,76 +27,36 @@ def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(qp2p_command(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-class Lines:
-    """A process's stdout lines, read by a thread so that every wait can have a timeout."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self._queue: queue.Queue[str] = queue.Queue()
-        assert process.stdout is not None
-        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: Iterator[str]) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
-
-    def join(self, timeout: float) -> None:
-        """Until the reader saw the end of the stream (the process exited)."""
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"stdout still open after {timeout} s"
-
-    def next(self, timeout: float = 10.0) -> str:
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line within {timeout} s") from None
-
-
 @pytest.fixture
-def listener() -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+def listener() -> Iterator[Running]:
     """A running ``qp2p listen`` on a free port; killed at the end if it is still running."""
-    process = subprocess.Popen(
-        qp2p_command("listen", "--port", "0"),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = Lines(process)
+    running = Running(qp2p_command("listen", "--port", "0"), env=ENV)
     try:
-        yield process, lines
+        yield running
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        lines.join(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
+        running.stop()
 
 
-def test_listen_send_and_request(listener: tuple[subprocess.Popen[str], Lines]) -> None:
-    process, lines = listener
-    first = lines.next(timeout=30)
+def test_listen_send_and_request(listener: Running) -> None:
+    first = listener.next()
     assert first.startswith("listening on 127.0.0.1:"), first
     addr = first.split()[-1]
 
     sent = run("send", addr, "hello there", timeout=30)
     assert sent.returncode == 0, sent.stderr
     assert "sent 11 bytes" in sent.stdout
-    line = lines.next()
+    line = listener.next()
     assert " message 11 bytes " in line and "b'hello there'" in line
 
     answered = run("send", addr, "ping \u00e9", "--request", "--timeout", "10", timeout=30)
     assert answered.returncode == 0, answered.stderr
     assert answered.stdout == "ping \u00e9\n"
-    line = lines.next()
+    line = listener.next()
     assert " request 7 bytes " in line and "b'ping \\xc3\\xa9'" in line
 
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=10) == 0
-    assert process.stderr is not None
-    assert process.stderr.read() == ""
+    listener.process.send_signal(signal.SIGINT)
+    assert listener.wait(timeout=10) == 0
+    assert listener.stderr == ""
 
 
 @pytest.mark.parametrize("kind", [[], ["--request"]], ids=["message", "request"])
@@ -137,28 +89,11 @@ def test_send_refuses_a_bad_address() -> None:
     ],
     ids=["escape-sequences", "newline", "bidi-control", "not-utf8"],
 )
-def test_send_request_shows_a_peer_reply_safely(
-    listener: tuple[subprocess.Popen[str], Lines], reply: str, shown: str
-) -> None:
-    _, lines = listener
-    addr = lines.next(timeout=30).split()[-1]
+def test_send_request_shows_a_peer_reply_safely(listener: Running, reply: str, shown: str) -> None:
+    addr = listener.next().split()[-1]
     answered = run("send", addr, reply, "--request", timeout=30)  # the listener echoes the request
     assert answered.returncode == 0, answered.stderr
     assert answered.stdout == shown + "\n"
-
-
-UVLOOP = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed")
-
-
-@pytest.mark.parametrize("loop", [pytest.param("uvloop", marks=UVLOOP), "asyncio"])
-def test_demo(loop: str) -> None:
-    result = run("--loop", loop, "demo", "--nodes", "3", "--messages", "200", "--requests", "20", timeout=150)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"backend: {qp2p.BACKEND}, event loop: {loop}" in result.stdout
-    assert "3 nodes" in result.stdout
-    assert "OK: all 3 nodes reported no errors" in result.stdout
-    totals = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["all"])
-    assert totals.split()[1:5] == ["1200", "1200", "120/120", "120"]
 
 
 # ---- certificates: never through a symlink, never half a pair, never past the CA ------------

@@ -14,16 +14,13 @@ from pathlib import Path
 
 import netlab
 import pytest
-from processes import Running
+from processes import ENV, Running
 
 import qp2p
 
 pytestmark = pytest.mark.timeout(180)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# The package directory's parent, first on the children's path: they import this very qp2p.
-ROOT = str(Path(qp2p.__file__).resolve().parent.parent)
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
 
 Start = Callable[..., Running]
 
@@ -180,3 +177,29 @@ def test_rejoin_from_the_cache_alone_once_the_contact_is_gone(start: Start, tmp_
     for running in (again, other):
         running.close_stdin()
         assert running.wait() == 0, running.stderr
+
+
+# ---- demo ------------------------------------------------------------------------------------
+
+UVLOOP = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed")
+
+
+@pytest.mark.parametrize("loop", [pytest.param("uvloop", marks=UVLOOP), "asyncio"])
+def test_demo(start: Start, loop: str) -> None:
+    demo = start("demo.py", "--loop", loop, "--nodes", "3", "--messages", "200", "--requests", "20")
+    assert demo.wait(timeout=150) == 0, demo.stderr
+    out = list(demo.rest())
+    assert out[0] == f"qp2p {qp2p.__version__} demo, event loop: {loop}"
+    assert out[1] == f"backend: {qp2p.BACKEND}"
+    assert out[2].startswith("3 nodes on 127.0.0.1")
+    totals = next(line for line in out if line.split()[:1] == ["all"])
+    assert totals.split()[1:5] == ["1200", "1200", "120/120", "120"]
+    assert out[-2].startswith("OK: all 3 nodes reported no errors; each of the 1200 messages"), out
+
+
+def test_demo_fails_when_something_is_missing(start: Start) -> None:
+    # Far more than two nodes can exchange in the time given: each times out, short.
+    demo = start("demo.py", "--nodes", "2", "--messages", "10000000", "--timeout", "0.5")
+    assert demo.wait(timeout=150) == 1, demo.stderr
+    out = "\n".join(demo.rest())
+    assert "\nFAILED:\n" in out and "timed out after 0.5 s" in out and "OK: all" not in out
