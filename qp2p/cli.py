@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
+import importlib
 import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import qp2p
-from qp2p import _loops, _speedups, tls
+from qp2p import _files, _loops, _speedups, tls
 
 Address = tuple[str, int]
 
@@ -70,15 +72,15 @@ async def _listen(args: argparse.Namespace) -> int:
     async with qp2p.Endpoint(qp2p.Config(local_ip=args.ip, local_port=args.port)) as endpoint:
         print(f"listening on {_format(endpoint.local_addr)}", flush=True)
         async with asyncio.TaskGroup() as tasks:
-            serving = tasks.create_task(_serve(endpoint))
+            serving = tasks.create_task(_serve(endpoint, args.save_dir))
             await stop.wait()
             serving.cancel()
     return 0
 
 
-async def _serve(endpoint: qp2p.Endpoint) -> None:
-    """Print every message; answer each request with its own bytes."""
-    async for message in endpoint.incoming_messages():
+async def _serve(endpoint: qp2p.Endpoint, save_dir: Path | None = None) -> None:
+    """Print every message; answer each request with its own bytes. Files go to ``_files``."""
+    async for message in _files.Receiver(save_dir, _said).others(endpoint.incoming_messages()):
         data = message.data
         shown = repr(bytes(data[:SHOWN_BYTES])) + ("..." if len(data) > SHOWN_BYTES else "")
         kind = "request" if message.is_request else "message"
@@ -92,17 +94,26 @@ async def _serve(endpoint: qp2p.Endpoint) -> None:
                 )
 
 
+def _said(message: qp2p.Message, text: str) -> None:
+    """What the file receiver reports, after the address it came from."""
+    print(f"{_format(message.src)} {text}", flush=True)
+
+
 # ---- send ----------------------------------------------------------------------------------
 
 
 async def _send(args: argparse.Namespace) -> int:
-    """``qp2p send``: one message or request; a reply is shown as ``_shown`` makes it safe."""
+    """``qp2p send``: one message, request or file; a reply is shown as ``_shown`` makes it safe."""
     host, _ = args.addr
     config = qp2p.Config(local_ip="::" if ":" in host else "0.0.0.0", connect_timeout=args.timeout)
-    data = args.message.encode("utf-8", "surrogateescape")  # an argument that is not UTF-8: its bytes
+    if args.file is not None and args.request:
+        raise ValueError("--request sends a MESSAGE, not a --file")
     async with qp2p.Endpoint(config) as endpoint:
         deadline = time.monotonic() + args.timeout
         connection = await endpoint.connect_to(args.addr)
+        if args.file is not None:
+            return await _send_file(connection, args.file, args.timeout)
+        data = args.message.encode("utf-8", "surrogateescape")  # an argument that is not UTF-8: its bytes
         if args.request:
             reply = await connection.request(data, timeout=max(0.0, deadline - time.monotonic()))
             print(_shown(bytes(reply)))
@@ -113,6 +124,46 @@ async def _send(args: argparse.Namespace) -> int:
             await asyncio.sleep(0)
             print(f"sent {len(data)} bytes to {_format(connection.remote_addr)}")
     return 0
+
+
+async def _send_file(connection: qp2p.Connection, path: Path, timeout: float) -> int:
+    """``qp2p send --file``: the file, with a progress bar; its throughput once the receiver
+    replied with the same SHA-256 (``SendError`` if it did not)."""
+    began = time.perf_counter()
+    size, digest = await _files.send_file(connection, path, timeout, _progress)
+    seconds = time.perf_counter() - began
+    rate = f"{size / seconds / 1e6:.1f} MB/s" if seconds > 0 else "-"
+    print(f"sent {path.name}: {size} bytes in {seconds:.2f} s, {rate}, to {_format(connection.remote_addr)}")
+    print(f"sha256 {digest}: the receiver has the same")
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], object]]:
+    """A progress bar on stderr, told of each piece's bytes: tqdm's when it is installed (the
+    ``progress`` extra), else one percentage line."""
+    try:
+        tqdm = importlib.import_module("tqdm").tqdm
+    except ImportError:
+        pass
+    else:
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr) as bar:
+            yield bar.update
+        return
+    done, shown = 0, -1
+
+    def update(count: int) -> None:
+        nonlocal done, shown
+        done += count
+        if (percent := 100 * done // max(1, total)) != shown:
+            shown = percent
+            print(f"\rsent {percent}% of {total} bytes", end="", file=sys.stderr, flush=True)
+
+    try:
+        yield update
+    finally:
+        if shown >= 0:
+            print(file=sys.stderr)
 
 
 def _shown(data: bytes) -> str:
@@ -182,17 +233,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     listen.add_argument("--ip", default="127.0.0.1", help="address to bind (default: %(default)s)")
     listen.add_argument("--port", type=int, default=0, help="port to bind, 0 for any (default: %(default)s)")
+    listen.add_argument(
+        "--save-dir", type=Path, help="save the files peers send into this folder (else: checked, not saved)"
+    )
     listen.set_defaults(run=_run(_listen))
 
-    send = commands.add_parser("send", help="send one message, or a request and print its reply")
+    send = commands.add_parser("send", help="send one message, a request and print its reply, or a file")
     send.add_argument("addr", type=_address, metavar="ADDR", help="HOST:PORT, or [IPv6]:PORT")
-    send.add_argument("message", metavar="MESSAGE", help="text to send, encoded as UTF-8")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("message", nargs="?", metavar="MESSAGE", help="text to send, encoded as UTF-8")
+    what.add_argument(
+        "--file", type=Path, metavar="PATH", help="send a file (docs/files.md), with a progress bar"
+    )
     send.add_argument("--request", action="store_true", help="send a request and print the reply")
     send.add_argument(
         "--timeout",
         type=_seconds,
         default=10.0,
-        help="seconds to connect and get a reply (default: %(default)s)",
+        help="seconds to connect, and to get each reply (default: %(default)s)",
     )
     send.set_defaults(run=_run(_send))
 

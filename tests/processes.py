@@ -13,11 +13,19 @@ from typing import IO
 
 import qp2p
 
-__all__ = ("ENV", "Running")
+__all__ = ("ENV", "Running", "env_without")
 
 # For children: the package directory's parent first on their path, so they import this very qp2p.
 _ROOT = str(Path(qp2p.__file__).resolve().parent.parent)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
+
+
+def env_without(module: str, folder: Path) -> dict[str, str]:
+    """``ENV``, but a child's ``import module`` raises ImportError: a stand-in that does, in
+    ``folder``, comes first on its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(f"raise ImportError('{module} is hidden by the test')\n")
+    return {**ENV, "PYTHONPATH": os.pathsep.join([str(folder), ENV["PYTHONPATH"]])}
 
 
 class Running:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import netlab
 import pytest
-from processes import ENV, Running
+from processes import ENV, Running, env_without
 
 import qp2p
 
@@ -106,11 +106,7 @@ def test_send_file_arrives_intact_with_progress(start: Start, tmp_path: Path, ba
     data = os.urandom(5 << 20)
     source, copy = tmp_path / "source.bin", tmp_path / "copy.bin"
     source.write_bytes(data)
-    env = dict(ENV)
-    if bar == "plain":  # a tqdm that cannot be imported, found first
-        (tmp_path / "hidden").mkdir()
-        (tmp_path / "hidden" / "tqdm.py").write_text("raise ImportError('hidden by the test')\n")
-        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "hidden"), ENV["PYTHONPATH"]])
+    env = env_without("tqdm", tmp_path / "hidden") if bar == "plain" else ENV
     receiver = start("send_file.py", "receive", str(copy), "127.0.0.1:0")
     addr = receiver.expect("listening on ").split()[-1]
     sender = start("send_file.py", "send", str(source), addr, env=env)
