@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import qp2p
 pytestmark = pytest.mark.timeout(180)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+README = EXAMPLES.parent / "README.md"
 
 Start = Callable[..., Running]
 
@@ -199,3 +201,29 @@ def test_demo_fails_when_something_is_missing(start: Start) -> None:
     assert demo.wait(timeout=150) == 1, demo.stderr
     out = "\n".join(demo.rest())
     assert "\nFAILED:\n" in out and "timed out after 0.5 s" in out and "OK: all" not in out
+
+
+# ---- the README's quick start ----------------------------------------------------------------
+
+
+def fenced_after(marker: str) -> str:
+    """The text of the code block that follows ``marker`` in the README."""
+    lines = README.read_text().splitlines()
+    start = lines.index(marker) + 1
+    assert lines[start].startswith("```"), f"no code block right after {marker}"
+    end = lines.index("```", start + 1)
+    return "".join(f"{line}\n" for line in lines[start + 1 : end])
+
+
+def test_the_readme_quick_start_prints_what_the_readme_says(tmp_path: Path) -> None:
+    snippet = fenced_after("<!-- quick-start -->")
+    assert len([line for line in snippet.splitlines() if line.strip()]) <= 15, "no longer a dozen lines"
+    (tmp_path / "hello.py").write_text(snippet)
+    home = tmp_path / "home"  # the snippet never bootstraps, so it writes no bootstrap cache
+    env = {**ENV, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    done = subprocess.run(
+        [sys.executable, "hello.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == fenced_after("<!-- quick-start-output -->")
+    assert not home.exists()
