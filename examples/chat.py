@@ -64,14 +64,17 @@ async def chat(args: argparse.Namespace) -> None:
         typing = asyncio.create_task(type_lines(connection))
         closed = asyncio.create_task(connection.wait_closed())
         await asyncio.wait([typing, closed], return_when=asyncio.FIRST_COMPLETED)
-        for task in (printing, typing, closed):
-            task.cancel()
-        await asyncio.gather(printing, typing, closed, return_exceptions=True)
+        peer_left = connection.is_closed
+        typing.cancel()
+        closed.cancel()
+        await asyncio.gather(typing, closed, return_exceptions=True)
         if not typing.cancelled():
             typing.result()  # an unexpected error while typing is raised, not swallowed
-        if connection.is_closed:
+        # Closing delivers the lines we sent first; then print_lines shows what came and ends.
+        await endpoint.close()
+        await printing
+        if peer_left:
             print("* peer left", flush=True)
-        # Leaving the block closes the endpoint: lines still in flight are delivered first.
 
 
 def main() -> None:

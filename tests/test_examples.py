@@ -68,9 +68,11 @@ def converse(listener: Running, connector: Running, listener_addr: str) -> str:
     listener.write("hi back\n\x1b[2J\n")  # the second line would clear a terminal
     assert connector.next() == "< hi back"
     assert connector.next() == "< '\\x1b[2J'"
-    connector.close_stdin()
+    connector.write("last words\n")
+    connector.close_stdin()  # at once: what it sent still arrives before it leaves
     assert connector.wait() == 0, connector.stderr
-    assert listener.expect("* peer left")
+    assert listener.next() == "< last words"
+    assert listener.next() == "* peer left"
     assert listener.wait() == 0, listener.stderr
     return connector_seen_at
 
