@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from qp2p.connection import Connection, Message
-from qp2p.errors import SendError
+from qp2p.errors import Error, SendError
 
 __all__ = ("BEGIN", "END", "MAX_TRANSFERS", "PIECE", "PIECE_SIZE", "Receiver", "send_file")
 
@@ -122,12 +122,18 @@ class Receiver:
         if data.startswith(PIECE) and not message.is_request:
             self._piece(message.connection, memoryview(data)[len(PIECE) :])
         elif data.startswith(BEGIN) and message.is_request:
-            await message.reply(self._begin(message, bytes(data[len(BEGIN) :])))
+            await self._reply(message, self._begin(message, bytes(data[len(BEGIN) :])))
         elif data == END and message.is_request:
-            await message.reply(self._end(message))
+            await self._reply(message, self._end(message))
         else:
             return False
         return True
+
+    async def _reply(self, message: Message, reply: bytes) -> None:
+        try:
+            await message.reply(reply)
+        except Error as exc:  # the sender went away: the others go on
+            self._say(message, f"cannot reply: {exc}")
 
     def _begin(self, message: Message, header: bytes) -> bytes:
         for connection in [c for c in self._transfers if c.is_closed]:  # senders that went away
