@@ -1,4 +1,4 @@
-"""The event loop the command line and the demo run on: uvloop when it is installed (the
+"""The event loop the command line runs on: uvloop when it is installed (the
 ``uvloop`` extra) unless told otherwise, else asyncio's own. A library user's loop is theirs:
 nothing here is used by ``Endpoint``."""
 

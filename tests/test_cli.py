@@ -1,30 +1,29 @@
-"""The ``qp2p`` command line, run as real processes: ``listen``, ``send``, ``demo``, ``ca`` and ``cert``."""
+"""The ``qp2p`` command line, run as real processes: ``listen``, ``send``, ``ca`` and ``cert``."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import hashlib
 import importlib.util
+import json
 import os
-import queue
+import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from processes import ENV, Running, env_without
 
 import qp2p
-from qp2p import tls
+from qp2p import _files, tls
 
 pytestmark = pytest.mark.timeout(180)
-
-# The package directory's parent, first on the children's path: they import this very qp2p.
-ROOT = str(Path(qp2p.__file__).resolve().parent.parent)
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
 
 
 def qp2p_command(*args: str) -> list[str]:
@@ -35,76 +34,46 @@ def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(qp2p_command(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-class Lines:
-    """A process's stdout lines, read by a thread so that every wait can have a timeout."""
+@pytest.fixture
+def listeners() -> Iterator[Callable[..., Running]]:
+    """Starts ``qp2p listen`` on a free port, with more arguments; whatever still runs at the
+    end is killed."""
+    started: list[Running] = []
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self._queue: queue.Queue[str] = queue.Queue()
-        assert process.stdout is not None
-        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
-        self._thread.start()
+    def start(*args: str) -> Running:
+        started.append(Running(qp2p_command("listen", "--port", "0", *args), env=ENV))
+        return started[-1]
 
-    def _read(self, stream: Iterator[str]) -> None:
-        for line in stream:
-            self._queue.put(line.rstrip("\n"))
-
-    def join(self, timeout: float) -> None:
-        """Until the reader saw the end of the stream (the process exited)."""
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"stdout still open after {timeout} s"
-
-    def next(self, timeout: float = 10.0) -> str:
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no line within {timeout} s") from None
+    yield start
+    for running in started:
+        running.stop()
 
 
 @pytest.fixture
-def listener() -> Iterator[tuple[subprocess.Popen[str], Lines]]:
-    """A running ``qp2p listen`` on a free port; killed at the end if it is still running."""
-    process = subprocess.Popen(
-        qp2p_command("listen", "--port", "0"),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = Lines(process)
-    try:
-        yield process, lines
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        lines.join(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
+def listener(listeners: Callable[..., Running]) -> Running:
+    return listeners()
 
 
-def test_listen_send_and_request(listener: tuple[subprocess.Popen[str], Lines]) -> None:
-    process, lines = listener
-    first = lines.next(timeout=30)
+def test_listen_send_and_request(listener: Running) -> None:
+    first = listener.next()
     assert first.startswith("listening on 127.0.0.1:"), first
     addr = first.split()[-1]
 
     sent = run("send", addr, "hello there", timeout=30)
     assert sent.returncode == 0, sent.stderr
     assert "sent 11 bytes" in sent.stdout
-    line = lines.next()
+    line = listener.next()
     assert " message 11 bytes " in line and "b'hello there'" in line
 
     answered = run("send", addr, "ping \u00e9", "--request", "--timeout", "10", timeout=30)
     assert answered.returncode == 0, answered.stderr
     assert answered.stdout == "ping \u00e9\n"
-    line = lines.next()
+    line = listener.next()
     assert " request 7 bytes " in line and "b'ping \\xc3\\xa9'" in line
 
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=10) == 0
-    assert process.stderr is not None
-    assert process.stderr.read() == ""
+    listener.process.send_signal(signal.SIGINT)
+    assert listener.wait(timeout=10) == 0
+    assert listener.stderr == ""
 
 
 @pytest.mark.parametrize("kind", [[], ["--request"]], ids=["message", "request"])
@@ -137,28 +106,148 @@ def test_send_refuses_a_bad_address() -> None:
     ],
     ids=["escape-sequences", "newline", "bidi-control", "not-utf8"],
 )
-def test_send_request_shows_a_peer_reply_safely(
-    listener: tuple[subprocess.Popen[str], Lines], reply: str, shown: str
-) -> None:
-    _, lines = listener
-    addr = lines.next(timeout=30).split()[-1]
+def test_send_request_shows_a_peer_reply_safely(listener: Running, reply: str, shown: str) -> None:
+    addr = listener.next().split()[-1]
     answered = run("send", addr, reply, "--request", timeout=30)  # the listener echoes the request
     assert answered.returncode == 0, answered.stderr
     assert answered.stdout == shown + "\n"
 
 
-UVLOOP = pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed")
+# ---- files: qp2p send --file, received by qp2p listen ------------------------------------------
+
+TQDM = pytest.mark.skipif(importlib.util.find_spec("tqdm") is None, reason="tqdm is not installed")
 
 
-@pytest.mark.parametrize("loop", [pytest.param("uvloop", marks=UVLOOP), "asyncio"])
-def test_demo(loop: str) -> None:
-    result = run("--loop", loop, "demo", "--nodes", "3", "--messages", "200", "--requests", "20", timeout=150)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"backend: {qp2p.BACKEND}, event loop: {loop}" in result.stdout
-    assert "3 nodes" in result.stdout
-    assert "OK: all 3 nodes reported no errors" in result.stdout
-    totals = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["all"])
-    assert totals.split()[1:5] == ["1200", "1200", "120/120", "120"]
+@pytest.mark.parametrize("bar", [pytest.param("tqdm", marks=TQDM), "plain"])
+def test_send_file_is_saved_checked_and_timed(
+    listeners: Callable[..., Running], tmp_path: Path, bar: str
+) -> None:
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    listener = listeners("--save-dir", str(saved))
+    addr = listener.next().split()[-1]
+    data = os.urandom(3 << 20)
+    (tmp_path / "data.bin").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    env = env_without("tqdm", tmp_path / "hidden") if bar == "plain" else ENV
+    sent = subprocess.run(
+        qp2p_command("send", addr, "--file", str(tmp_path / "data.bin")),
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    timed, checked = sent.stdout.splitlines()
+    assert re.fullmatch(rf"sent data.bin: 3145728 bytes in \d+\.\d\d s, \d+\.\d MB/s, to {addr}", timed), (
+        timed
+    )
+    assert checked == f"sha256 {digest}: the receiver has the same"
+    progress = sent.stderr.splitlines()[-1]
+    if bar == "tqdm":
+        assert "100%|" in progress and "3.00M/3.00M" in progress, sent.stderr
+    else:
+        assert progress == "sent 100% of 3145728 bytes", sent.stderr
+    assert listener.next().endswith(" file 'data.bin' 3145728 bytes: receiving")
+    assert listener.next().endswith(
+        f" file 'data.bin' 3145728 bytes sha256 {digest}: saved as {saved / 'data.bin'}"
+    )
+    assert [path.name for path in saved.iterdir()] == ["data.bin"]  # no partial file left
+    assert (saved / "data.bin").read_bytes() == data
+
+    again = run("send", addr, "--file", str(tmp_path / "data.bin"), timeout=60)
+    assert one_line_error(again) == "error: the receiver refused the file: 'data.bin' exists"
+    assert (saved / "data.bin").read_bytes() == data
+
+
+def test_listen_without_save_dir_checks_a_file_and_saves_nothing(listener: Running, tmp_path: Path) -> None:
+    addr = listener.next().split()[-1]
+    (tmp_path / "empty").write_bytes(b"")
+    sent = run("send", addr, "--file", str(tmp_path / "empty"), timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    empty = hashlib.sha256(b"").hexdigest()
+    assert sent.stdout.splitlines()[1] == f"sha256 {empty}: the receiver has the same"
+    listener.expect("127.0.0.1:")  # receiving
+    assert listener.next().endswith(f"sha256 {empty}: not saved (listen has no --save-dir)")
+
+
+async def test_send_file_fails_when_the_receiver_has_another_checksum(
+    make_endpoint: Callable[..., Awaitable[qp2p.Endpoint]], tmp_path: Path
+) -> None:
+    receiver = await make_endpoint()
+
+    async def answer() -> None:  # takes every piece, then claims the file was something else
+        async for message in receiver.incoming_messages():
+            if message.data.startswith(_files.BEGIN):
+                await message.reply(b"ok")
+            elif message.data == _files.END:
+                await message.reply(b"sha256:" + b"0" * 64)
+
+    (tmp_path / "data.bin").write_bytes(os.urandom(200_000))
+    host, port = receiver.local_addr
+    answering = asyncio.create_task(answer())
+    try:
+        sent = await asyncio.to_thread(
+            run, "send", f"{host}:{port}", "--file", str(tmp_path / "data.bin"), timeout=60
+        )
+    finally:
+        answering.cancel()
+    assert sent.returncode == 1, sent.stdout + sent.stderr
+    # The progress bar went first, on stderr too; then the one line of the error.
+    assert sent.stderr.splitlines()[-1] == f"error: the receiver's SHA-256 differs: {'0' * 64}"
+    assert "the receiver has the same" not in sent.stdout
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ({"name": "../escape", "size": 1}, "not a plain file name: '../escape'"),
+        ({"name": ".hidden", "size": 1}, "not a plain file name: '.hidden'"),
+        ({"name": "a\x1b[2J", "size": 1}, "not a plain file name: 'a\\x1b[2J'"),
+        ({"name": "x", "size": -1}, "a size must be a whole number of bytes"),
+        ({"name": "x"}, "not a file header"),
+    ],
+    ids=["parent-folder", "hidden", "escape-sequence", "negative-size", "no-size"],
+)
+async def test_listen_refuses_a_file_it_must_not_write(
+    listeners: Callable[..., Running],
+    make_endpoint: Callable[..., Awaitable[qp2p.Endpoint]],
+    tmp_path: Path,
+    header: dict[str, object],
+    reason: str,
+) -> None:
+    listener = listeners("--save-dir", str(tmp_path))
+    host, _, port = listener.next().split()[-1].rpartition(":")
+    connection = await (await make_endpoint()).connect_to((host, int(port)))
+    reply = await connection.request(_files.BEGIN + json.dumps(header).encode(), timeout=10)
+    assert reply == f"refused: {reason}".encode()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_listen_refuses_a_file_whose_pieces_came_out_of_order(
+    listeners: Callable[..., Running], make_endpoint: Callable[..., Awaitable[qp2p.Endpoint]], tmp_path: Path
+) -> None:
+    listener = listeners("--save-dir", str(tmp_path))
+    host, _, port = listener.next().split()[-1].rpartition(":")
+    connection = await (await make_endpoint()).connect_to((host, int(port)))
+    assert await connection.request(_files.BEGIN + b'{"name": "x", "size": 4}', timeout=10) == b"ok"
+    await connection.send(_files.PIECE + (2).to_bytes(8, "big") + b"yz", lane=0)
+    await connection.send(_files.PIECE + (0).to_bytes(8, "big") + b"wx", lane=0)
+    reply = await connection.request(_files.END, timeout=10)
+    assert reply == b"refused: a piece at 2 came after 0 bytes"
+    assert list(tmp_path.iterdir()) == []  # the partial file went too
+
+
+async def test_a_file_under_way_when_listen_stops_leaves_nothing_behind(
+    listeners: Callable[..., Running], make_endpoint: Callable[..., Awaitable[qp2p.Endpoint]], tmp_path: Path
+) -> None:
+    listener = listeners("--save-dir", str(tmp_path))
+    host, _, port = listener.next().split()[-1].rpartition(":")
+    connection = await (await make_endpoint()).connect_to((host, int(port)))
+    assert await connection.request(_files.BEGIN + b'{"name": "x", "size": 4}', timeout=10) == b"ok"
+    await connection.send(_files.PIECE + (0).to_bytes(8, "big") + b"wx", lane=0)
+    assert listener.next().endswith(" file 'x' 4 bytes: receiving")
+    assert [path.name for path in tmp_path.iterdir()][0].startswith(".x.")  # the partial file
+    listener.process.send_signal(signal.SIGINT)
+    assert await asyncio.to_thread(listener.wait) == 0, listener.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- certificates: never through a symlink, never half a pair, never past the CA ------------

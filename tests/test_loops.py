@@ -1,5 +1,5 @@
-"""The event loop of the command line and the demo: uvloop when installed, asyncio's own on
-request; an unknown or missing loop is a clear error."""
+"""The event loop of the command line: uvloop when installed, asyncio's own on request; an
+unknown or missing loop is a clear error."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from processes import ENV, Running, env_without
 from prometheus_client.parser import text_string_to_metric_families
-from test_cli import ENV, Lines, one_line_error, qp2p_command, run
+from test_cli import one_line_error, qp2p_command, run
 from test_observability import received
 
 import qp2p
@@ -112,51 +112,38 @@ async def test_without_prometheus_client_the_error_names_the_extra(
 
 @pytest.mark.timeout(120)
 def test_listen_serves_its_metrics_while_it_runs() -> None:
-    process = subprocess.Popen(
-        qp2p_command("listen", "--port", "0", "--metrics-port", "0"),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = Lines(process)
+    listener = Running(qp2p_command("listen", "--port", "0", "--metrics-port", "0"), env=ENV)
     try:
-        addr = lines.next(timeout=30).split()[-1]
-        announced = lines.next()
+        addr = listener.next().split()[-1]
+        announced = listener.next()
         assert announced.startswith("metrics on http://127.0.0.1:") and announced.endswith("/metrics")
         url = announced.split()[-1]
         assert run("send", addr, "counted", timeout=30).returncode == 0
-        assert " message 7 bytes " in lines.next()
+        assert " message 7 bytes " in listener.next()
 
         samples = parse(get(url))
         assert sample(samples, "qp2p_messages_total", direction="in") == 1
         assert sample(samples, "qp2p_message_bytes_total", direction="in") == 7
         assert sample(samples, "qp2p_handshakes_ok_total") == 1
 
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
-        assert process.stderr is not None and process.stderr.read() == ""
+        listener.process.send_signal(signal.SIGINT)
+        assert listener.wait(timeout=10) == 0
+        assert listener.stderr == ""
         with pytest.raises(OSError):
             get(url)  # the metrics went with the endpoint
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
-        lines.join(timeout=10)
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None
-            stream.close()
+        listener.stop()
 
 
 @pytest.mark.timeout(60)
 def test_listen_metrics_errors_are_one_line(tmp_path: Path) -> None:
     line = one_line_error(run("listen", "--metrics-port", "0", "--metrics-host", "localhost", timeout=30))
     assert "must be an IP address" in line
-    hidden = tmp_path / "prometheus_client"  # shadows the installed package: as if it were missing
-    hidden.mkdir()
-    (hidden / "__init__.py").write_text("raise ImportError('not installed')\n")
-    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), ENV["PYTHONPATH"]])}
     result = subprocess.run(
-        qp2p_command("listen", "--metrics-port", "0"), env=env, capture_output=True, text=True, timeout=30
+        qp2p_command("listen", "--metrics-port", "0"),
+        env=env_without("prometheus_client", tmp_path),  # as if it were not installed
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert "pip install 'qp2p[metrics]'" in one_line_error(result)
