@@ -1,6 +1,6 @@
 """A node that, after a restart, joins its network again from its bootstrap cache alone.
 
-    python examples/rejoin.py --cache-dir a                          # the network's first node
+    python examples/rejoin.py --cache-dir a --port 4000              # the network's first node
     python examples/rejoin.py --cache-dir b --contact 127.0.0.1:4000 # joins through a contact
     python examples/rejoin.py --cache-dir c --contact 127.0.0.1:4000 # learns of b through a
     python examples/rejoin.py --cache-dir c                          # later, a gone: through b
@@ -40,7 +40,10 @@ def wait_for_eof(loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     config = qp2p.Config(
-        local_ip="127.0.0.1", bootstrap_cache_dir=args.cache_dir, hard_coded_contacts=args.contact
+        local_ip="127.0.0.1",
+        local_port=args.port,
+        bootstrap_cache_dir=args.cache_dir,
+        hard_coded_contacts=args.contact,
     )
     async with qp2p.Endpoint(config) as endpoint:
         print("node at {}:{}".format(*endpoint.local_addr), flush=True)
@@ -68,6 +71,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="A qp2p node that remembers its network.")
     parser.add_argument("--cache-dir", required=True, help="the folder of this node's cache")
+    parser.add_argument("--port", type=int, default=0, help="the port to bind (default: any free one)")
     parser.add_argument("--contact", type=address, action="append", default=[], metavar="HOST:PORT")
     asyncio.run(run(parser.parse_args()))
 
