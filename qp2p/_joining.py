@@ -1,8 +1,9 @@
 """Joining a network, on the event loop: bootstrap through contacts and cached nodes, the echo
-of our public address, the reachability check, peer exchange, and saving the cache.
+of our public address, the reachability check, peer exchange, staying joined, saving the cache.
 
-The rules (what to answer, what enters the cache) are ``Membership``'s, without I/O; this module
-runs the sequence of docs/joining.md through the endpoint's public calls only.
+The rules (what to answer, what enters the cache, whom to redial) are ``Membership``'s and
+``Upkeep``'s, without I/O; this module runs the sequence of docs/joining.md through the
+endpoint's public calls only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 from qp2p import errors, wire
 from qp2p._peer_log import peer_log
 from qp2p._tasks import BackgroundTasks
+from qp2p._upkeep import Upkeep, View
 from qp2p.bootstrap_cache import CacheFile
 from qp2p.config import Config, Role
 from qp2p.connection import Connection
@@ -35,6 +37,9 @@ SECOND_ECHO_TRIES = 3
 PEERS_DIALLED_AT_ONCE = 4
 # A change to the cache is written after this long, so a burst of changes costs one write.
 SAVE_DELAY = 2.0
+# A dial of the upkeep gives up after this long (at most connect_timeout), so that the next one,
+# once a broken link has healed, starts from a fresh handshake instead of a backed-off one.
+UPKEEP_DIAL_TIMEOUT = 3.0
 
 
 class Network(Protocol):
@@ -46,13 +51,14 @@ class Network(Protocol):
     def local_addr(self) -> Address: ...
     @property
     def public_addr(self) -> Address: ...
+    def connections(self) -> list[Connection]: ...
     async def connect_to(
         self, addr: tuple[str, int], via: tuple[str, int] | None = None, *, peer_id: str | None = None
     ) -> Connection: ...
 
 
 class Joining:
-    """Bootstrap and the upkeep of the cache for one endpoint."""
+    """Bootstrap, staying joined, and the upkeep of the cache for one endpoint."""
 
     def __init__(
         self,
@@ -71,9 +77,28 @@ class Joining:
         self._rng = random.Random()
         self._tasks = BackgroundTasks(log, "network upkeep failed")
         self._save: asyncio.TimerHandle | None = None
+        config = network.config
+        self._upkeep = Upkeep(min(config.min_connections, config.max_connections), self._rng)
+        self._wake: asyncio.Handle | None = None  # set once staying joined: the next look
+        self.upkeep_dials = 0  # dials the upkeep made, for stats()
+
+    @property
+    def lost_nodes(self) -> int:
+        """Nodes whose connection was lost and that the upkeep still redials."""
+        return self._upkeep.lost_nodes
 
     async def bootstrap(self) -> Connection:
-        """Dial contacts, then cached nodes by quality; join through the first that answers."""
+        """Dial contacts, then cached nodes by quality; join through the first that answers.
+        Then, or when none answered, stay joined (``Upkeep``); not after a failed check."""
+        try:
+            connection = await self._bootstrap()
+        except errors.BootstrapError:
+            self._keep_joined()
+            raise
+        self._keep_joined()
+        return connection
+
+    async def _bootstrap(self) -> Connection:
         network, membership = self._network, self._membership
         config = network.config
         await asyncio.to_thread(self.file.load, membership.cache)
@@ -232,6 +257,79 @@ class Joining:
         echo = await connection.control_request(wire.EchoRequest(), wire.EchoResponse, timeout)
         return echo.addr
 
+    # ---- staying joined --------------------------------------------------------------------
+
+    def _keep_joined(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().call_soon(self._look)
+
+    def lost(self, connection: Connection) -> None:
+        """A connection ended by the peer's or the network's doing: a node's is redialled (not
+        one that was relayed: its address is the relay's)."""
+        addr = connection.remote_addr
+        if (
+            self._wake is not None
+            and connection.path != "relayed"
+            and (addr in self._membership.cache or addr in self._network.config.hard_coded_contacts)
+        ):
+            self._upkeep.lost(addr, connection.peer_id, asyncio.get_running_loop().time())
+            self._look()
+
+    def _view(self) -> View:
+        membership, network = self._membership, self._network
+        contacts = [(addr, None) for addr in network.config.hard_coded_contacts]
+        ranked = membership.cache.order(time.time(), self._rng)
+        candidates: list[tuple[Address, str | None]] = [*contacts, *((e.addr, e.fingerprint) for e in ranked)]
+        known = {addr for addr, _ in candidates}
+        live = {c.remote_addr for c in network.connections() if not c.is_closed and c.path != "relayed"}
+        connected = frozenset(live & known)
+        public_ip = network.public_addr[0]
+        isolated = all(host == public_ip for host, _ in connected)
+        return View(asyncio.get_running_loop().time(), connected, isolated, candidates)
+
+    def _look(self) -> None:
+        """Carry out the upkeep's plan now, and look again when it says."""
+        loop = asyncio.get_running_loop()
+        if self._wake is not None:
+            self._wake.cancel()
+        plan = self._upkeep.plan(self._view())
+        for addr in plan.forget:
+            peer_log(log, None, addr).info("forgotten: a node that stayed unreachable")
+            self._membership.cache.remove(addr)
+            self.schedule_save()
+        for addr, peer_id in plan.dial:
+            self.upkeep_dials += 1
+            self._tasks.spawn(self._upkeep_dial(addr, peer_id))
+        delay = max(0.0, plan.wake_at - loop.time()) if plan.wake_at != float("inf") else 3600.0
+        self._wake = loop.call_later(delay, self._look)
+
+    async def _upkeep_dial(self, addr: Address, peer_id: str | None) -> None:
+        """One dial the upkeep asked for; a node then asks to be checked, so that the peer
+        (which may have forgotten us while we were away) caches us again."""
+        network = self._network
+        timeout = min(UPKEEP_DIAL_TIMEOUT, network.config.connect_timeout)
+        try:
+            connection = await asyncio.wait_for(network.connect_to(addr, peer_id=peer_id), timeout)
+        except (errors.Error, TimeoutError) as exc:
+            self._membership.cache.unreachable(addr)
+            peer_log(log, peer_id, addr).debug("upkeep dial failed: %s", exc or type(exc).__name__)
+            self._dialled(addr, False)
+            return
+        self._dialled(addr, True)
+        if self._membership.role is Role.NODE:
+            request = wire.VerificationRequest(network.public_addr)
+            try:
+                await connection.control_request(
+                    request, wire.VerificationResponse, 3 * network.config.control_timeout
+                )
+            except errors.Error as exc:
+                peer_log(log, peer_id, addr).debug("no check after the upkeep dial: %s", exc)
+
+    def _dialled(self, addr: Address, connected: bool) -> None:
+        self._upkeep.dialled(addr, connected, asyncio.get_running_loop().time())
+        if self._wake is not None:
+            self._look()
+
     # ---- tasks and saving ------------------------------------------------------------------
 
     def schedule_save(self) -> None:
@@ -245,6 +343,9 @@ class Joining:
 
     async def close(self) -> None:
         """Stop every task; write the cache one last time if it changed."""
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
         await self._tasks.close()
         if self._save is not None:
             self._save.cancel()

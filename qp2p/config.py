@@ -214,6 +214,7 @@ class Config:
     bootstrap_cache_per_prefix: int = 4
     bootstrap_concurrency: int = 5
     bootstrap_timeout: float = 30.0
+    min_connections: int = 5  # after bootstrap: nodes kept connected, lost ones redialled (0: off)
     control_timeout: float = 5.0
     external_ip: str | None = None
     external_port: int | None = None
@@ -312,6 +313,7 @@ class Config:
         )
         _check(self.bootstrap_cache_per_prefix >= 1, "bootstrap_cache_per_prefix must be at least 1")
         _check(1 <= self.bootstrap_concurrency <= 100, "bootstrap_concurrency must be 1 to 100")
+        _check(0 <= self.min_connections <= 100, "min_connections must be 0 to 100")
         _check(self.bootstrap_timeout > 0 and self.control_timeout > 0, "timeouts must be positive")
         if self.external_ip is not None:
             try:

@@ -206,6 +206,12 @@ class Connection:
         return self._closed.done()
 
     @property
+    def close_error(self) -> Exception | None:
+        """What ended it: ``ClosedError`` when we closed it, ``ConnectionLost`` when the peer
+        or the network did (an idle timeout too); None while it is open."""
+        return self._close_error if self._closed.done() else None
+
+    @property
     def links(self) -> tuple[Link, ...]:
         """The QUIC connections under this handle, the current one among them."""
         return tuple(self._links)

@@ -128,6 +128,8 @@ class EndpointStats:
     relay_circuits_opened: int = 0  # counter: circuits we relayed for others
     relayed_bytes: int = 0  # counter: datagram bytes we carried on them, both ways
     bootstrap_cache_size: int = 0  # gauge: nodes in the bootstrap cache
+    lost_nodes: int = 0  # gauge: nodes whose connection was lost, still redialled (min_connections)
+    upkeep_dials: int = 0  # counter: dials made to stay joined: redials, top-ups, cache checks
 
 
 @dataclass(eq=False, slots=True)
@@ -558,6 +560,8 @@ class Endpoint:
             relay_circuits_opened=traversal.circuits_opened,
             relayed_bytes=traversal.relayed_bytes,
             bootstrap_cache_size=len(self.bootstrap_cache),
+            lost_nodes=self._joining.lost_nodes,
+            upkeep_dials=self._joining.upkeep_dials,
         )
 
     async def _resolve(self, addr: tuple[str, int]) -> Address:
@@ -863,6 +867,8 @@ class Endpoint:
             del self._peers[connection.peer_id]
         if self._state == "open":
             self._disconnections.put(connection.remote_addr)
+            if isinstance(connection.close_error, errors.ConnectionLost):
+                self._joining.lost(connection)
 
     def _peer(self, link: Link) -> Peer:
         """What ``link`` proved and observed, for the deciders."""

@@ -95,6 +95,7 @@ def _families(stats: EndpointStats) -> Iterator[Metric]:
         ("punches_in_flight", "Hole punches under way", stats.punches, ""),
         ("relay_circuits", "Circuits relayed for others now", stats.relay_circuits, ""),
         ("bootstrap_cache_entries", "Nodes in the bootstrap cache", stats.bootstrap_cache_size, ""),
+        ("lost_nodes", "Nodes whose connection was lost, still redialled", stats.lost_nodes, ""),
         ("memory_used_bytes", "Memory peers make the endpoint hold", memory.used, ""),
         ("memory_limit_bytes", "The most memory peers may make the endpoint hold", memory.limit, ""),
     ]
@@ -123,6 +124,7 @@ def _families(stats: EndpointStats) -> Iterator[Metric]:
         ),
         ("relay_circuits_opened", "Circuits relayed for others", stats.relay_circuits_opened, ""),
         ("relayed_bytes", "Datagram bytes relayed for others", stats.relayed_bytes, ""),
+        ("upkeep_dials", "Dials made to stay joined", stats.upkeep_dials, ""),
         ("datagrams_received", "Datagrams that reached the socket", datagrams.received, ""),
         (
             "datagrams_dropped",

@@ -1,0 +1,150 @@
+"""The upkeep decider: whom a member redials, tops up with and forgets, on a clock of the test's."""
+
+from __future__ import annotations
+
+import random
+
+from qp2p import _upkeep as u
+from qp2p._upkeep import Plan, Upkeep, View
+
+A, B, C, D = (("198.18.1.1", 4000), ("198.18.2.1", 4000), ("198.18.3.1", 4000), ("198.18.4.1", 4000))
+CANDIDATES = [(A, "a"), (B, "b"), (C, "c"), (D, "d")]
+
+
+Address = tuple[str, int]
+
+
+def view(
+    now: float,
+    connected: set[Address] | None = None,
+    isolated: bool | None = None,
+    candidates: list[tuple[Address, str | None]] | None = None,
+) -> View:
+    """What the shell would see: the cache's candidates best first (CANDIDATES unless given)."""
+    live = frozenset(connected or ())
+    alone = not live if isolated is None else isolated
+    return View(now, live, alone, CANDIDATES if candidates is None else candidates)
+
+
+def dialled(plan: Plan) -> list[tuple[str, int]]:
+    return [addr for addr, _ in plan.dial]
+
+
+def test_off_plans_nothing() -> None:
+    upkeep = Upkeep(0, random.Random(1))
+    upkeep.lost(A, "a", 0.0)
+    assert upkeep.plan(view(100.0)) == Plan([], [], float("inf"))
+    assert upkeep.lost_nodes == 0
+
+
+def test_a_lost_node_is_redialled_with_a_capped_doubling_delay() -> None:
+    upkeep = Upkeep(1, random.Random(2))
+    connected = {B}
+    only = CANDIDATES[:2]  # no other entry to check meanwhile
+    upkeep.lost(A, "a", 0.0)
+    plan = upkeep.plan(view(0.0, connected, True, only))  # isolated: never forgotten
+    assert A not in dialled(plan)
+    assert u.REDIAL_FIRST * (1 - u.JITTER) <= plan.wake_at <= u.REDIAL_FIRST * (1 + u.JITTER)
+    now, times = plan.wake_at, []
+    for _ in range(40):  # wakes, bounded: some are the cache check's, with nothing to do
+        plan = upkeep.plan(view(now, connected, True, only))
+        if dialled(plan):
+            assert dialled(plan) == [A] and plan.dial[0][1] == "a"  # by the peer id it had
+            assert A not in dialled(upkeep.plan(view(now, connected, True, only)))  # one at a time
+            times.append(now)
+            upkeep.dialled(A, False, now)
+            if len(times) == 8:
+                break
+        now = upkeep.plan(view(now, connected, True, only)).wake_at
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert len(gaps) == 7
+    assert gaps[0] < gaps[1] < gaps[2]  # doubling
+    assert all(gap <= u.REDIAL_CAP * (1 + u.JITTER) for gap in gaps)  # capped: a healed link is back soon
+
+
+def test_not_isolated_a_dead_node_is_forgotten_isolated_never() -> None:
+    for isolated in (False, True):
+        upkeep = Upkeep(1, random.Random(3))
+        upkeep.lost(A, "a", 0.0)
+        now, forgotten = 0.0, []
+        cache = CANDIDATES[:2]
+        for _ in range(400):  # ten minutes and more of failing redials
+            plan = upkeep.plan(view(now, {B}, isolated, cache))
+            forgotten += plan.forget
+            cache = [entry for entry in cache if entry[0] not in plan.forget]  # as the cache drops it
+            for addr in dialled(plan):
+                upkeep.dialled(addr, False, now)
+            now = max(plan.wake_at, now + 1.0)
+        if isolated:
+            assert forgotten == [] and upkeep.lost_nodes == 1
+        else:
+            assert forgotten == [A] and upkeep.lost_nodes == 0
+
+
+def test_a_lost_node_is_forgotten_only_after_the_time_and_the_failures() -> None:
+    upkeep = Upkeep(1, random.Random(4))
+    upkeep.lost(A, "a", 0.0)
+    assert upkeep.plan(view(u.GIVE_UP + 1, {B})).forget == []  # no failed redial yet
+    for _ in range(u.GIVE_UP_FAILURES):
+        upkeep.dialled(A, False, 1.0)
+    assert upkeep.plan(view(u.GIVE_UP - 1, {B})).forget == []  # not long enough
+    assert upkeep.plan(view(u.GIVE_UP, {B})).forget == [A]
+
+
+def test_a_node_that_came_back_is_not_redialled() -> None:
+    upkeep = Upkeep(1, random.Random(5))
+    upkeep.lost(A, "a", 0.0)
+    assert A not in dialled(upkeep.plan(view(10.0, {A})))  # it dialled us meanwhile
+    assert upkeep.lost_nodes == 0
+    upkeep.lost(B, "b", 0.0)
+    upkeep.dialled(B, True, 1.0)  # a redial made it
+    assert upkeep.lost_nodes == 0
+
+
+def test_top_up_to_the_minimum_a_few_at_a_time() -> None:
+    upkeep = Upkeep(3, random.Random(6))
+    plan = upkeep.plan(view(0.0, {A}))
+    assert dialled(plan) == [B, C]  # best first, never one we are connected to
+    again = upkeep.plan(view(0.1, {A}))
+    assert dialled(again) == []  # those two are still being dialled
+    upkeep.dialled(B, False, 0.2)
+    upkeep.dialled(C, True, 0.2)
+    assert dialled(upkeep.plan(view(0.3, {A, C}))) == []  # the next top-up waits its turn
+    # Next turn: the best not connected, B again (the cache ranks a failed entry lower itself).
+    assert dialled(upkeep.plan(view(u.REDIAL_CAP * (1 + u.JITTER), {A, C}))) == [B]
+
+    many = Upkeep(100, random.Random(7))
+    candidates = [((f"198.18.{i}.1", 1), None) for i in range(50)]
+    assert len(many.plan(View(0.0, frozenset(), True, candidates)).dial) == u.TOP_UP_AT_ONCE
+
+
+def test_failing_entries_are_forgotten_unless_isolated() -> None:
+    upkeep = Upkeep(5, random.Random(8))
+    for _ in range(u.FAILURES_TO_FORGET):
+        upkeep.dialled(D, False, 0.0)
+    assert upkeep.plan(view(1.0, set(), isolated=True)).forget == []
+    assert upkeep.plan(view(2.0, {A})).forget == [D]
+
+
+def test_with_enough_connections_one_other_entry_is_checked_now_and_then() -> None:
+    upkeep = Upkeep(2, random.Random(9))
+    checks = []
+    now = 0.0
+    for _ in range(20):
+        plan = upkeep.plan(view(now, {A, B}))
+        checks += dialled(plan)
+        for addr in dialled(plan):
+            upkeep.dialled(addr, True, now)
+        now += 1.0
+    assert set(checks) <= {C, D}
+    assert 1 <= len(checks) <= 20 / (u.CHECK_INTERVAL * (1 - u.JITTER)) + 1
+
+
+def test_nodes_that_lost_the_same_node_redial_it_at_different_times() -> None:
+    """No herd: a hundred members that lost A at the same instant spread their redials."""
+    times = set()
+    for seed in range(100):
+        upkeep = Upkeep(1, random.Random(seed))
+        upkeep.lost(A, "a", 0.0)
+        times.add(round(upkeep.plan(view(0.0, {B})).wake_at, 3))
+    assert len(times) > 50
