@@ -1,0 +1,159 @@
+"""Attacks on what an endpoint tells its operator, over real sockets on 127.0.0.1: a peer that
+drives our qlog traces (frames stuffed into packets, connection ids of its choosing, a folder
+that fails)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
+from rogue import RoguePeer
+from waiting import wait_until
+
+import qp2p
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+MakeEndpoint = Callable[..., Awaitable[qp2p.Endpoint]]
+KiB = 1 << 10
+
+
+# ---- qlog ----------------------------------------------------------------------------------
+
+
+def trace_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.suffix == ".qlog")
+
+
+def trace_in(path: Path) -> dict[str, Any]:
+    (trace,) = json.loads(path.read_text())["traces"]
+    assert isinstance(trace, dict)
+    return trace
+
+
+def stuff_pings(rogue: RoguePeer) -> None:
+    """From now on every PING the rogue sends fills its packet: one-byte PING frames, each of
+    which a qlog trace records as an object of its own."""
+
+    def pings(builder: QuicPacketBuilder, uids: list[int] | None = None, comment: str = "") -> None:
+        while True:
+            try:
+                builder.start_frame(QuicFrameType.PING)
+            except QuicPacketBuilderStop:
+                return
+
+    rogue.quic._write_ping_frame = pings  # type: ignore[method-assign]
+
+
+def rogue_with_odcid(victim: qp2p.Endpoint, odcid: bytes) -> RoguePeer:
+    """A rogue whose first Initial goes to ``odcid``: the id a server's trace is named by."""
+    rogue = RoguePeer(victim.local_addr)
+    rogue.quic._peer_cid.cid = odcid
+    rogue.quic._original_destination_connection_id = odcid
+    return rogue
+
+
+async def test_a_peer_stuffing_packets_with_frames_cannot_grow_our_traces_past_their_memory(
+    make_endpoint: MakeEndpoint, tmp_path: Path
+) -> None:
+    limit = 1 << 20
+    victim = await make_endpoint(qlog_dir=str(tmp_path), qlog_memory_limit=limit)
+    traces = victim._qlog
+    assert traces is not None
+    async with RoguePeer(victim.local_addr) as rogue:
+        stuff_pings(rogue)
+        # Each packet is some 1,200 frames: unbounded, 200 packets would make us hold some 40 MB.
+        for _ in range(200):
+            before = victim.stats().datagrams.received
+            rogue.quic.send_ping(0)
+            rogue.transmit()
+            await wait_until(lambda: victim.stats().datagrams.received > before)  # noqa: B023
+            assert traces.budget.held <= limit
+    await wait_until(lambda: trace_files(tmp_path) and victim.stats().links == 0, timeout=10)
+    assert traces.budget.held == 0  # the trace let go of everything it held
+
+    (path,) = trace_files(tmp_path)
+    assert path.stat().st_size <= limit
+    events = trace_in(path)["events"]
+    assert events[-1]["name"] == "qp2p:events_dropped" and events[-1]["data"]["count"] > 0
+    assert events[0]["name"] != "qp2p:events_dropped"  # the handshake was kept: the first come first
+    # aioquic adds a received packet's frames after logging it: they were all kept with it.
+    received = [event for event in events if event["name"] == "transport:packet_received"]
+    assert received and all(event["data"]["frames"] for event in received)
+    assert any(frame["frame_type"] == "ping" for event in received for frame in event["data"]["frames"])
+
+
+async def test_qlog_stops_at_its_disk_limit_and_probes_share_it(
+    make_endpoint: MakeEndpoint, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="qp2p")
+    folder = tmp_path / "traces"
+    limit = 64 * KiB
+    victim = await make_endpoint(qlog_dir=str(folder), qlog_disk_limit=limit)
+    for _ in range(40):  # every handshake writes some 10 KB
+        async with RoguePeer(victim.local_addr):
+            pass
+        await wait_until(lambda: victim.stats().links == 0, timeout=10)
+        if victim._qlog is not None and victim._qlog.budget.stopped:
+            break
+    assert victim._qlog is not None and victim._qlog.budget.stopped
+    written = trace_files(folder)
+    assert sum(path.stat().st_size for path in written) <= limit
+    (warning,) = [r for r in caplog.records if "qlog" in r.getMessage()]  # one, not one per connection
+    assert "qlog_disk_limit" in warning.getMessage()
+
+    other = await make_endpoint()
+    assert await victim.is_reachable(other.local_addr)  # a probe's throwaway endpoint writes nothing either
+    async with RoguePeer(victim.local_addr):
+        pass
+    await wait_until(lambda: victim.stats().links == 0, timeout=10)
+    assert trace_files(folder) == written
+
+
+async def test_a_folder_that_fails_costs_no_link_and_raises_nowhere(
+    make_endpoint: MakeEndpoint, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="qp2p")
+    folder = tmp_path / "gone"
+    a = await make_endpoint(qlog_dir=str(folder))
+    b = await make_endpoint(qlog_dir=str(folder))
+    folder.rmdir()  # as a full disk would, every write now fails
+    for _ in range(3):
+        connection = await a.connect_to(b.local_addr)
+        await connection.close()  # our trace fails to be written: the close does not
+        await wait_until(lambda: not a._links and not b._links, timeout=10)
+    for side in (a, b):
+        assert side._qlog is not None and side._qlog.budget.stopped
+    assert len([r for r in caplog.records if "qlog" in r.getMessage()]) == 2  # one per endpoint
+    assert not folder.exists()
+
+
+async def test_a_peer_choosing_our_trace_names_overwrites_nothing_and_follows_no_link(
+    make_endpoint: MakeEndpoint, tmp_path: Path
+) -> None:
+    folder = tmp_path / "traces"
+    folder.mkdir(mode=0o755)  # made by someone else, and not private
+    odcid = bytes.fromhex("00112233445566778899")
+    precious = tmp_path / "precious"
+    precious.write_text("precious\n")
+    (folder / f"{odcid.hex()}.qlog").symlink_to(precious)  # where traces were named before
+    victim = await make_endpoint(qlog_dir=str(folder))
+    for _ in range(2):  # the same id twice: two traces
+        async with rogue_with_odcid(victim, odcid):
+            pass
+        await wait_until(lambda: victim.stats().links == 0, timeout=10)
+    await wait_until(lambda: len(trace_files(folder)) == 3, timeout=10)
+
+    assert precious.read_text() == "precious\n"
+    written = [path for path in trace_files(folder) if not path.is_symlink()]
+    assert len(written) == 2
+    for path in written:
+        assert path.name.startswith(f"{odcid.hex()}-server-")
+        assert path.stat().st_mode & 0o777 == 0o600  # they hold stateless reset tokens
+        assert trace_in(path)["common_fields"]["ODCID"] == odcid.hex()
