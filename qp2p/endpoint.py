@@ -516,7 +516,7 @@ class Endpoint:
             try:
                 connection = await probe.connect_to(addr)
             except errors.Error as exc:
-                peer_log(log, None, addr).info("not reachable from a fresh socket: %s", exc)
+                peer_log(log, None, addr).info("not reachable from a fresh socket: %r", exc)
                 return None
             return connection.peer_id
 
@@ -1066,7 +1066,7 @@ class Endpoint:
                     request, wire.Punch, self.config.control_timeout, wire.PunchFailed
                 )
             except errors.Error as exc:
-                peer_log(log, peer_id, target).info("no punch towards it: %s", exc)
+                peer_log(log, peer_id, target).info("no punch towards it: %r", exc)
                 return None
             link = coordinator.current_link
             if link is None or (peer_id is not None and answer.peer_id != peer_id):

@@ -1,6 +1,6 @@
 """Attacks on what an endpoint tells its operator, over real sockets on 127.0.0.1: a peer that
 drives our qlog traces (frames stuffed into packets, connection ids of its choosing, a folder
-that fails)."""
+that fails), and a peer whose words try to break a log line."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rogue import RoguePeer
 from waiting import wait_until
 
 import qp2p
+from qp2p import endpoint as endpoint_module
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -157,3 +158,23 @@ async def test_a_peer_choosing_our_trace_names_overwrites_nothing_and_follows_no
         assert path.name.startswith(f"{odcid.hex()}-server-")
         assert path.stat().st_mode & 0o777 == 0o600  # they hold stateless reset tokens
         assert trace_in(path)["common_fields"]["ODCID"] == odcid.hex()
+
+
+# ---- log records ---------------------------------------------------------------------------
+
+
+async def test_a_peers_close_reason_never_breaks_a_log_line(
+    make_endpoint: MakeEndpoint, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="qp2p")
+    forged = "full\nCRITICAL qp2p.endpoint: forged"
+    rogue = await make_endpoint(max_connections=1)
+    victim, other = await make_endpoint(), await make_endpoint()
+    await other.connect_to(rogue.local_addr)  # the rogue's one place: it refuses the next dial
+    monkeypatch.setitem(endpoint_module.REFUSED_BECAUSE, "max_connections", forged)  # in its words
+    assert not await victim.is_reachable(rogue.local_addr)
+    await wait_until(lambda: any("not reachable" in r.getMessage() for r in caplog.records))
+    for record in caplog.records:
+        text = record.getMessage()
+        assert "\n" not in text and forged not in text, text
+    assert any("full\\nCRITICAL" in r.getMessage() for r in caplog.records)  # quoted, not lost
