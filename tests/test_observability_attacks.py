@@ -1,11 +1,14 @@
 """Attacks on what an endpoint tells its operator, over real sockets on 127.0.0.1: a peer that
 drives our qlog traces (frames stuffed into packets, connection ids of its choosing, a folder
-that fails), and a peer whose words try to break a log line."""
+that fails), a client of the metrics port that is slow or rude, and a peer whose words try to
+break a log line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ from waiting import wait_until
 
 import qp2p
 from qp2p import endpoint as endpoint_module
+from qp2p import metrics
+from qp2p.metrics import EndpointCollector, start_metrics_server
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -158,6 +163,176 @@ async def test_a_peer_choosing_our_trace_names_overwrites_nothing_and_follows_no
         assert path.name.startswith(f"{odcid.hex()}-server-")
         assert path.stat().st_mode & 0o777 == 0o600  # they hold stateless reset tokens
         assert trace_in(path)["common_fields"]["ODCID"] == odcid.hex()
+
+
+# ---- the metrics server --------------------------------------------------------------------
+
+
+async def http(addr: tuple[str, int], request: bytes) -> bytes:
+    """Send ``request`` over a new TCP connection; everything that comes back until the server
+    closes it. On the event loop, as Prometheus would be from outside: no thread."""
+    reader, writer = await asyncio.open_connection(*addr)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+GET = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        async with asyncio.timeout(10):
+            return await reader.read() == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_idle_metrics_clients_hold_no_thread_and_are_cut_off(
+    make_endpoint: MakeEndpoint, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.5)
+    endpoint = await make_endpoint()
+    threads = threading.active_count()
+    with start_metrics_server(endpoint, 0) as server:
+        idle = [await asyncio.open_connection(*server.address) for _ in range(3 * metrics.MAX_CLIENTS)]
+        try:
+            for _, writer in idle:
+                writer.write(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+            response = await http(server.address, GET)  # a real scraper still gets in
+            assert response.startswith(b"HTTP/1.1 200 ") and b"qp2p_links 0.0" in response
+            assert threading.active_count() == threads
+            assert len(server._clients) <= metrics.MAX_CLIENTS
+            for reader, _ in idle:  # each was let go: made room for another, or out of time
+                assert await closed_by_server(reader)
+            assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+        finally:
+            for _, writer in idle:
+                writer.close()
+            await asyncio.gather(*(writer.wait_closed() for _, writer in idle), return_exceptions=True)
+
+
+async def test_a_slow_reader_is_cut_off_too(
+    make_endpoint: MakeEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.5)
+    endpoint = await make_endpoint()
+    with start_metrics_server(endpoint, 0) as server:
+        reader, writer = await asyncio.open_connection(*server.address)
+        try:
+            for byte in GET[:-2]:  # a byte at a time, each well within the time: the whole is not
+                writer.write(bytes([byte]))
+                await writer.drain()
+                if reader.at_eof():
+                    break
+                await asyncio.sleep(0.05)
+            assert await closed_by_server(reader)
+        finally:
+            writer.close()
+            await asyncio.gather(writer.wait_closed(), return_exceptions=True)
+
+
+async def test_scrapes_in_a_burst_take_one_snapshot(
+    make_endpoint: MakeEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "SNAPSHOT_INTERVAL", 60.0)  # the burst is well within it
+    endpoint = await make_endpoint()
+    stats = endpoint.stats
+    calls = 0
+
+    def counted() -> qp2p.EndpointStats:
+        nonlocal calls
+        calls += 1
+        return stats()
+
+    monkeypatch.setattr(endpoint, "stats", counted)
+    with start_metrics_server(endpoint, 0) as server:
+        responses = [await http(server.address, GET) for _ in range(50)]
+    assert calls == 1
+    assert len(set(responses)) == 1
+
+
+def test_a_snapshot_is_taken_again_once_its_interval_has_passed() -> None:
+    taken: list[float] = []
+
+    def render() -> bytes:
+        taken.append(0.0)
+        return str(len(taken)).encode()
+
+    snapshots = metrics._Snapshots(render, 1.0)
+    assert [snapshots.text(now) for now in (0.0, 0.5, 0.99, 1.0, 1.5, 2.5)] == [
+        b"1",
+        b"1",
+        b"1",
+        b"2",
+        b"2",
+        b"3",
+    ]
+
+
+async def test_the_metrics_server_answers_get_and_head_and_refuses_the_rest(
+    make_endpoint: MakeEndpoint,
+) -> None:
+    endpoint = await make_endpoint()
+    with start_metrics_server(endpoint, 0) as server:
+        head = await http(server.address, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")  # headers, no body
+        assert b"Content-Length: 0\r\n" not in head
+        for request, status in [
+            (b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", b"405"),
+            (b"\x16\x03\x01\x02\x00\r\n\r\n", b"400"),  # TLS spoken to a plain port
+            (b"GET /metrics?name[]=qp2p_links HTTP/1.1\r\n\r\n", b"200"),  # parameters change nothing
+            (b"GET / HTTP/1.1\r\nX: " + b"y" * (16 * KiB) + b"\r\n\r\n", b"431"),
+        ]:
+            assert (await http(server.address, request)).startswith(b"HTTP/1.1 " + status + b" ")
+        full = await http(server.address, b"GET /metrics?name[]=qp2p_links HTTP/1.1\r\n\r\n")
+        assert b"qp2p_handshakes_ok_total" in full
+
+
+async def test_a_scrape_that_times_out_calls_its_snapshot_off(
+    make_endpoint: MakeEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "SCRAPE_TIMEOUT", 0.2)
+    endpoint = await make_endpoint()
+    collector = EndpointCollector(endpoint)
+    stats = endpoint.stats
+    calls = 0
+
+    def counted() -> qp2p.EndpointStats:
+        nonlocal calls
+        calls += 1
+        return stats()
+
+    monkeypatch.setattr(endpoint, "stats", counted)
+    outcome: list[str] = []
+
+    def scrape() -> None:
+        try:
+            list(collector.collect())
+            outcome.append("metrics")
+        except TimeoutError:
+            outcome.append("timeout")
+
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    thread.join(timeout=10)  # the event loop is stuck meanwhile: the scrape gives up
+    assert outcome == ["timeout"]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert calls == 0  # nothing left queued on the loop once the scrape gave up
+
+
+def test_a_collector_whose_loop_is_gone_gives_no_metrics(tmp_path: Path) -> None:
+    async def made() -> EndpointCollector:
+        async with qp2p.Endpoint(qp2p.Config(bootstrap_cache_dir=str(tmp_path))) as endpoint:
+            return EndpointCollector(endpoint)
+
+    collector = asyncio.run(made())
+    assert list(collector.collect()) == []
 
 
 # ---- log records ---------------------------------------------------------------------------
