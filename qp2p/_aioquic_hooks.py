@@ -398,7 +398,7 @@ def closing_event(quic: QuicConnection) -> ConnectionTerminated | None:
 
 
 def end_qlog_trace(quic: QuicConnection) -> None:
-    """Hand the connection's qlog trace to its logger (a ``QuicFileLogger`` writes its file),
+    """Hand the connection's qlog trace to its logger (qp2p's ``TraceFolder`` writes its file),
     as aioquic does on reaching the terminated state; nothing if there is none or it ended."""
     trace = quic._quic_logger
     logger = quic.configuration.quic_logger

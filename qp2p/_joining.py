@@ -231,7 +231,7 @@ class Joining:
                 except errors.Error as exc:
                     if addr in echoing:
                         echoing.clear()  # another node may echo instead
-                    peer_log(log, peer_id, addr).info("a node we were told about did not answer: %s", exc)
+                    peer_log(log, peer_id, addr).info("a node we were told about did not answer: %r", exc)
 
         try:
             await asyncio.gather(*(dial(addr, peer_id) for addr, peer_id in nodes if addr not in own))
@@ -245,7 +245,7 @@ class Joining:
                         continue
                     echo = await self._echo(connection)
                 except errors.Error as exc:
-                    peer_log(log, None, addr).info("no second echo: %s", exc)
+                    peer_log(log, None, addr).info("no second echo: %r", exc)
                     continue
                 self._echoes.append(echo)
         finally:

@@ -230,6 +230,8 @@ class Config:
     relay_idle_timeout: float = 30.0
     # Observability
     qlog_dir: str | None = None  # a qlog trace per QUIC connection goes there (docs/observability.md)
+    qlog_memory_limit: int = 64 * MiB  # what traces not yet written hold, all together
+    qlog_disk_limit: int = 1 * GiB  # what the endpoint's trace files take; then no more traces
 
     def __post_init__(self) -> None:
         try:
@@ -324,6 +326,8 @@ class Config:
             self.external_port is None or 0 < self.external_port <= 0xFFFF,
             f"external_port out of range: {self.external_port}",
         )
+        _check(self.qlog_memory_limit >= 64 * KiB, "qlog_memory_limit must be at least 64 KiB")
+        _check(self.qlog_disk_limit >= 0, "qlog_disk_limit must not be negative")
         self._check_qlog_dir()
 
     def _check_qlog_dir(self) -> None:

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.logger import QuicFileLogger
 from aioquic.quic.packet import QuicErrorCode
 
 from qp2p import errors, tls, wire
@@ -44,6 +43,7 @@ from qp2p._memory import MemoryBudget, MemoryStats, address_key
 from qp2p._mtu import forbid_fragmentation, route_payload
 from qp2p._peer_log import peer_log
 from qp2p._pmtud import BASE_SIZE
+from qp2p._qlog import TraceFolder
 from qp2p._scheduler import Alarm, Scheduler
 from qp2p._side_sockets import SideSockets
 from qp2p._speedups import packet
@@ -191,7 +191,13 @@ class Endpoint:
     iterators. Methods raise ``ClosedError`` after that.
     """
 
-    def __init__(self, config: Config | None = None, *, _identity: tls.Identity | None = None) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        _identity: tls.Identity | None = None,
+        _qlog: TraceFolder | None = None,
+    ) -> None:
         self._state = "new"  # first: __del__ reads it even if the rest fails
         self.config = config if config is not None else Config()
         self._identity = _identity or tls.identity_for(self.config.trust)
@@ -213,8 +219,11 @@ class Endpoint:
         self.punch_attempts = 0  # punch attempts the last connect_to(via=) made
         self._mapping: PortMapping | None = None
         self._mapping_task: asyncio.Task[Address | None] | None = None
-        # One qlog file per QUIC connection, named by its original destination connection id.
-        self._qlog = QuicFileLogger(self.config.qlog_dir) if self.config.qlog_dir is not None else None
+        # One qlog file per QUIC connection, within bounds; a probe's throwaway endpoint shares ours.
+        traces = self.config.qlog_dir
+        if _qlog is None and traces is not None:
+            _qlog = TraceFolder(traces, self.config.qlog_memory_limit, self.config.qlog_disk_limit)
+        self._qlog = _qlog
         self._client_config = self._quic_config(is_client=True)
         self._server_config = self._quic_config(is_client=False)
         self._peer_check = tls.peer_check(self.config.trust)
@@ -505,11 +514,11 @@ class Endpoint:
             close_timeout=0.5,
             connect_timeout=min(timeout, self.config.connect_timeout),
         )
-        async with Endpoint(config, _identity=self._identity) as probe:
+        async with Endpoint(config, _identity=self._identity, _qlog=self._qlog) as probe:
             try:
                 connection = await probe.connect_to(addr)
             except errors.Error as exc:
-                peer_log(log, None, addr).info("not reachable from a fresh socket: %s", exc)
+                peer_log(log, None, addr).info("not reachable from a fresh socket: %r", exc)
                 return None
             return connection.peer_id
 
@@ -1063,7 +1072,7 @@ class Endpoint:
                     request, wire.Punch, self.config.control_timeout, wire.PunchFailed
                 )
             except errors.Error as exc:
-                peer_log(log, peer_id, target).info("no punch towards it: %s", exc)
+                peer_log(log, peer_id, target).info("no punch towards it: %r", exc)
                 return None
             link = coordinator.current_link
             if link is None or (peer_id is not None and answer.peer_id != peer_id):

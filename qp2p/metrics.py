@@ -1,34 +1,55 @@
 """An endpoint's stats for Prometheus: a collector that reads ``Endpoint.stats()`` when
-scraped, and an HTTP server for it (docs/observability.md).
+scraped, and a small HTTP server for it on the endpoint's event loop (docs/observability.md).
 
 Needs the ``metrics`` extra (prometheus-client), imported only once a collector is made:
 ``MissingDependency`` says so when it is missing. Nothing is counted per event here: every
 figure is the endpoint's own, read at scrape time. Label values come from fixed sets (paths,
 directions, outcomes, and reasons written in qp2p's code), never from a peer's id or address,
-so no peer can grow the number of series. The server binds loopback unless told otherwise.
+so no peer can grow the number of series. The server binds loopback unless told otherwise, and
+whoever reaches it gets bounded service: a few clients at once, each within a deadline, and at
+most one snapshot per ``SNAPSHOT_INTERVAL`` however often they ask.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
-import threading
-from collections.abc import Iterator, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from qp2p import errors
 from qp2p.endpoint import Endpoint, EndpointStats
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 
-__all__ = ("SCRAPE_TIMEOUT", "EndpointCollector", "MetricsServer", "start_metrics_server")
+__all__ = (
+    "MAX_CLIENTS",
+    "REQUEST_TIMEOUT",
+    "SCRAPE_TIMEOUT",
+    "SNAPSHOT_INTERVAL",
+    "EndpointCollector",
+    "MetricsServer",
+    "start_metrics_server",
+)
 
-# How long a scrape waits for the endpoint's event loop to take the snapshot, in seconds.
+# How long a scrape from another thread waits for the endpoint's event loop to take the
+# snapshot, in seconds.
 SCRAPE_TIMEOUT = 5.0
+# HTTP clients the server serves at once; a newcomer past them takes the place of the one
+# that has waited longest.
+MAX_CLIENTS = 8
+# How long a client has to send its request's head and take the answer, in seconds.
+REQUEST_TIMEOUT = 5.0
+# The longest request head (request line and headers) read, in bytes; a longer one gets 431.
+MAX_REQUEST = 8 * 1024
+# A scrape this soon (seconds) after the one that took a snapshot gets that snapshot again.
+SNAPSHOT_INTERVAL = 1.0
+# Prometheus' text format, as ``generate_latest`` writes it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _require_prometheus() -> None:
@@ -44,9 +65,10 @@ def _require_prometheus() -> None:
 class EndpointCollector:
     """A Prometheus collector of one endpoint's stats: ``registry.register(EndpointCollector(ep))``.
 
-    Made on the endpoint's event loop. A scrape from another thread (Prometheus' own server
-    scrapes from its threads) has that loop take the snapshot, as the endpoint is not
-    thread-safe; a closed endpoint gives no metrics.
+    Made on the endpoint's event loop. A scrape from another thread (a server of
+    prometheus_client's scrapes from its threads) has that loop take the snapshot, as the
+    endpoint is not thread-safe, and waits at most ``SCRAPE_TIMEOUT`` (``TimeoutError``: the
+    snapshot is then called off); a closed endpoint, or a closed loop, gives no metrics.
     """
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -69,10 +91,24 @@ class EndpointCollector:
             running = None
         if running is self._loop:
             return self._endpoint.stats()
-        return asyncio.run_coroutine_threadsafe(self._stats(), self._loop).result(SCRAPE_TIMEOUT)
+        future: concurrent.futures.Future[EndpointStats] = concurrent.futures.Future()
 
-    async def _stats(self) -> EndpointStats:
-        return self._endpoint.stats()
+        def take() -> None:
+            if future.set_running_or_notify_cancel():  # not if the scrape gave up meanwhile
+                try:
+                    future.set_result(self._endpoint.stats())
+                except Exception as exc:
+                    future.set_exception(exc)
+
+        try:
+            self._loop.call_soon_threadsafe(take)
+        except RuntimeError:  # the loop is closed, and the endpoint with it
+            raise errors.ClosedError("the endpoint's event loop is closed") from None
+        try:
+            return future.result(SCRAPE_TIMEOUT)
+        except TimeoutError:
+            future.cancel()
+            raise
 
 
 # A metric: its name after ``qp2p_``, its help text, its value (one, or one per label value)
@@ -161,27 +197,116 @@ def _metric(
     return metric
 
 
-class MetricsServer:
-    """The HTTP server ``start_metrics_server`` started, in a thread of its own; ``close()``
-    (or leaving ``with``) stops it and frees its port."""
+class _Snapshots:
+    """The metrics text of the latest snapshot, made again only once ``interval`` seconds have
+    passed since: however often clients scrape, the event loop takes one snapshot per interval
+    at most. Sans-IO: the time is passed in."""
 
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
-        self._server = server
-        self._thread = thread
+    def __init__(self, render: Callable[[], bytes], interval: float) -> None:
+        self._render = render
+        self._interval = interval
+        self._text = b""
+        self._at: float | None = None
+
+    def text(self, now: float) -> bytes:
+        """The latest snapshot's text, taken now if it is older than the interval."""
+        if self._at is None or now - self._at >= self._interval:
+            self._text = self._render()
+            self._at = now
+        return self._text
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed", 431: "Request Header Fields Too Large"}
+
+
+def _response(status: int, body: bytes = b"", send_body: bool = True) -> bytes:
+    """A whole HTTP/1.1 answer, after which the server closes the connection."""
+    lines = [f"HTTP/1.1 {status} {_REASONS[status]}", f"Content-Length: {len(body)}", "Connection: close"]
+    if status == 200:
+        lines.append(f"Content-Type: {CONTENT_TYPE}")
+    if status == 405:
+        lines.append("Allow: GET, HEAD")
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + (body if send_body else b"")
+
+
+def _respond(head: bytes | None, metrics: Callable[[], bytes]) -> bytes:
+    """The answer to a request ``head`` (None: one longer than ``MAX_REQUEST``): the metrics for
+    GET (at any path; parameters change nothing), their headers for HEAD, else an error. Sans-IO:
+    ``metrics`` is asked for only when they are answered."""
+    if head is None:
+        return _response(431)
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        return _response(400)
+    method = parts[0]
+    if method not in (b"GET", b"HEAD"):
+        return _response(405)
+    return _response(200, metrics(), send_body=method == b"GET")
+
+
+class MetricsServer:
+    """The HTTP server ``start_metrics_server`` started, on the endpoint's event loop;
+    ``close()`` (or leaving ``with``) stops it and frees its port."""
+
+    def __init__(self, endpoint: Endpoint, sock: socket.socket, snapshots: _Snapshots) -> None:
+        self._endpoint = endpoint
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self._address = (str(host), int(port))
+        self._snapshots = snapshots
+        self._loop = asyncio.get_running_loop()
+        self._clients: dict[asyncio.StreamWriter, None] = {}  # the connections served, oldest first
+        self._server: asyncio.Server | None = None
+        self._starting = self._loop.create_task(self._start())
 
     @property
     def address(self) -> tuple[str, int]:
         """The address the server listens on (the port chosen if 0 was asked for)."""
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._address
+
+    async def _start(self) -> None:
+        # Not serving until it is ours, so a close() before then leaves nothing of it running.
+        server = await asyncio.start_server(
+            self._serve, sock=self._sock, limit=MAX_REQUEST, start_serving=False
+        )
+        self._server = server
+        await server.start_serving()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client: one request, read and answered within ``REQUEST_TIMEOUT``, then closed."""
+        if len(self._clients) >= MAX_CLIENTS:
+            oldest = next(iter(self._clients))
+            del self._clients[oldest]
+            oldest.close()  # its read or write fails, and its task ends
+        self._clients[writer] = None
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                try:
+                    head: bytes | None = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.LimitOverrunError:
+                    head = None
+                writer.write(_respond(head, self._metrics))
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass  # too slow, gone (or let go) before its request was whole, or before the answer
+        finally:
+            self._clients.pop(writer, None)
+            writer.close()
+
+    def _metrics(self) -> bytes:
+        """The metrics text: none once the endpoint is closed, else the latest snapshot's."""
+        if self._endpoint._state != "open":
+            return b""
+        return self._snapshots.text(self._loop.time())
 
     def close(self) -> None:
-        """Stop serving (waiting up to half a second for the server's loop) and close the
-        socket; idempotent."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()
+        """Stop listening, free the port and drop the clients being served; idempotent."""
+        self._starting.cancel()
+        if self._server is not None:
+            self._server.close()
+        self._sock.close()
+        for writer in list(self._clients):
+            writer.close()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -192,23 +317,28 @@ class MetricsServer:
 
 def start_metrics_server(endpoint: Endpoint, port: int, host: str = "127.0.0.1") -> MetricsServer:
     """Serve ``endpoint``'s metrics over HTTP at ``host:port`` (port 0: any free one), until
-    closed; call it on the endpoint's event loop. Any path answers with the metrics, in
-    Prometheus' text format. ``host`` is loopback by default: binding another address (such as
-    ``0.0.0.0``) lets whoever reaches it read them.
+    closed; call it on the endpoint's event loop, which serves them. Any path answers GET with
+    the metrics, in Prometheus' text format. ``host`` is loopback by default: binding another
+    address (such as ``0.0.0.0``) lets whoever reaches it read them.
+
+    Serves ``MAX_CLIENTS`` clients at once (a newcomer takes the place of the one that has
+    waited longest), gives each ``REQUEST_TIMEOUT`` seconds for its request and the answer,
+    and takes at most one snapshot per ``SNAPSHOT_INTERVAL``.
 
     Raises ``ValueError`` for a host that is no IP address or a port out of range,
     ``MissingDependency`` without prometheus-client, ``OSError`` if the port cannot be bound.
     """
     try:
-        ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"the metrics host must be an IP address: {host!r}") from None
     if not 0 <= port <= 0xFFFF:
         raise ValueError(f"the metrics port is out of range: {port}")
     collector = EndpointCollector(endpoint)
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry()  # ours alone: no other collector, no process-wide state
     registry.register(collector)
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    return MetricsServer(server, thread)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = socket.create_server((host, port), family=family)
+    return MetricsServer(endpoint, sock, _Snapshots(lambda: generate_latest(registry), SNAPSHOT_INTERVAL))

@@ -62,7 +62,7 @@ async def test_qlog_writes_one_trace_per_connection(make_endpoint: MakeEndpoint,
 
     for side, vantage in (("a", "client"), ("b", "server")):
         ((name, trace),) = traces(tmp_path / side).items()  # one connection, one file
-        assert name == f"{odcid}.qlog"
+        assert name.startswith(f"{odcid}-{vantage}-") and name.endswith(".qlog")
         assert trace["common_fields"]["ODCID"] == odcid
         assert trace["vantage_point"]["type"] == vantage
         names = {event["name"] for event in trace["events"]}
