@@ -25,8 +25,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "api.md"
 MODULES = ("qp2p", "qp2p.tls", "qp2p.metrics")
-# Classes whose instances the endpoint hands out: their constructors are not for applications.
-HANDED_OUT = frozenset({"Connection", "Message"})
+# Classes whose instances qp2p hands out: their constructors are not for applications.
+HANDED_OUT = frozenset({"Connection", "Message", "MetricsServer"})
 # Constants whose value depends on the install, described instead of shown.
 RUNTIME = {
     "BACKEND": "`'fast'` (the compiled `_qp2p_fast` modules) or `'pure'`, chosen once at import",
