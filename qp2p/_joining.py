@@ -52,6 +52,7 @@ class Network(Protocol):
     @property
     def public_addr(self) -> Address: ...
     def connections(self) -> list[Connection]: ...
+    async def is_reachable(self, addr: tuple[str, int]) -> bool: ...
     async def connect_to(
         self, addr: tuple[str, int], via: tuple[str, int] | None = None, *, peer_id: str | None = None
     ) -> Connection: ...
@@ -299,19 +300,32 @@ class Joining:
             self.schedule_save()
         for addr, peer_id in plan.dial:
             self.upkeep_dials += 1
-            self._tasks.spawn(self._upkeep_dial(addr, peer_id))
+            self._tasks.spawn(self._upkeep_dial(addr, peer_id, keep=addr != plan.check))
         delay = max(0.0, plan.wake_at - loop.time()) if plan.wake_at != float("inf") else 3600.0
         self._wake = loop.call_later(delay, self._look)
 
-    async def _upkeep_dial(self, addr: Address, peer_id: str | None) -> None:
+    async def _upkeep_dial(self, addr: Address, peer_id: str | None, keep: bool) -> None:
         """One dial the upkeep asked for; a node then asks to be checked, so that the peer
-        (which may have forgotten us while we were away) caches us again."""
-        network = self._network
+        (which may have forgotten us while we were away) caches us again. A check of a cache
+        entry (not ``keep``) dials from a throwaway socket instead, which leaves no connection
+        behind and none the peer would redial (a network of a hundred does not become a mesh)."""
+        network, cache = self._network, self._membership.cache
         timeout = min(UPKEEP_DIAL_TIMEOUT, network.config.connect_timeout)
+        if not keep:
+            try:
+                answered = await asyncio.wait_for(network.is_reachable(addr), timeout)
+            except (errors.Error, TimeoutError):
+                answered = False
+            if answered and peer_id is not None and addr in cache:
+                cache.reachable(addr, time.time(), peer_id)
+            elif not answered:
+                cache.unreachable(addr)
+            self._dialled(addr, answered)
+            return
         try:
             connection = await asyncio.wait_for(network.connect_to(addr, peer_id=peer_id), timeout)
         except (errors.Error, TimeoutError) as exc:
-            self._membership.cache.unreachable(addr)
+            cache.unreachable(addr)
             peer_log(log, peer_id, addr).debug("upkeep dial failed: %s", exc or type(exc).__name__)
             self._dialled(addr, False)
             return

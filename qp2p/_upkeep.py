@@ -54,11 +54,13 @@ class View:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Dial these (address, expected peer id); forget these; call ``plan`` again at ``wake_at``."""
+    """Dial these (address, expected peer id); forget these; call ``plan`` again at ``wake_at``.
+    ``check``, one of ``dial`` or None, only has to show it answers: its connection is not kept."""
 
     dial: list[tuple[Address, str | None]]
     forget: list[Address]
     wake_at: float
+    check: Address | None = None
 
 
 @dataclass(slots=True)
@@ -132,14 +134,16 @@ class Upkeep:
             (addr, peer) for addr, peer in view.candidates if addr not in view.connected and addr not in busy
         ]
         missing = self._min - len(view.connected) - len(self._dialling) - len(dial)
+        check = None
         if missing > 0 and now >= self._next_top_up:
             dial += fresh[: min(missing, TOP_UP_AT_ONCE)]
             self._next_top_up = now + self._spread(REDIAL_CAP)
         elif len(view.connected) >= self._min and now >= self._next_check:
             if fresh:
                 dial.append(fresh[self._rng.randrange(len(fresh))])
+                check = dial[-1][0]
             self._next_check = now + self._spread(CHECK_INTERVAL)
         self._dialling.update(addr for addr, _ in dial)
         wakes = [lost.due for addr, lost in self._lost.items() if addr not in self._dialling]
         wakes.append(self._next_top_up if len(view.connected) < self._min else self._next_check)
-        return Plan(dial, forget, max(min(wakes), now + 0.05))
+        return Plan(dial, forget, max(min(wakes), now + 0.05), check)

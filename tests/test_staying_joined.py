@@ -105,3 +105,19 @@ async def test_with_min_connections_0_nothing_is_redialled(make_endpoint: MakeEn
     await b.close()
     await wait_until(lambda: not connected(a, b), 10)  # a saw it end: the upkeep was told, and passed
     assert a.stats().lost_nodes == 0 and a.stats().upkeep_dials == 0
+
+
+async def test_an_idle_cache_entry_is_checked_and_not_kept(
+    make_endpoint: MakeEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_upkeep, "CHECK_INTERVAL", 0.5)
+    contact, a, b = await network(make_endpoint, min_connections=1)
+    b.bootstrap_cache.remove(a.local_addr)  # so b does not redial a
+    await a.disconnect_from(b.local_addr)  # a keeps one node, its minimum; b stays in its cache
+    await wait_until(lambda: not connected(a, b) and not connected(b, a), 10)
+    dials, handshakes = a.stats().upkeep_dials, b.stats().handshakes_ok
+    await wait_until(lambda: a.stats().upkeep_dials > dials and b.stats().handshakes_ok > handshakes, 10)
+    # From a throwaway socket: its connection goes with it, and b does not take it for a lost node.
+    await wait_until(lambda: not connected(b, a), 10)
+    assert not connected(a, b) and b.stats().lost_nodes == 0
+    assert b.local_addr in a.bootstrap_cache

@@ -104,7 +104,7 @@ def test_a_node_that_came_back_is_not_redialled() -> None:
 def test_top_up_to_the_minimum_a_few_at_a_time() -> None:
     upkeep = Upkeep(3, random.Random(6))
     plan = upkeep.plan(view(0.0, {A}))
-    assert dialled(plan) == [B, C]  # best first, never one we are connected to
+    assert dialled(plan) == [B, C] and plan.check is None  # best first, never one we are connected to
     again = upkeep.plan(view(0.1, {A}))
     assert dialled(again) == []  # those two are still being dialled
     upkeep.dialled(B, False, 0.2)
@@ -132,6 +132,7 @@ def test_with_enough_connections_one_other_entry_is_checked_now_and_then() -> No
     now = 0.0
     for _ in range(20):
         plan = upkeep.plan(view(now, {A, B}))
+        assert dialled(plan) == ([plan.check] if plan.check else [])  # a check, its connection not kept
         checks += dialled(plan)
         for addr in dialled(plan):
             upkeep.dialled(addr, True, now)
