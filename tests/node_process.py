@@ -21,8 +21,9 @@ instead (a ``"status"`` while a ``"bootstrap"`` is under way), and its answer ca
 - ``"cache"`` -> ``{"cache": [[host, port], ...]}`` (what is in memory; saved on exit);
 - ``"public"`` -> ``{"public": [host, port]}``;
 - ``"status"`` -> ``{"status": {"connections": n, "joined": bool, "role": ..., "public": [host,
-  port], "cache": n, "disconnections": n}}``: live connections, whether a bootstrap succeeded,
-  entries in the cache, connections ended so far (``Endpoint.disconnections()``);
+  port], "cache": n, "disconnections": n, "refusals": {reason: n}}}``: live connections,
+  whether a bootstrap succeeded, entries in the cache, connections ended so far
+  (``Endpoint.disconnections()``), what it declined to do for peers (``stats().refusals``);
 - ``"peers"`` -> ``{"peers": [[host, port, peer_id, path], ...], "cache": [[host, port,
   fingerprint], ...]}``: the live connections and the cache's entries;
 - ``"disconnections"`` -> ``{"disconnections": [[wall time, host, port], ...]}`` (the last 1000);
@@ -157,6 +158,7 @@ class Node:
                 "public": list(endpoint.public_addr),
                 "cache": len(endpoint.bootstrap_cache),
                 "disconnections": self.disconnected,
+                "refusals": endpoint.stats().refusals,
             }
         }
 
