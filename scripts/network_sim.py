@@ -87,10 +87,10 @@ def plot(outcomes: list[sim.Outcome], path: Path) -> str:
         other.set_ylabel("live connections per node")
         other.set_ylim(bottom=0)
         span = max((s.t for s in samples), default=1.0) or 1.0
-        labelled = -math.inf
-        for when, label in outcome.events:
+        labelled = math.inf
+        for when, label in reversed(outcome.events):
             ax.axvline(when, color="grey", linewidth=0.6, alpha=0.6)
-            if when - labelled >= 0.025 * span:  # labels closer than that would overlap
+            if labelled - when >= 0.025 * span:  # of labels closer than that, the last one
                 labelled = when
                 ax.annotate(
                     label[:34],

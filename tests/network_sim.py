@@ -611,6 +611,23 @@ class Sim:
         finally:
             self._sampling.set()
 
+    def cpu_snapshot(self) -> tuple[float, float, float, tuple[float, float]]:
+        """(wall clock, CPU seconds of the live nodes, of the delay lines, the machine's (busy, total))."""
+        lines = [p.pid for label, _ns, p in self.net.processes if label.startswith("delay-")]
+        nodes = sum(node.cpu_seconds() or 0.0 for node in self.live())
+        return time.monotonic(), nodes, sum(cpu_seconds(pid) or 0.0 for pid in lines), machine_busy()
+
+    def cpu_used(self, since: tuple[float, float, float, tuple[float, float]]) -> str:
+        """What the nodes, the delay lines and the machine used since the snapshot ``since``."""
+        now = self.cpu_snapshot()
+        wall = now[0] - since[0]
+        busy, total = now[3][0] - since[3][0], now[3][1] - since[3][1]
+        machine = 100 * busy / total if total else 0.0
+        return (
+            f"{wall:.1f} s: nodes {now[1] - since[1]:.1f} CPU-s, delay lines {now[2] - since[2]:.1f} CPU-s; "
+            f"machine {machine:.0f}% busy ({os.cpu_count()} cores, other work included)"
+        )
+
     async def measure_idle(self) -> None:
         """Per-node memory and CPU over ``idle_window`` seconds with nothing asked of the nodes."""
         window = self.options.idle_window
@@ -628,6 +645,7 @@ class Sim:
             after = {node.name: node.cpu_seconds() for node in nodes}
             lines_after = [cpu_seconds(pid) for pid in delay_lines]
             machine_after = machine_busy()
+        await self.sample()
         cpu = [
             100 * (after[n] - before[n]) / window
             for n in before
@@ -696,6 +714,7 @@ class Sim:
                 node.gone = True
             await asyncio.gather(*(node.reap() for node in killed))
             self.event(f"killed {len(killed)} of {len(cached)} cached nodes for good")
+        await self.sample()
         self.event("every node stops")
         await asyncio.gather(*(node.quit() for node in self.live()))
         for node in self.nodes:
@@ -711,7 +730,9 @@ class Sim:
         self.event(f"restarting {len(coming_back)} nodes on the same addresses")
         await self.start(coming_back)
         self.event("all bootstrap at once")
+        herd = self.cpu_snapshot()
         answers = await asyncio.gather(*(node.bootstrap() for node in coming_back))
+        herd_cpu = self.cpu_used(herd)
         self.event("bootstraps done")
         await self.settle()
         rejoined = [a for a in answers if "bootstrapped" in a and a["seconds"] <= REJOIN_WITHIN]
@@ -737,12 +758,20 @@ class Sim:
             "bootstrap() took (median, p95, max)",
             f"{seconds(median(took))}, {seconds(quantile(took, 0.95))}, {seconds(max(took, default=None))}",
         )
+        connected = [
+            a["connected"] for a in answers if "bootstrapped" in a and a.get("connected") is not None
+        ]
+        outcome.row(
+            "  of which until the first dial was answered (median, p95)",
+            f"{seconds(median(connected))}, {seconds(quantile(connected, 0.95))}",
+        )
         for role, values in sorted(by_role.items()):
             outcome.row(
                 f"  as {role}s: {len(values)} (median, p95)",
                 f"{seconds(median(values))}, {seconds(quantile(values, 0.95))}",
             )
         outcome.row("not the role their site gives", ", ".join(wrong) or "none")
+        outcome.row("CPU while they bootstrapped", herd_cpu)
         outcome.row("dials bootstrap() started per node (median, max)", spread(dialled, "median"))
         outcome.row("of them failed before one answered (median, max; the joined)", spread(failed, "median"))
         if failures:
@@ -798,6 +827,7 @@ class Sim:
         rounds = max(1, round(options.churn_seconds / options.churn_interval))
         per_round: list[dict[str, Any]] = []
         newcomers_in_all = 0
+        join_failures: list[str] = []
         for number in range(1, rounds + 1):  # bounded: one pass per round
             started = time.monotonic()
             live = self.joined()
@@ -812,6 +842,9 @@ class Sim:
             newcomers_in_all += len(newcomers)
             await self.start(newcomers)
             joins = await asyncio.gather(*(node.bootstrap() for node in newcomers))
+            join_failures += [
+                f"{a.get('error')}: {a.get('message', '')[:100]}" for a in joins if "error" in a
+            ]
             await asyncio.sleep(max(0.0, options.churn_interval - (time.monotonic() - started)))
             view = await self.cache_view()
             per_round.append({"round": number, "joined": sum("bootstrapped" in a for a in joins), **view})
@@ -830,9 +863,20 @@ class Sim:
             "and as many joined through a random live node",
         )
         outcome.row("newcomers joined", share(sum(r["joined"] for r in per_round), newcomers_in_all))
+        if join_failures:
+            outcome.row("newcomers' failures", " | ".join(sorted(set(join_failures))[:3]))
         outcome.row("min live connections per sample", " ".join(str(m) for m in mins))
         outcome.row(
-            "nodes under 3 connections per sample", " ".join(str(r["under_three"]) for r in per_round)
+            "nodes under 3 connections per sample", " ".join(str(len(r["under_three"])) for r in per_round)
+        )
+        under: dict[str, int] = {}
+        for r in per_round:
+            for name in r["under_three"]:
+                under[name] = under.get(name, 0) + 1
+        roles = {node.name: node.role for node in self.nodes}
+        outcome.row(
+            "those nodes (role; samples under 3)",
+            ", ".join(f"{name} ({roles[name]}; {count})" for name, count in sorted(under.items())) or "none",
         )
         outcome.row(
             "answering cache entries per sample (orchestrator's view, mean)",
@@ -858,9 +902,14 @@ class Sim:
 
     def newcomer(self, victim: SimNode) -> SimNode:
         """A new node on ``victim``'s host (a new port, certificate and cache), told of a random
-        live node to join through."""
+        live node to join through: one on another site, since no router here hairpins (a host
+        cannot reach a neighbour behind its own NAT at their public address)."""
         name = f"{victim.kind}-new{next(self._names)}"
-        members = [n for n in self.joined() if n.role == "node" and n.public is not None]
+        members = [
+            n
+            for n in self.joined()
+            if n.role == "node" and n.public is not None and n.slot.site is not victim.slot.site
+        ]
         through = self.rng.choice(members)
         assert through.public is not None
         return SimNode(name, victim.kind, victim.slot, self.folder / name, [through.public])
@@ -872,11 +921,13 @@ class Sim:
         alive = {(n.public, n.peer_id) for n in nodes if n.role == "node" and n.public is not None}
         alive |= {(n.addr, n.peer_id) for n in nodes if n.role == "node"}
         answers = await asyncio.gather(*(node.ask("peers") for node in nodes))
-        connections, answering = [], []
-        for a in answers:
+        connections, answering, under = [], [], []
+        for node, a in zip(nodes, answers, strict=True):
             if "peers" not in a:
                 continue
             connections.append(len(a["peers"]))
+            if len(a["peers"]) < 3:
+                under.append(node.name)
             entries = [((h, p), fp) for h, p, fp in a["cache"]]
             if entries:
                 answering.append(sum(entry in alive for entry in entries) / len(entries))
@@ -890,7 +941,7 @@ class Sim:
         )
         return {
             "min_connections": min(connections, default=None),
-            "under_three": sum(c < 3 for c in connections),
+            "under_three": under,
             "mean_answering": statistics.fmean(answering) if answering else None,
             "min_answering": min(answering, default=None),
         }

@@ -13,11 +13,13 @@ read, in order. A command wrapped as ``{"id": K, "do": COMMAND}`` runs alongside
 instead (a ``"status"`` while a ``"bootstrap"`` is under way), and its answer carries ``"id": K``.
 
 - ``"bootstrap"`` -> ``{"bootstrapped": [host, port], "public": [host, port], "role": ...,
-  "seconds": s, "dialled": n, "failed": n}`` or ``{"error": "<class name>", "message": ...,
-  "seconds": s, "dialled": n, "failed": n, "attempts": {outcome: count}}``. ``dialled`` counts
-  the dials ``bootstrap()`` started (contacts and cached nodes, until one answered: the library
-  says what each attempt got only when all failed, ``BootstrapError.attempts``), ``failed``
-  those of them that failed;
+  "seconds": s, "connected": s, "dialled": n, "failed": n}`` or ``{"error": "<class name>",
+  "message": ..., "seconds": s, "connected": s, "dialled": n, "failed": n, "attempts": {outcome:
+  count}}``. ``connected`` is when the first dial was answered (null if none was), the rest of
+  ``seconds`` the echo, the check and the peer exchange; ``dialled`` counts the dials
+  ``bootstrap()`` started (contacts and cached nodes, until one answered: the library says what
+  each attempt got only when all failed, ``BootstrapError.attempts``), ``failed`` those of them
+  that failed;
 - ``"cache"`` -> ``{"cache": [[host, port], ...]}`` (what is in memory; saved on exit);
 - ``"public"`` -> ``{"public": [host, port]}``;
 - ``"status"`` -> ``{"status": {"connections": n, "joined": bool, "role": ..., "public": [host,
@@ -91,6 +93,7 @@ class Node:
         self.counting = False  # while bootstrap() runs: its dials are counted
         self.dialled = 0
         self.failed = 0
+        self.connected_at: float | None = None  # when the first of bootstrap's dials was answered
         self.disconnected = 0
         self.disconnections: collections.deque[list[Any]] = collections.deque(maxlen=1000)
         # Joining dials through the endpoint's connect_to: wrapping it counts bootstrap's dials.
@@ -103,10 +106,13 @@ class Node:
                 return await connect_to(addr, via, peer_id=peer_id)
             self.dialled += 1
             try:
-                return await connect_to(addr, via, peer_id=peer_id)
+                connection = await connect_to(addr, via, peer_id=peer_id)
             except qp2p.Error:
                 self.failed += 1
                 raise
+            if self.connected_at is None:
+                self.connected_at = time.monotonic()
+            return connection
 
         endpoint.connect_to = counted  # type: ignore[method-assign]
 
@@ -129,6 +135,7 @@ class Node:
         endpoint = self.endpoint
         started = time.monotonic()
         self.dialled = self.failed = 0
+        self.connected_at = None
         self.counting = True
         try:
             connection = await endpoint.bootstrap()
@@ -145,8 +152,9 @@ class Node:
             }
         finally:
             self.counting = False
-        return {**answer, "seconds": round(time.monotonic() - started, 3), "dialled": self.dialled,
-                "failed": self.failed}  # fmt: skip
+        connected = None if self.connected_at is None else round(self.connected_at - started, 3)
+        return {**answer, "seconds": round(time.monotonic() - started, 3), "connected": connected,
+                "dialled": self.dialled, "failed": self.failed}  # fmt: skip
 
     def status(self) -> dict[str, Any]:
         endpoint = self.endpoint
