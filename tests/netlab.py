@@ -446,6 +446,44 @@ class Site:
         if self.router is not None and self.kind == "address_restricted":
             self.router.run(["sh", "-c", "echo / > /proc/net/xt_recent/contacted"], check=True, timeout=10)
 
+    def flush_mappings(self, host_ip: str | None = None) -> int:
+        """The router forgets its NAT mappings (every conntrack entry) of ``host_ip``, or of all
+        its hosts, as a router that reboots or times them out does: the host's next datagram gets
+        a new mapping (a new random port behind ``symmetric``; the same port, when it is free,
+        behind the kinds that keep ports), and until then what peers send to the old one is
+        dropped as unsolicited. Needs ``conntrack`` (conntrack-tools). The entries deleted."""
+        if self.router is None:
+            raise ValueError(f"site {self.name} is public: it has no router, so no mappings")
+        deleted = 0
+        for ip in [host_ip] if host_ip is not None else [ip for _ns, ip in self.hosts]:
+            done = self.router.run(["conntrack", "-D", "-s", ip], timeout=30)
+            # Status 1 with "0 flow entries" when there was nothing to delete.
+            found = re.search(r"(\d+) flow entries have been deleted", done.stderr)
+            if found is None:
+                raise RuntimeError(f"conntrack -D in {self.router.name}: {done.stderr.strip()}")
+            deleted += int(found.group(1))
+        return deleted
+
+    def mappings(self, host_ip: str | None = None) -> list[tuple[int, str, int, int]]:
+        """The router's UDP mappings of ``host_ip`` (default: the first host), from conntrack:
+        (the host's port, the peer's address, the peer's port, the public port it maps to)."""
+        if self.router is None:
+            raise ValueError(f"site {self.name} is public: it has no router, so no mappings")
+        ip = host_ip or self.host_ip
+        done = self.router.run(["conntrack", "-L", "-p", "udp", "-s", ip], timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"conntrack -L in {self.router.name}: {done.stderr.strip()}")
+        found = []
+        for line in done.stdout.splitlines():
+            # "src=H dst=P sport=h dport=p ... src=P dst=WAN sport=p dport=MAPPED ...": the
+            # original direction, then the reply's, whose destination port is the mapping.
+            fields = re.findall(r"(src|dst|sport|dport)=(\S+)", line)
+            if len(fields) >= 8:
+                original, reply = dict(fields[:4]), dict(fields[4:8])
+                ports = int(original["sport"]), int(original["dport"]), int(reply["dport"])
+                found.append((ports[0], original["dst"], ports[1], ports[2]))
+        return found
+
     def describe(self) -> dict[str, object]:
         described: dict[str, object] = {
             "kind": self.kind,
@@ -484,6 +522,7 @@ class Network:
         self.namespaces: list[Namespace] = []
         self.sites: dict[str, Site] = {}
         self.processes: list[tuple[str, Namespace, subprocess.Popen[bytes]]] = []
+        self.cut_sites: set[str] = set()  # sites whose link drops every packet (``cut``)
 
     def __enter__(self) -> Network:
         self.start()
@@ -650,6 +689,35 @@ class Network:
             hosts.append(LanHost(ip, ports))
         return hosts
 
+    def cut(self, name: str) -> None:
+        """Site ``name``'s link drops every packet, both ways, until ``heal(name)``: a partition.
+
+        What the site sends is dropped in the internet namespace as it arrives on the site's
+        bridge port (``raw PREROUTING -m physdev --physdev-in s-<site>``, before any delay
+        line); what comes for it is dropped as it reaches the site, in the public host's or the
+        router's own ``raw PREROUTING`` on its link, so that packets the internet namespace
+        sends itself (STUN answers) are cut too. No ICMP, no ``sendto`` error: the packets
+        vanish, as on a dead link. The rules go first in their chains; idempotent."""
+        if name in self.cut_sites:
+            return
+        self._cut_rules(name, "-I")
+        self.cut_sites.add(name)
+
+    def heal(self, name: str) -> None:
+        """Removes ``cut``'s rules: the link carries packets again (with its loss and delay)."""
+        if name not in self.cut_sites:
+            return
+        self._cut_rules(name, "-D")
+        self.cut_sites.discard(name)
+
+    def _cut_rules(self, name: str, op: str) -> None:
+        site = self.sites[name]
+        self.internet.sysctl("net.bridge.bridge-nf-call-iptables=1")
+        leaving = f"{op} PREROUTING -m physdev --physdev-in s-{name} -j DROP"
+        self.internet.iptables_restore(f"*raw\n{leaving}\nCOMMIT\n")
+        inside, link = (site.host, "eth0") if site.router is None else (site.router, "wan0")
+        inside.iptables_restore(f"*raw\n{op} PREROUTING -i {link} -j DROP\nCOMMIT\n")
+
     def build(self, topology: str, *, loss: float = 0.0, delay_ms: float = 0.0) -> None:
         """Adds the sites of ``topology``: a name in ``TOPOLOGIES`` or ``name=kind,name=kind,...``
         (``name=kind+bare`` for a bare router)."""
@@ -671,6 +739,7 @@ class Network:
                 "stun": [f"{address}:{port}" for address in STUN_ADDRESSES for port in STUN_PORTS],
             },
             "sites": {name: site.describe() for name, site in self.sites.items()},
+            "cut": sorted(self.cut_sites),
             "processes": [
                 {"name": label, "namespace": ns.name, "pid": process.pid}
                 for label, ns, process in self.processes

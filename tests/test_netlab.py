@@ -404,6 +404,61 @@ def test_igd_host_maps_a_port_with_upnp_that_the_internet_reaches(lab: Lab) -> N
     assert igd.recv(port, timeout=0.3) == []
 
 
+STUN_BINDING = "000100002112a442" + "00" * 12  # an RFC 5389 Binding request, no attributes
+
+
+def test_a_cut_link_drops_everything_both_ways_until_it_heals(lab: Lab) -> None:
+    p1, p1_ip = lab.agents["p1"], lab.site("p1").ip
+    stun = [netlab.STUN_ADDRESSES[0], netlab.STUN_PORTS[0]]
+    for name in ("p2", "restricted"):  # a public site and a NAT site
+        agent, site = lab.agents[name], lab.site(name)
+        port = agent.open()
+        p1_port, seen = send_and_see(lab, name, port, "p1")
+        assert agent.call("probe", to=stun, hex=STUN_BINDING, timeout=2.0)["result"] == "reply"
+        lab.net.cut(name)
+        try:
+            assert lab.net.describe()["cut"] == [name]
+            agent.call("send", port=port, to=[p1_ip, p1_port], tag="out")
+            p1.call("send", port=p1_port, to=[site.ip, seen], tag="in")
+            assert p1.recv(p1_port, timeout=0.5) == [] and agent.recv(port, timeout=0.5) == []
+            # What the internet namespace sends itself (a STUN answer) is cut too.
+            assert agent.call("probe", to=stun, hex=STUN_BINDING, timeout=1.0)["result"] == "silent"
+        finally:
+            lab.net.heal(name)
+        assert lab.net.describe()["cut"] == []
+        agent.call("send", port=port, to=[p1_ip, p1_port], tag="healed")
+        assert p1.recv(p1_port) == [(site.ip, seen, "healed:0")]
+        p1.call("send", port=p1_port, to=[site.ip, seen], tag="back")
+        assert agent.recv(port) == [(p1_ip, p1_port, "back:0")]
+        assert agent.call("probe", to=stun, hex=STUN_BINDING, timeout=2.0)["result"] == "reply"
+
+
+@netlab.requires(*netlab.NAT, "conntrack")
+def test_flushed_mappings_move_a_symmetric_port_and_close_every_filter_until_the_host_sends(
+    lab: Lab,
+) -> None:
+    p1, p1_ip = lab.agents["p1"], lab.site("p1").ip
+    for name in ("symmetric", "restricted"):
+        agent, site = lab.agents[name], lab.site(name)
+        port = agent.open()
+        p1_port, seen = send_and_see(lab, name, port, "p1")
+        assert (port, p1_ip, p1_port, seen) in site.mappings()
+        assert site.flush_mappings() >= 1
+        assert [m for m in site.mappings() if m[0] == port] == []
+        # The old mapping is gone: p1's answer through it is dropped as unsolicited ...
+        p1.call("send", port=p1_port, to=[site.ip, seen], tag="stale")
+        assert agent.recv(port, timeout=0.5) == []
+        # ... until the host sends again, from the same socket to the same peer: a new mapping,
+        # on a new random port behind the symmetric NAT, on the same one behind the other.
+        agent.call("send", port=port, to=[p1_ip, p1_port], tag="again")
+        ((_address, moved, _text),) = p1.recv(p1_port)
+        assert (moved != seen) if name == "symmetric" else (moved == seen), (name, seen, moved)
+        p1.call("send", port=p1_port, to=[site.ip, moved], tag="fresh")
+        assert agent.recv(port) == [(p1_ip, p1_port, "fresh:0")]
+    with pytest.raises(ValueError, match="public"):
+        lab.site("p1").flush_mappings()
+
+
 def lost_fraction(
     lab: Lab, sender: str, receiver: str, receiver_port: int, to: tuple[str, int], sending: int = 0
 ) -> float:

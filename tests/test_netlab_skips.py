@@ -18,7 +18,7 @@ pytestmark = netlab.requires()
 
 HERE = Path(__file__).resolve().parent
 # The test modules in which every test builds NAT routers, loss or delay (iptables-restore).
-NAT_MODULES = ("test_netlab.py", "test_nat_traversal.py", "test_nat_joining.py")
+NAT_MODULES = ("test_netlab.py", "test_nat_traversal.py", "test_nat_joining.py", "test_network_sim.py")
 
 
 def path_without(hidden: set[str], folder: Path) -> str:
