@@ -1362,6 +1362,8 @@ class Endpoint:
             self._carry_out([answer])
             if changed:
                 self._joining.schedule_save()
+            if (waiting := self._membership.next_probe()) is not None and self._state == "open":
+                self._tasks.spawn(self._verify(waiting))
 
     # ---- events ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ kind has a budget per peer, so no peer makes us do it more often than the rules 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 PEERS_WANTED = 32
 # Reachability checks run at once (at most); each costs a fresh socket and a handshake.
 CHECKS_AT_ONCE = 4
+# Checks waiting for one of those places, at most; past it a check is refused. Two rounds of
+# checks (each at most control_timeout) fit in the 3 control_timeouts a joining node waits, so a
+# node joining with many others is checked, not told it is unreachable because we were busy.
+CHECKS_QUEUED = 2 * CHECKS_AT_ONCE
 # Budgets per peer: so many requests of a kind at once, then one more per so many seconds.
 ECHO_BUDGET = (8, 1.0)
 PEERS_BUDGET = (4, 5.0)
@@ -55,6 +59,7 @@ class Membership:
         self.cache = BootstrapCache(config.bootstrap_cache_size, config.bootstrap_cache_per_prefix)
         self._budgets = Budgets()
         self._checking: set[Hashable] = set()  # links with a check under way: one at a time each
+        self._queued: deque[Probe] = deque()  # checks waiting for a place (their links in _checking)
         self.refusals: Counter[str] = Counter()  # why we declined what a peer asked
 
     def _refuse(self, reason: str) -> None:
@@ -80,12 +85,19 @@ class Membership:
             if peer.relayed or message.addr[0] != peer.addr[0]:
                 self._refuse("verification of another address")
                 return refused
-            if peer.link in self._checking or len(self._checking) >= CHECKS_AT_ONCE:
+            if peer.link in self._checking:
+                self._refuse("verification already under way")
+                return refused
+            running = len(self._checking) - len(self._queued)
+            if running >= CHECKS_AT_ONCE and len(self._queued) >= CHECKS_QUEUED:
                 self._refuse("verifications at once")
                 return refused
             if not self._within("verify", peer, now, VERIFY_BUDGET):
                 return refused
             self._checking.add(peer.link)
+            if running >= CHECKS_AT_ONCE:
+                self._queued.append(Probe(peer, message.addr))
+                return None  # answered once it has run (next_probe)
             return Probe(peer, message.addr)
         if isinstance(message, wire.PeersRequest):
             if not self._within("peers", peer, now, PEERS_BUDGET):
@@ -109,6 +121,12 @@ class Membership:
             self.cache.reachable(probe.addr, wall_time, fingerprint, None)
             changed = True
         return Send(probe.peer.link, wire.VerificationResponse(reachable)), changed
+
+    def next_probe(self) -> Probe | None:
+        """A queued check to run now that a place is free (after ``probe_done``), if any."""
+        if self._queued and len(self._checking) - len(self._queued) < CHECKS_AT_ONCE:
+            return self._queued.popleft()
+        return None
 
     def connected(self, peer: Peer, dialled: bool, seconds: float, wall_time: float) -> bool:
         """A connection was established; True if the cache changed. A node we dialled directly

@@ -47,7 +47,6 @@ __all__ = (
     "allocate",
     "parse_mix",
     "run_scenario",
-    "upkeep_in_library",
 )
 
 NODE_PROCESS = Path(__file__).with_name("node_process.py")
@@ -81,14 +80,6 @@ QUIT_TIMEOUT = 30.0  # for a node to close its endpoint (writing its cache) and 
 REJOIN_WITHIN = 30.0  # scenarios 1 and 2: re-joined within this long counts
 BACK_WITHIN = 10.0  # scenarios 4 and 5: connections back within this long counts
 ASKED = b"are you there?"
-
-
-def upkeep_in_library() -> bool:
-    """Whether qp2p keeps connections up by itself (``Config.min_connections``): scenarios 3
-    and 4 need it, and until it exists they are expected to miss their targets."""
-    import qp2p
-
-    return "min_connections" in getattr(qp2p.Config, "__dataclass_fields__", {})
 
 
 # ---- the mix of sites --------------------------------------------------------------------------

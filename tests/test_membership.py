@@ -62,3 +62,31 @@ def test_only_nodes_we_dialled_directly_enter_the_cache() -> None:
     assert not rules.connected(Peer("lr", A, ADDR, relayed=True), dialled=True, seconds=0.1, wall_time=0.0)
     assert not rules.connected(Peer("la", A, ADDR, node=False), dialled=True, seconds=0.1, wall_time=0.0)
     assert rules.connected(ASKER, dialled=True, seconds=0.1, wall_time=0.0) and ADDR in rules.cache
+
+
+def test_a_busy_node_queues_checks_instead_of_calling_the_askers_unreachable() -> None:
+    """Many nodes joining through one contact: the checks past its four places wait their turn
+    (a bounded queue), and only past that are they refused."""
+    from qp2p.membership import CHECKS_AT_ONCE, CHECKS_QUEUED
+
+    rules = Membership(Config())
+    askers = [Peer(f"l{i}", f"{i:064x}", (f"198.51.100.{i + 1}", 1000)) for i in range(20)]
+    decisions = [rules.request(p, wire.VerificationRequest(p.addr), 0.0) for p in askers]
+    running = [d for d in decisions if isinstance(d, Probe)]
+    assert len(running) == CHECKS_AT_ONCE
+    assert decisions[CHECKS_AT_ONCE : CHECKS_AT_ONCE + CHECKS_QUEUED] == [None] * CHECKS_QUEUED  # queued
+    refused = decisions[CHECKS_AT_ONCE + CHECKS_QUEUED :]
+    assert refused and all(
+        isinstance(d, Send) and d.message == wire.VerificationResponse(False) for d in refused
+    )
+    assert rules.next_probe() is None  # every place is taken
+    started = []
+    for probe in running:
+        rules.probe_done(probe, probe.peer.peer_id, 0.0)
+        started.append(rules.next_probe())
+    # Each freed place goes to the longest waiting, in order; the rest follow as those end.
+    assert [p.peer for p in started if p is not None] == askers[CHECKS_AT_ONCE : 2 * CHECKS_AT_ONCE]
+    queued = askers[CHECKS_AT_ONCE]
+    assert rules.request(queued, wire.VerificationRequest(queued.addr), 1.0) == Send(
+        queued.link, wire.VerificationResponse(False)
+    )  # its check is under way: one at a time
