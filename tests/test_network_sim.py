@@ -9,13 +9,21 @@ scripts/network_sim.py runs the same harness at a hundred nodes and with every s
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import netlab
 import network_sim
 import pytest
 
-pytestmark = [netlab.requires(*netlab.NAT), pytest.mark.timeout(420)]
+# Two and a half minutes of a loaded machine: past the ten the README's test command may take.
+# CI runs it as a step of its own (.ci/run); set QP2P_NETWORK_SIM=1 to run it with the rest.
+SELECTED = os.environ.get("QP2P_NETWORK_SIM", "") not in ("", "0")
+pytestmark = [
+    pytest.mark.skipif(not SELECTED, reason="twenty nodes: run when QP2P_NETWORK_SIM=1 (as CI does)"),
+    netlab.requires(*netlab.NAT),
+    pytest.mark.timeout(420),
+]
 
 NODES = 20
 
