@@ -53,8 +53,12 @@ def test_with_five_percent_loss_every_pair_connects_and_only_the_hard_ones_are_r
         outcomes = matrix.connect_all(coordinator, a_nodes, b_nodes)
     for (a, b), outcome in outcomes.items():
         want = matrix.expected(a, b)
-        # A lost handshake packet can push a direct pair past its head start into a punch.
+        # A lost handshake packet can push a direct pair past its head start into a punch; a
+        # symmetric NAT's pair punches by port prediction, which loss can defeat twice (about
+        # one trial in ten, docs/connectivity.md): its fallback, the relay, is then right.
         allowed = {"direct", "punched"} if want == "direct" else {want}
+        if want == "punched" and "symmetric" in (a, b):
+            allowed.add("relayed")
         assert outcome.path in allowed, ((a, b), outcome)
 
 
