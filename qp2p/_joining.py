@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 Echoed = Callable[[list[Address], bool], None]
 # Contacts and cached nodes asked in turn for the second echo when no node we were told of gave it.
 SECOND_ECHO_TRIES = 3
+# What a bootstrap attempt got that leaves the peer to be joined through in the next round (a
+# connection that lost the race is still open: the next round has it at once).
+RETRIED = ("not tried", "cancelled: another peer answered first", "connected")
 # Nodes we were told about, dialled at once (at most).
 PEERS_DIALLED_AT_ONCE = 4
 # A change to the cache is written after this long, so a burst of changes costs one write.
@@ -111,21 +114,35 @@ class Joining:
         candidates = [addr for addr in candidates if addr not in own]
         if not candidates:
             raise errors.BootstrapError("no hard-coded contacts, and the bootstrap cache is empty")
-        connection, attempts = await self._first_of(candidates)
-        if connection is None:
-            summary = "; ".join(f"{host}:{port}: {outcome}" for (host, port), outcome in attempts.items())
-            raise errors.BootstrapError(f"no peer answered ({summary})", attempts)
-        membership.contact = connection.remote_addr
-        await self._join(connection, candidates)
-        return connection
-
-    async def _first_of(self, candidates: list[Address]) -> tuple[Connection | None, dict[Address, str]]:
-        """Dials candidates in order, a few at once; the first connection wins and the other
-        attempts are cancelled, their half-made connections closed."""
-        network = self._network
         loop = asyncio.get_running_loop()
-        attempts: dict[Address, str] = {addr: "not tried" for addr in candidates}
-        winner: asyncio.Future[Connection] = loop.create_future()
+        deadline = loop.time() + config.bootstrap_timeout
+        attempts: dict[Address, str] = dict.fromkeys(candidates, "not tried")
+        while True:  # one round per peer that connected but did not see us through: bounded
+            untried = [addr for addr in candidates if attempts[addr] in RETRIED]
+            connection = None
+            if untried and loop.time() < deadline:
+                connection = await self._first_of(untried, attempts, deadline)
+            if connection is None:
+                summary = "; ".join(f"{host}:{port}: {outcome}" for (host, port), outcome in attempts.items())
+                raise errors.BootstrapError(f"no peer answered ({summary})", attempts)
+            membership.contact = connection.remote_addr
+            try:
+                await self._join(connection, candidates)
+            except (errors.RequestTimeout, errors.ConnectionError) as exc:
+                # Connected, but too busy to answer or gone since: join through the next one.
+                attempts[connection.remote_addr] = f"connected, then {type(exc).__name__}: {exc}"
+                peer_log(log, connection.peer_id, connection.remote_addr).info("not joined through: %s", exc)
+                continue
+            return connection
+
+    async def _first_of(
+        self, candidates: list[Address], attempts: dict[Address, str], deadline: float
+    ) -> Connection | None:
+        """Dials candidates in order, a few at once, until ``deadline``; the first connection
+        wins and the other attempts are cancelled, their half-made connections closed. What
+        each attempt got goes into ``attempts``."""
+        network = self._network
+        winner: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         gate = asyncio.Semaphore(network.config.bootstrap_concurrency)
 
         async def attempt(addr: Address) -> None:
@@ -149,7 +166,7 @@ class Joining:
         tasks = [asyncio.create_task(attempt(addr)) for addr in candidates]
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         try:
-            async with asyncio.timeout(network.config.bootstrap_timeout):
+            async with asyncio.timeout_at(deadline):
                 await asyncio.wait([winner, everything], return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             pass
@@ -157,10 +174,10 @@ class Joining:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(everything, return_exceptions=True)
-        for addr, outcome in attempts.items():
-            if outcome == "trying":
+        for addr in candidates:
+            if attempts[addr] == "trying":
                 attempts[addr] = "no answer within bootstrap_timeout"
-        return (winner.result() if winner.done() else None), attempts
+        return winner.result() if winner.done() else None
 
     async def _join(self, connection: Connection, candidates: list[Address]) -> None:
         """Learn our public address; as a node, have the contact check it can reach us there;
@@ -186,11 +203,15 @@ class Joining:
                 log.warning("%s; running as a client", problem)
                 self._become_client()
         self._echoed(self._echoes, False)
-        peers = await connection.control_request(
-            wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, config.control_timeout
-        )
+        try:
+            peers = await connection.control_request(
+                wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, config.control_timeout
+            )
+            nodes = list(peers.peers)
+        except errors.Error as exc:  # joined all the same: the upkeep dials the cache, if any
+            peer_log(log, connection.peer_id, connection.remote_addr).info("no peers from it: %s", exc)
+            nodes = []
         others = [addr for addr in candidates if addr != connection.remote_addr]
-        nodes = [(addr, fingerprint) for addr, fingerprint in peers.peers]
         self._tasks.spawn(self._discover(nodes, others, connection.peer_id))
 
     async def _discover(

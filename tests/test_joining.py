@@ -122,6 +122,41 @@ async def test_bootstrap_error_names_every_attempt(
         await empty.bootstrap()
 
 
+def ignoring(endpoint: qp2p.Endpoint, kind: type[wire.ControlMessage]) -> None:
+    """From now on ``endpoint`` leaves every request of ``kind`` unanswered: a peer too busy to."""
+    rules = endpoint._membership
+    answer = rules.request
+    rules.request = lambda peer, message, now: (
+        None if isinstance(message, kind) else answer(peer, message, now)
+    )  # type: ignore[method-assign]
+
+
+async def test_a_contact_that_connects_but_never_echoes_is_passed_over(make_endpoint: MakeEndpoint) -> None:
+    busy, live = await make_endpoint(), await make_endpoint()
+    ignoring(busy, wire.EchoRequest)
+    node = await make_endpoint(
+        hard_coded_contacts=[busy.local_addr, live.local_addr], bootstrap_concurrency=1, control_timeout=0.5
+    )
+    connection = await node.bootstrap()  # busy answered the dial first (one at a time), then nothing
+    assert connection.remote_addr == live.local_addr and node.public_addr == node.local_addr
+    assert busy.local_addr in {c.remote_addr for c in node.connections()}  # still a live node to us
+    alone = await make_endpoint(hard_coded_contacts=[busy.local_addr], control_timeout=0.5)
+    with pytest.raises(qp2p.BootstrapError) as failure:
+        await alone.bootstrap()
+    (outcome,) = failure.value.attempts.values()
+    assert outcome.startswith("connected, then RequestTimeout: no EchoResponse"), outcome
+
+
+async def test_a_contact_that_never_hands_out_peers_still_joins_us(make_endpoint: MakeEndpoint) -> None:
+    contact = await make_endpoint()
+    contact._membership.active = True
+    ignoring(contact, wire.PeersRequest)
+    node = await make_endpoint(hard_coded_contacts=[contact.local_addr], control_timeout=0.5)
+    connection = await node.bootstrap()
+    assert connection.remote_addr == contact.local_addr and node.role is qp2p.Role.NODE
+    await wait_until(lambda: node.local_addr in contact.bootstrap_cache)  # checked: a node of it
+
+
 async def test_dead_cached_peers_cost_about_one_connect_timeout(
     make_endpoint: MakeEndpoint, silent_ports: list[tuple[str, int]], tmp_path: Path
 ) -> None:
