@@ -322,6 +322,8 @@ class Joining:
         for addr, peer_id in plan.dial:
             self.upkeep_dials += 1
             self._tasks.spawn(self._upkeep_dial(addr, peer_id, keep=addr != plan.check))
+        if plan.ask is not None:
+            self._tasks.spawn(self._ask_for_nodes(plan.ask))
         delay = max(0.0, plan.wake_at - loop.time()) if plan.wake_at != float("inf") else 3600.0
         self._wake = loop.call_later(delay, self._look)
 
@@ -359,6 +361,25 @@ class Joining:
                 )
             except errors.Error as exc:
                 peer_log(log, peer_id, addr).debug("no check after the upkeep dial: %s", exc)
+
+    async def _ask_for_nodes(self, addr: Address) -> None:
+        """Ask the node at ``addr`` (connected) for the nodes it knows: the upkeep dials them
+        before its cache's entries, which may all be dead by now (a network churning)."""
+        network = self._network
+        asked = next((c for c in network.connections() if c.remote_addr == addr and not c.is_closed), None)
+        if asked is None:
+            return
+        try:
+            answer = await asked.control_request(
+                wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, network.config.control_timeout
+            )
+        except errors.Error as exc:
+            peer_log(log, asked.peer_id, addr).debug("no nodes from it: %s", exc)
+            return
+        own = {network.local_addr, network.public_addr}
+        self._upkeep.told([(node, peer_id) for node, peer_id in answer.peers if node not in own])
+        if self._wake is not None:
+            self._look()
 
     def _dialled(self, addr: Address, connected: bool) -> None:
         self._upkeep.dialled(addr, connected, asyncio.get_running_loop().time())

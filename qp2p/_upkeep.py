@@ -34,6 +34,10 @@ FAILURES_TO_FORGET = 3
 TOP_UP_AT_ONCE = 4
 # With enough connections, one cache entry nobody is connected to is checked this often.
 CHECK_INTERVAL = 10.0
+# Below min_connections, one connected node is asked for the nodes it knows this often at most;
+# those it names (at most TOLD_KEPT, kept until dialled once) are dialled before cache entries.
+ASK_INTERVAL = 10.0
+TOLD_KEPT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +59,14 @@ class View:
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Dial these (address, expected peer id); forget these; call ``plan`` again at ``wake_at``.
-    ``check``, one of ``dial`` or None, only has to show it answers: its connection is not kept."""
+    ``check``, one of ``dial`` or None, only has to show it answers: its connection is not kept.
+    ``ask``, a node we are connected to or None: ask it for the nodes it knows (``told``)."""
 
     dial: list[tuple[Address, str | None]]
     forget: list[Address]
     wake_at: float
     check: Address | None = None
+    ask: Address | None = None
 
 
 @dataclass(slots=True)
@@ -80,8 +86,11 @@ class Upkeep:
         self._lost: dict[Address, _Lost] = {}
         self._failures: dict[Address, int] = {}  # failed dials of entries we chose, in a row
         self._dialling: set[Address] = set()
+        self._told: dict[Address, str] = {}  # nodes a peer named, not dialled yet
+        self._trying_told: set[Address] = set()  # of those, the ones being dialled
         self._next_top_up = 0.0
         self._next_check = 0.0
+        self._next_ask = 0.0
 
     @property
     def lost_nodes(self) -> int:
@@ -96,9 +105,17 @@ class Upkeep:
         if self._min:
             self._lost[addr] = _Lost(peer_id, now, now + self._spread(REDIAL_FIRST))
 
+    def told(self, nodes: Sequence[tuple[Address, str]]) -> None:
+        """A node we asked named these: claims, each dialled once at most (by its peer id) and
+        cached only if it answers; the first ``TOLD_KEPT`` are kept, replacing earlier ones."""
+        self._told = dict(list(nodes)[:TOLD_KEPT])
+
     def dialled(self, addr: Address, connected: bool, now: float) -> None:
         """A dial ``plan`` asked for is over."""
         self._dialling.discard(addr)
+        if addr in self._trying_told:  # a named node: in the cache if it answered, else gone
+            self._trying_told.discard(addr)
+            return
         lost = self._lost.get(addr)
         if connected:
             self._lost.pop(addr, None)
@@ -133,10 +150,21 @@ class Upkeep:
         fresh = [
             (addr, peer) for addr, peer in view.candidates if addr not in view.connected and addr not in busy
         ]
+        known = {addr for addr, _ in view.candidates} | view.connected | busy
+        named: list[tuple[Address, str | None]] = [
+            (addr, peer) for addr, peer in self._told.items() if addr not in known
+        ]
         missing = self._min - len(view.connected) - len(self._dialling) - len(dial)
-        check = None
+        check = ask = None
+        if missing > 0 and view.connected and now >= self._next_ask:
+            ask = sorted(view.connected)[self._rng.randrange(len(view.connected))]
+            self._next_ask = now + self._spread(ASK_INTERVAL)
         if missing > 0 and now >= self._next_top_up:
-            dial += fresh[: min(missing, TOP_UP_AT_ONCE)]
+            chosen = (named + fresh)[: min(missing, TOP_UP_AT_ONCE)]
+            for addr, _ in chosen:
+                if self._told.pop(addr, None) is not None:
+                    self._trying_told.add(addr)
+            dial += chosen
             self._next_top_up = now + self._spread(REDIAL_CAP)
         elif len(view.connected) >= self._min and now >= self._next_check:
             if fresh:
@@ -146,4 +174,6 @@ class Upkeep:
         self._dialling.update(addr for addr, _ in dial)
         wakes = [lost.due for addr, lost in self._lost.items() if addr not in self._dialling]
         wakes.append(self._next_top_up if len(view.connected) < self._min else self._next_check)
-        return Plan(dial, forget, max(min(wakes), now + 0.05), check)
+        if len(view.connected) < self._min and view.connected:
+            wakes.append(self._next_ask)
+        return Plan(dial, forget, max(min(wakes), now + 0.05), check, ask)

@@ -121,3 +121,28 @@ async def test_an_idle_cache_entry_is_checked_and_not_kept(
     await wait_until(lambda: not connected(b, a), 10)
     assert not connected(a, b) and b.stats().lost_nodes == 0
     assert b.local_addr in a.bootstrap_cache
+
+
+async def test_below_min_connections_a_member_asks_its_nodes_for_more(
+    make_endpoint: MakeEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_upkeep, "ASK_INTERVAL", 0.5)
+    contact = await make_endpoint(local_ip="127.0.0.1")
+    with pytest.raises(qp2p.BootstrapError):
+        await contact.bootstrap()
+    # A client (nobody caches it or names it) that joined while the contact knew nobody else.
+    client = await make_endpoint(
+        local_ip="127.0.0.4",
+        role=qp2p.Role.CLIENT,
+        hard_coded_contacts=[contact.local_addr],
+        min_connections=3,
+    )
+    await client.bootstrap()
+    nodes = []
+    for ip in ("127.0.0.2", "127.0.0.3"):
+        node = await make_endpoint(local_ip=ip, hard_coded_contacts=[contact.local_addr])
+        await node.bootstrap()
+        nodes.append(node)
+    # Its cache holds the contact alone: only the contact's answer names the other two.
+    await wait_until(lambda: all(connected(client, node) for node in nodes), 10)
+    assert all(node.local_addr in client.bootstrap_cache for node in nodes)

@@ -118,6 +118,39 @@ def test_top_up_to_the_minimum_a_few_at_a_time() -> None:
     assert len(many.plan(View(0.0, frozenset(), True, candidates)).dial) == u.TOP_UP_AT_ONCE
 
 
+def test_below_the_minimum_a_connected_node_is_asked_and_the_nodes_it_names_come_first() -> None:
+    upkeep = Upkeep(3, random.Random(10))
+    E, F = ("198.18.5.1", 4000), ("198.18.6.1", 4000)
+    plan = upkeep.plan(view(0.0, {A}))
+    assert plan.ask == A  # the only node we are connected to
+    assert upkeep.plan(view(0.1, {A})).ask is None  # once per ASK_INTERVAL at most
+    for addr in dialled(plan):
+        upkeep.dialled(addr, False, 0.2)
+    upkeep.told([(E, "e"), (B, "b"), (F, "f")])  # B: a cache entry already, not a new name
+    later = u.REDIAL_CAP * (1 + u.JITTER)
+    plan = upkeep.plan(view(later, {A}))
+    assert plan.dial[:2] == [(E, "e"), (F, "f")]  # named first, by the peer id named
+    upkeep.dialled(E, False, later)
+    upkeep.dialled(F, False, later)
+    for addr in dialled(plan)[2:]:
+        upkeep.dialled(addr, False, later)
+    afterwards = upkeep.plan(view(3 * later, {A}))
+    assert {E, F}.isdisjoint(dialled(afterwards))  # each dialled once, then dropped
+    assert E not in upkeep.plan(view(4 * later, {A})).forget  # not ours to forget: never cached
+    assert upkeep.plan(view(u.ASK_INTERVAL * 2, {A, B, C})).ask is None  # enough connections
+    assert upkeep.plan(view(u.ASK_INTERVAL * 3, set())).ask is None  # nobody to ask
+
+    flood = Upkeep(3, random.Random(11))
+    flood.told([((f"198.19.{i // 250}.{i % 250}", 1), "x") for i in range(1000)])
+    named = set()
+    for step in range(50):  # bounded: every name kept is dialled by then
+        plan = flood.plan(view(step * 10.0, {A}, candidates=[]))
+        named |= set(dialled(plan))
+        for addr in dialled(plan):
+            flood.dialled(addr, False, step * 10.0)
+    assert len(named) == u.TOLD_KEPT  # a peer naming a thousand gets 32 dials out of us
+
+
 def test_failing_entries_are_forgotten_unless_isolated() -> None:
     upkeep = Upkeep(5, random.Random(8))
     for _ in range(u.FAILURES_TO_FORGET):
