@@ -57,7 +57,12 @@ class Network(Protocol):
     def connections(self) -> list[Connection]: ...
     async def is_reachable(self, addr: tuple[str, int]) -> bool: ...
     async def connect_to(
-        self, addr: tuple[str, int], via: tuple[str, int] | None = None, *, peer_id: str | None = None
+        self,
+        addr: tuple[str, int],
+        via: tuple[str, int] | None = None,
+        *,
+        peer_id: str | None = None,
+        direct: bool = False,
     ) -> Connection: ...
 
 
@@ -151,7 +156,7 @@ class Joining:
                     return
                 attempts[addr] = "trying"
                 try:
-                    connection = await network.connect_to(addr)
+                    connection = await network.connect_to(addr, direct=True)
                 except errors.Error as exc:
                     attempts[addr] = f"{type(exc).__name__}: {exc}"
                     self._membership.cache.unreachable(addr)
@@ -242,7 +247,7 @@ class Joining:
         async def dial(addr: Address, peer_id: str) -> None:
             async with gate:
                 try:
-                    connection = await network.connect_to(addr, peer_id=peer_id)
+                    connection = await network.connect_to(addr, peer_id=peer_id, direct=True)
                     if not echoing and elsewhere(connection):
                         echoing.append(addr)
                         self._echoes.append(await self._echo(connection))
@@ -262,7 +267,7 @@ class Joining:
                 if len(self._echoes) > 1:
                     break
                 try:
-                    connection = await network.connect_to(addr)
+                    connection = await network.connect_to(addr, direct=True)
                     if not elsewhere(connection):
                         continue
                     echo = await self._echo(connection)
@@ -346,7 +351,8 @@ class Joining:
             self._dialled(addr, answered)
             return
         try:
-            connection = await asyncio.wait_for(network.connect_to(addr, peer_id=peer_id), timeout)
+            dialled = network.connect_to(addr, peer_id=peer_id, direct=True)
+            connection = await asyncio.wait_for(dialled, timeout)
         except (errors.Error, TimeoutError) as exc:
             cache.unreachable(addr)
             peer_log(log, peer_id, addr).debug("upkeep dial failed: %s", exc or type(exc).__name__)

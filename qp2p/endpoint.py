@@ -969,7 +969,12 @@ class Endpoint:
         return None
 
     async def connect_to(
-        self, addr: tuple[str, int], via: tuple[str, int] | None = None, *, peer_id: str | None = None
+        self,
+        addr: tuple[str, int],
+        via: tuple[str, int] | None = None,
+        *,
+        peer_id: str | None = None,
+        direct: bool = False,
     ) -> Connection:
         """The connection to the peer at ``addr``: the pooled one (whoever opened it), else a new one.
 
@@ -979,8 +984,10 @@ class Endpoint:
         to; by default the node we bootstrapped through) a peer behind a NAT is reached too:
         directly if it answers, else through a hole punched in both NATs, else relayed by
         ``via`` (``conn.path`` says which; a relayed connection moves to a punched path when a
-        later attempt succeeds). Raises ``ConnectionError`` when no connection is established,
-        within ``config.connect_timeout`` seconds when there is no ``via``; a refused
+        later attempt succeeds). ``direct=True`` dials ``addr`` alone, through no other node:
+        for a peer known to answer there (a node from a bootstrap cache), whose silence means
+        it is gone, not hidden. Raises ``ConnectionError`` when no connection is established,
+        within ``config.connect_timeout`` seconds when dialled directly; a refused
         certificate ends every attempt at once.
         """
         self._check_open()
@@ -988,7 +995,7 @@ class Endpoint:
         existing = self._existing(target, peer_id)
         if existing is not None:
             return existing
-        relay = via or self._membership.contact
+        relay = None if direct else via or self._membership.contact
         if relay is not None:
             relay = await self._resolve(relay)
             if relay != target:

@@ -100,13 +100,17 @@ class Node:
         connect_to = endpoint.connect_to
 
         async def counted(
-            addr: tuple[str, int], via: tuple[str, int] | None = None, *, peer_id: str | None = None
+            addr: tuple[str, int],
+            via: tuple[str, int] | None = None,
+            *,
+            peer_id: str | None = None,
+            direct: bool = False,
         ) -> qp2p.Connection:
             if not self.counting:
-                return await connect_to(addr, via, peer_id=peer_id)
+                return await connect_to(addr, via, peer_id=peer_id, direct=direct)
             self.dialled += 1
             try:
-                connection = await connect_to(addr, via, peer_id=peer_id)
+                connection = await connect_to(addr, via, peer_id=peer_id, direct=direct)
             except qp2p.Error:
                 self.failed += 1
                 raise

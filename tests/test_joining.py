@@ -157,6 +157,21 @@ async def test_a_contact_that_never_hands_out_peers_still_joins_us(make_endpoint
     await wait_until(lambda: node.local_addr in contact.bootstrap_cache)  # checked: a node of it
 
 
+async def test_a_direct_dial_goes_through_no_other_node(
+    make_endpoint: MakeEndpoint, silent_ports: list[tuple[str, int]]
+) -> None:
+    contact = await make_endpoint()
+    node = await make_endpoint(hard_coded_contacts=[contact.local_addr], connect_timeout=0.5)
+    await node.bootstrap()
+    started = time.perf_counter()
+    with pytest.raises(qp2p.ConnectionError):
+        await node.connect_to(silent_ports[0], direct=True)  # a cached node gone: no punch, no relay
+    assert node.punch_attempts == 0 and time.perf_counter() - started < 2 * node.config.connect_timeout
+    with pytest.raises(qp2p.ConnectionError):
+        await node.connect_to(silent_ports[1])  # by default through the contact: it tries a punch
+    assert node.punch_attempts > 0
+
+
 async def test_dead_cached_peers_cost_about_one_connect_timeout(
     make_endpoint: MakeEndpoint, silent_ports: list[tuple[str, int]], tmp_path: Path
 ) -> None:
