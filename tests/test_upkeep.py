@@ -174,6 +174,33 @@ def test_with_enough_connections_one_other_entry_is_checked_now_and_then() -> No
     assert 1 <= len(checks) <= 20 / (u.CHECK_INTERVAL * (1 - u.JITTER)) + 1
 
 
+def test_the_worst_entry_is_checked_and_a_failed_check_brings_the_next_sooner() -> None:
+    upkeep = Upkeep(2, random.Random(12))
+    now, checks = 0.0, []
+    for _ in range(40):  # bounded: D fails every check, until it is forgotten
+        plan = upkeep.plan(view(now, {A, B}))
+        if plan.forget:
+            break
+        if plan.check is not None:
+            checks.append((now, plan.check))
+            now += 3.0  # D is dead: a 3 s timeout
+            upkeep.dialled(plan.check, False, now)
+            plan = upkeep.plan(view(now, {A, B}))  # the shell looks again after each outcome
+            if plan.forget:
+                break
+        now = max(now, plan.wake_at)
+    assert plan.forget == [D]
+    assert [addr for _, addr in checks] == [D] * u.FAILURES_TO_FORGET  # ranked last: the likeliest dead
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(checks, checks[1:], strict=False)]
+    assert all(gap <= 3.0 + u.CHECK_AFTER_FAILURE * (1 + u.JITTER) for gap in gaps)  # not CHECK_INTERVAL
+    now = plan.wake_at
+    plan = upkeep.plan(view(now, {A, B}, candidates=CANDIDATES[:3]))
+    assert plan.check == C and now <= checks[-1][0] + 3.0 + u.CHECK_AFTER_FAILURE * (1 + u.JITTER)
+    upkeep.dialled(C, True, now)
+    after = upkeep.plan(view(now + 0.1, {A, B}, candidates=CANDIDATES[:3]))
+    assert after.wake_at >= now + u.CHECK_INTERVAL * (1 - u.JITTER)  # it answered: the whole interval
+
+
 def test_nodes_that_lost_the_same_node_redial_it_at_different_times() -> None:
     """No herd: a hundred members that lost A at the same instant spread their redials."""
     times = set()
