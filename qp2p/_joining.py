@@ -36,6 +36,10 @@ SECOND_ECHO_TRIES = 3
 # What a bootstrap attempt got that leaves the peer to be joined through in the next round (a
 # connection that lost the race is still open: the next round has it at once).
 RETRIED = ("not tried", "cancelled: another peer answered first", "connected")
+# A bootstrap dial starts this long after the one before it, unless that one failed first (as
+# Happy Eyeballs does, RFC 8305): a network restarting at once makes one handshake per node,
+# not bootstrap_concurrency of them, while a dead favourite still costs only this long.
+STAGGER = 0.25
 # Nodes we were told about, dialled at once (at most).
 PEERS_DIALLED_AT_ONCE = 4
 # A change to the cache is written after this long, so a burst of changes costs one write.
@@ -143,23 +147,32 @@ class Joining:
     async def _first_of(
         self, candidates: list[Address], attempts: dict[Address, str], deadline: float
     ) -> Connection | None:
-        """Dials candidates in order, a few at once, until ``deadline``; the first connection
+        """Dials candidates in order until ``deadline``, each one ``STAGGER`` after the one
+        before (at once when that one failed), a few at once at most; the first connection
         wins and the other attempts are cancelled, their half-made connections closed. What
         each attempt got goes into ``attempts``."""
         network = self._network
-        winner: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        winner: asyncio.Future[Connection] = loop.create_future()
         gate = asyncio.Semaphore(network.config.bootstrap_concurrency)
+        turns = [asyncio.Event() for _ in candidates]  # set: that attempt may start
+        timers: list[asyncio.TimerHandle] = []
+        turns[0].set()
 
-        async def attempt(addr: Address) -> None:
+        async def attempt(index: int, addr: Address) -> None:
+            await turns[index].wait()
             async with gate:
                 if winner.done():
                     return
+                after = turns[index + 1] if index + 1 < len(turns) else asyncio.Event()
+                timers.append(loop.call_later(STAGGER, after.set))
                 attempts[addr] = "trying"
                 try:
                     connection = await network.connect_to(addr, direct=True)
                 except errors.Error as exc:
                     attempts[addr] = f"{type(exc).__name__}: {exc}"
                     self._membership.cache.unreachable(addr)
+                    after.set()
                     return
                 except asyncio.CancelledError:
                     attempts[addr] = "cancelled: another peer answered first"
@@ -168,7 +181,7 @@ class Joining:
                 if not winner.done():
                     winner.set_result(connection)
 
-        tasks = [asyncio.create_task(attempt(addr)) for addr in candidates]
+        tasks = [asyncio.create_task(attempt(index, addr)) for index, addr in enumerate(candidates)]
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         try:
             async with asyncio.timeout_at(deadline):
@@ -178,6 +191,8 @@ class Joining:
         finally:
             for task in tasks:
                 task.cancel()
+            for timer in timers:
+                timer.cancel()
             await asyncio.gather(everything, return_exceptions=True)
         for addr in candidates:
             if attempts[addr] == "trying":
@@ -212,12 +227,17 @@ class Joining:
             peers = await connection.control_request(
                 wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, config.control_timeout
             )
-            nodes = list(peers.peers)
+            # Not the ones we cached already (a restart): they know us, and we have their entries.
+            nodes = [(addr, fp) for addr, fp in peers.peers if not self._known(addr, fp)]
         except errors.Error as exc:  # joined all the same: the upkeep dials the cache, if any
             peer_log(log, connection.peer_id, connection.remote_addr).info("no peers from it: %s", exc)
             nodes = []
         others = [addr for addr in candidates if addr != connection.remote_addr]
         self._tasks.spawn(self._discover(nodes, others, connection.peer_id))
+
+    def _known(self, addr: Address, fingerprint: str) -> bool:
+        entry = self._membership.cache.get(addr)
+        return entry is not None and entry.fingerprint == fingerprint
 
     async def _discover(
         self, nodes: list[tuple[Address, str]], others: list[Address], contact_id: str

@@ -433,8 +433,9 @@ class Endpoint:
     async def bootstrap(self) -> Connection:
         """Join the network: the first of the hard-coded contacts and cached nodes to answer.
 
-        Contacts come first, then cached nodes by quality; ``bootstrap_concurrency`` are tried at
-        once and the rest cancelled when one answers. A node then learns its public address,
+        Contacts come first, then cached nodes by quality, each dialled 0.25 s after the one
+        before (at once when it failed), ``bootstrap_concurrency`` at most under way, the rest
+        cancelled when one answers. A node then learns its public address,
         has the contact check that it can reach us there (``ReachabilityError`` if not, unless
         ``client_fallback``), and learns of other nodes, which enter the cache as they answer.
         Raises ``BootstrapError``, naming what each attempt got, when none answers in time.

@@ -12,7 +12,7 @@ import pytest
 from waiting import wait_until
 
 import qp2p
-from qp2p import wire
+from qp2p import _joining, wire
 from qp2p.bootstrap_cache import BootstrapCache, CacheFile
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -170,6 +170,42 @@ async def test_a_direct_dial_goes_through_no_other_node(
     with pytest.raises(qp2p.ConnectionError):
         await node.connect_to(silent_ports[1])  # by default through the contact: it tries a punch
     assert node.punch_attempts > 0
+
+
+async def test_bootstrap_dials_the_next_candidate_only_when_the_first_is_slow(
+    make_endpoint: MakeEndpoint, silent_ports: list[tuple[str, int]]
+) -> None:
+    first, second = await make_endpoint(), await make_endpoint()
+    node = await make_endpoint(hard_coded_contacts=[first.local_addr, second.local_addr])
+    started = time.perf_counter()
+    assert (await node.bootstrap()).remote_addr == first.local_addr
+    answered_in_time = time.perf_counter() - started < _joining.STAGGER  # as on any idle machine
+    assert second.stats().datagrams.accepted == 0 or not answered_in_time  # one handshake, not five
+    late = await make_endpoint(hard_coded_contacts=[silent_ports[0], second.local_addr], connect_timeout=5)
+    started = time.perf_counter()
+    assert (await late.bootstrap()).remote_addr == second.local_addr
+    assert time.perf_counter() - started < late.config.connect_timeout  # did not wait for the dead one
+
+
+async def test_a_node_rejoining_does_not_dial_the_nodes_it_knows(
+    make_endpoint: MakeEndpoint, tmp_path: Path
+) -> None:
+    contact = await make_endpoint(min_connections=0)
+    contact._membership.active = True
+    known = await make_endpoint(hard_coded_contacts=[contact.local_addr], min_connections=0)
+    await known.bootstrap()
+    settings = {"hard_coded_contacts": [contact.local_addr], "min_connections": 0, "connect_timeout": 1}
+    settings["bootstrap_concurrency"] = 1  # the contact alone, however slow this machine
+    fresh = await make_endpoint(bootstrap_cache_dir=str(tmp_path / "node"), **settings)
+    await fresh.bootstrap()
+    await fresh.wait_nat_discovered()  # every dial of discovery is over
+    assert known.local_addr in fresh.bootstrap_cache  # told of it, new to it: dialled
+    await fresh.close()
+    handshakes = known.stats().handshakes_ok
+    rejoining = await make_endpoint(bootstrap_cache_dir=str(tmp_path / "node"), **settings)
+    await rejoining.bootstrap()
+    await rejoining.wait_nat_discovered()  # it dialled the one it was told of and did not know: fresh, gone
+    assert known.stats().handshakes_ok == handshakes  # told of it again, but cached: not dialled
 
 
 async def test_dead_cached_peers_cost_about_one_connect_timeout(
