@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Echoed = Callable[[list[Address], bool], None]
 # Contacts and cached nodes asked in turn for the second echo when no node we were told of gave it.
 SECOND_ECHO_TRIES = 3
+# Contacts and cached nodes asked in turn for a second check when the first said unreachable.
+SECOND_CHECK_TRIES = 2
 # What a bootstrap attempt got that leaves the peer to be joined through in the next round (a
 # connection that lost the race is still open: the next round has it at once).
 RETRIED = ("not tried", "cancelled: another peer answered first", "connected")
@@ -209,10 +211,10 @@ class Joining:
         self._echoes = [membership.echoed]
         if membership.role is Role.NODE:
             public = network.public_addr
-            verdict = await connection.control_request(  # the verifier gives up after its control_timeout
-                wire.VerificationRequest(public), wire.VerificationResponse, 3 * config.control_timeout
-            )
-            if not verdict.reachable:
+            reachable = await self._check(connection, public)
+            if not reachable:  # a busy verifier's check may fail too: a second one decides
+                reachable = await self._second_check(connection, public, candidates)
+            if not reachable:
                 host, port = connection.remote_addr
                 problem = f"{host}:{port} could not connect back to us at {public[0]}:{public[1]}"
                 if not config.client_fallback:
@@ -234,6 +236,25 @@ class Joining:
             nodes = []
         others = [addr for addr in candidates if addr != connection.remote_addr]
         self._tasks.spawn(self._discover(nodes, others, connection.peer_id))
+
+    async def _check(self, connection: Connection, public: Address) -> bool:
+        """Whether the node at the other end of ``connection`` reached us at ``public``."""
+        timeout = 3 * self._network.config.control_timeout  # the verifier gives up after its own
+        verdict = await connection.control_request(
+            wire.VerificationRequest(public), wire.VerificationResponse, timeout
+        )
+        return verdict.reachable
+
+    async def _second_check(self, first: Connection, public: Address, candidates: list[Address]) -> bool:
+        """The verdict of another of the ``candidates`` (the first that answers, of a few), or
+        False: a node is not made a client by one verifier alone, busy or lying."""
+        for addr in [addr for addr in candidates if addr != first.remote_addr][:SECOND_CHECK_TRIES]:
+            try:
+                connection = await self._network.connect_to(addr, direct=True)
+                return await self._check(connection, public)
+            except errors.Error as exc:
+                peer_log(log, None, addr).info("no second check: %r", exc)
+        return False
 
     def _known(self, addr: Address, fingerprint: str) -> bool:
         entry = self._membership.cache.get(addr)

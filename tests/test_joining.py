@@ -13,6 +13,7 @@ from waiting import wait_until
 
 import qp2p
 from qp2p import _joining, wire
+from qp2p._decisions import Peer, Send
 from qp2p.bootstrap_cache import BootstrapCache, CacheFile
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -83,6 +84,29 @@ async def test_a_node_that_cannot_be_reached_back_is_refused(make_endpoint: Make
         await fallback.bootstrap()
     assert fallback.role is qp2p.Role.CLIENT and node.role is qp2p.Role.NODE
     assert len(contact.bootstrap_cache) == 0  # neither is handed out as a node
+
+
+async def test_one_verifier_saying_unreachable_does_not_make_a_node_a_client(
+    make_endpoint: MakeEndpoint,
+) -> None:
+    liar, honest = await make_endpoint(), await make_endpoint()
+    rules = liar._membership
+    answer = rules.request
+
+    def unreachable(peer: Peer, message: wire.ControlMessage, now: float) -> object:
+        if isinstance(message, wire.VerificationRequest):  # busy, or lying: no check, a "no"
+            return Send(peer.link, wire.VerificationResponse(False))
+        return answer(peer, message, now)
+
+    rules.request = unreachable  # type: ignore[assignment]
+    node = await make_endpoint(
+        hard_coded_contacts=[liar.local_addr, honest.local_addr], bootstrap_concurrency=1
+    )
+    assert (await node.bootstrap()).remote_addr == liar.local_addr
+    assert node.role is qp2p.Role.NODE  # the honest one checked it
+    alone = await make_endpoint(hard_coded_contacts=[liar.local_addr], client_fallback=True)
+    await alone.bootstrap()
+    assert alone.role is qp2p.Role.CLIENT  # nobody to ask again: the one verdict stands
 
 
 async def test_verification_only_dials_the_asker(make_endpoint: MakeEndpoint) -> None:
