@@ -107,7 +107,9 @@ class Joining:
         Then, or when none answered, stay joined (``Upkeep``); not after a failed check."""
         try:
             connection = await self._bootstrap()
-        except errors.BootstrapError:
+        except errors.ReachabilityError:
+            raise
+        except errors.Error:
             self._keep_joined()
             raise
         self._keep_joined()
@@ -128,34 +130,43 @@ class Joining:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + config.bootstrap_timeout
         attempts: dict[Address, str] = dict.fromkeys(candidates, "not tried")
-        while True:  # one round per peer that connected but did not see us through: bounded
+        passed_over: set[str] = set()  # peer ids that connected but did not see us through
+        while True:  # each round takes one candidate out of RETRIED: bounded by the list
             untried = [addr for addr in candidates if attempts[addr] in RETRIED]
-            connection = None
+            won = None
             if untried and loop.time() < deadline:
-                connection = await self._first_of(untried, attempts, deadline)
-            if connection is None:
+                won = await self._first_of(untried, attempts, deadline)
+            if won is None:
                 summary = "; ".join(f"{host}:{port}: {outcome}" for (host, port), outcome in attempts.items())
                 raise errors.BootstrapError(f"no peer answered ({summary})", attempts)
+            addr, connection = won
+            if connection.peer_id in passed_over:  # the same peer, at another of its addresses
+                attempts[addr] = "connected, to a peer passed over already"
+                continue
             membership.contact = connection.remote_addr
             try:
-                await self._join(connection, candidates)
-            except (errors.RequestTimeout, errors.ConnectionError) as exc:
-                # Connected, but too busy to answer or gone since: join through the next one.
-                attempts[connection.remote_addr] = f"connected, then {type(exc).__name__}: {exc}"
+                await self._join(connection, candidates, attempts)
+            except errors.ReachabilityError:
+                raise
+            except errors.Error as exc:
+                # Connected, but too busy to answer, misbehaving or gone since: the next one.
+                attempts[addr] = f"connected, then {type(exc).__name__}: {exc}"
+                passed_over.add(connection.peer_id)
+                membership.contact = membership.echoed = None
                 peer_log(log, connection.peer_id, connection.remote_addr).info("not joined through: %s", exc)
                 continue
             return connection
 
     async def _first_of(
         self, candidates: list[Address], attempts: dict[Address, str], deadline: float
-    ) -> Connection | None:
+    ) -> tuple[Address, Connection] | None:
         """Dials candidates in order until ``deadline``, each one ``STAGGER`` after the one
         before (at once when that one failed), a few at once at most; the first connection
         wins and the other attempts are cancelled, their half-made connections closed. What
-        each attempt got goes into ``attempts``."""
+        each attempt got goes into ``attempts``; the winner comes with the address dialled."""
         network = self._network
         loop = asyncio.get_running_loop()
-        winner: asyncio.Future[Connection] = loop.create_future()
+        winner: asyncio.Future[tuple[Address, Connection]] = loop.create_future()
         gate = asyncio.Semaphore(network.config.bootstrap_concurrency)
         turns = [asyncio.Event() for _ in candidates]  # set: that attempt may start
         timers: list[asyncio.TimerHandle] = []
@@ -181,7 +192,7 @@ class Joining:
                     raise
                 attempts[addr] = "connected"
                 if not winner.done():
-                    winner.set_result(connection)
+                    winner.set_result((addr, connection))
 
         tasks = [asyncio.create_task(attempt(index, addr)) for index, addr in enumerate(candidates)]
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
@@ -201,7 +212,9 @@ class Joining:
                 attempts[addr] = "no answer within bootstrap_timeout"
         return winner.result() if winner.done() else None
 
-    async def _join(self, connection: Connection, candidates: list[Address]) -> None:
+    async def _join(
+        self, connection: Connection, candidates: list[Address], attempts: dict[Address, str]
+    ) -> None:
         """Learn our public address; as a node, have the contact check it can reach us there;
         then learn of other nodes (and from one of them, or else another of the ``candidates``
         we bootstrapped from, our address a second time)."""
@@ -213,7 +226,7 @@ class Joining:
             public = network.public_addr
             reachable = await self._check(connection, public)
             if not reachable:  # a busy verifier's check may fail too: a second one decides
-                reachable = await self._second_check(connection, public, candidates)
+                reachable = await self._second_check(connection, public, candidates, attempts)
             if not reachable:
                 host, port = connection.remote_addr
                 problem = f"{host}:{port} could not connect back to us at {public[0]}:{public[1]}"
@@ -245,13 +258,25 @@ class Joining:
         )
         return verdict.reachable
 
-    async def _second_check(self, first: Connection, public: Address, candidates: list[Address]) -> bool:
-        """The verdict of another of the ``candidates`` (the first that answers, of a few), or
-        False: a node is not made a client by one verifier alone, busy or lying."""
-        for addr in [addr for addr in candidates if addr != first.remote_addr][:SECOND_CHECK_TRIES]:
+    async def _second_check(
+        self, first: Connection, public: Address, candidates: list[Address], attempts: dict[Address, str]
+    ) -> bool:
+        """The verdict of another peer (the first that answers, of a few: those bootstrap
+        connected to first, then those it did not try), or False: a node is not made a client
+        by one verifier alone, busy or lying."""
+        connected = [addr for addr in candidates if attempts[addr] == "connected"]
+        untried = [addr for addr in candidates if attempts[addr] in RETRIED and addr not in connected]
+        tries = 0
+        for addr in [*connected, *untried]:  # bounded: the candidates, and SECOND_CHECK_TRIES dials
+            if tries == SECOND_CHECK_TRIES:
+                break
+            if addr == first.remote_addr:
+                continue
+            tries += 1
             try:
                 connection = await self._network.connect_to(addr, direct=True)
-                return await self._check(connection, public)
+                if connection.peer_id != first.peer_id:
+                    return await self._check(connection, public)
             except errors.Error as exc:
                 peer_log(log, None, addr).info("no second check: %r", exc)
         return False
@@ -362,9 +387,10 @@ class Joining:
             self._wake.cancel()
         plan = self._upkeep.plan(self._view())
         for addr in plan.forget:
-            peer_log(log, None, addr).info("forgotten: a node that stayed unreachable")
-            self._membership.cache.remove(addr)
-            self.schedule_save()
+            if addr in self._membership.cache:  # not a hard-coded contact: those stay
+                peer_log(log, None, addr).info("forgotten: a node that stayed unreachable")
+                self._membership.cache.remove(addr)
+                self.schedule_save()
         for addr, peer_id in plan.dial:
             self.upkeep_dials += 1
             self._tasks.spawn(self._upkeep_dial(addr, peer_id, keep=addr != plan.check))

@@ -38,9 +38,12 @@ TOP_UP_AT_ONCE = 4
 CHECK_INTERVAL = 10.0
 CHECK_AFTER_FAILURE = 1.0
 # Below min_connections, one connected node is asked for the nodes it knows this often at most;
-# those it names (at most TOLD_KEPT, kept until dialled once) are dialled before cache entries.
+# of those it names (at most TOLD_KEPT, each dialled once), half of each top-up round is
+# dialled, the rest from the cache (all of it when the cache has none left to give). The last
+# NAMED_REMEMBERED names dialled are not dialled again, whoever names them next.
 ASK_INTERVAL = 10.0
 TOLD_KEPT = 32
+NAMED_REMEMBERED = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,8 @@ class Upkeep:
         self._dialling: set[Address] = set()
         self._told: dict[Address, str] = {}  # nodes a peer named, not dialled yet
         self._trying_told: set[Address] = set()  # of those, the ones being dialled
+        self._named_before: dict[Address, None] = {}  # names dialled, oldest first (bounded)
+        self._isolated = False  # as the last view said
         self._next_top_up = 0.0
         self._next_check = 0.0
         self._next_ask = 0.0
@@ -112,7 +117,7 @@ class Upkeep:
     def told(self, nodes: Sequence[tuple[Address, str]]) -> None:
         """A node we asked named these: claims, each dialled once at most (by its peer id) and
         cached only if it answers; the first ``TOLD_KEPT`` are kept, replacing earlier ones."""
-        self._told = dict(list(nodes)[:TOLD_KEPT])
+        self._told = {addr: peer for addr, peer in list(nodes)[:TOLD_KEPT] if addr not in self._named_before}
 
     def dialled(self, addr: Address, connected: bool, now: float) -> None:
         """A dial ``plan`` asked for is over."""
@@ -122,7 +127,7 @@ class Upkeep:
             return
         if addr == self._checking:
             self._checking = None
-            if not connected:
+            if not connected and not self._isolated:  # isolated, nothing is forgotten: no hurry
                 self._next_check = min(self._next_check, now + self._spread(CHECK_AFTER_FAILURE))
         lost = self._lost.get(addr)
         if connected:
@@ -137,6 +142,7 @@ class Upkeep:
     def plan(self, view: View) -> Plan:
         """What to dial and forget now, and when to look again."""
         now = view.now
+        self._isolated = view.isolated
         dial: list[tuple[Address, str | None]] = []
         forget: list[Address] = []
         if not self._min:
@@ -168,15 +174,20 @@ class Upkeep:
             ask = sorted(view.connected)[self._rng.randrange(len(view.connected))]
             self._next_ask = now + self._spread(ASK_INTERVAL)
         if missing > 0 and now >= self._next_top_up:
-            chosen = (named + fresh)[: min(missing, TOP_UP_AT_ONCE)]
+            room = min(missing, TOP_UP_AT_ONCE)
+            chosen = named[: room // 2 if fresh else room]  # a peer's names never crowd out the cache
             for addr, _ in chosen:
-                if self._told.pop(addr, None) is not None:
-                    self._trying_told.add(addr)
-            dial += chosen
+                del self._told[addr]
+                self._trying_told.add(addr)
+                self._named_before[addr] = None
+                if len(self._named_before) > NAMED_REMEMBERED:
+                    del self._named_before[next(iter(self._named_before))]
+            dial += chosen + fresh[: room - len(chosen)]
             self._next_top_up = now + self._spread(REDIAL_CAP)
         elif len(view.connected) >= self._min and now >= self._next_check:
-            if fresh:
-                dial.append(fresh[-1])  # ranked last: the likeliest dead
+            cached = [(addr, peer) for addr, peer in fresh if peer is not None]  # not the contacts
+            if cached:
+                dial.append(cached[-1])  # ranked last: the likeliest dead
                 check = self._checking = dial[-1][0]
             self._next_check = now + self._spread(CHECK_INTERVAL)
         self._dialling.update(addr for addr, _ in dial)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import time
@@ -169,6 +170,24 @@ async def test_a_contact_that_connects_but_never_echoes_is_passed_over(make_endp
         await alone.bootstrap()
     (outcome,) = failure.value.attempts.values()
     assert outcome.startswith("connected, then RequestTimeout: no EchoResponse"), outcome
+
+
+async def test_a_contact_we_closed_on_while_joining_is_passed_over_too(make_endpoint: MakeEndpoint) -> None:
+    busy, live = await make_endpoint(), await make_endpoint()
+    ignoring(busy, wire.EchoRequest)
+    node = await make_endpoint(
+        hard_coded_contacts=[busy.local_addr, live.local_addr], bootstrap_concurrency=1, control_timeout=5
+    )
+
+    async def close_on_busy() -> None:  # as our side does on a protocol violation (ClosedError)
+        await wait_until(lambda: node.connection(busy.peer_id) is not None)
+        await node.connection(busy.peer_id).close()  # type: ignore[union-attr]
+
+    closing = asyncio.create_task(close_on_busy())
+    connection = await node.bootstrap()
+    await closing
+    assert connection.remote_addr == live.local_addr
+    assert node.stats().lost_nodes == 0 and node._joining._wake is not None  # staying joined
 
 
 async def test_a_contact_that_never_hands_out_peers_still_joins_us(make_endpoint: MakeEndpoint) -> None:

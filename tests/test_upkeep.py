@@ -118,37 +118,64 @@ def test_top_up_to_the_minimum_a_few_at_a_time() -> None:
     assert len(many.plan(View(0.0, frozenset(), True, candidates)).dial) == u.TOP_UP_AT_ONCE
 
 
-def test_below_the_minimum_a_connected_node_is_asked_and_the_nodes_it_names_come_first() -> None:
-    upkeep = Upkeep(3, random.Random(10))
-    E, F = ("198.18.5.1", 4000), ("198.18.6.1", 4000)
+def test_below_the_minimum_a_connected_node_is_asked_and_half_of_each_round_is_its_names() -> None:
+    upkeep = Upkeep(5, random.Random(10))
+    E, F, G = ("198.18.5.1", 4000), ("198.18.6.1", 4000), ("198.18.7.1", 4000)
     plan = upkeep.plan(view(0.0, {A}))
     assert plan.ask == A  # the only node we are connected to
     assert upkeep.plan(view(0.1, {A})).ask is None  # once per ASK_INTERVAL at most
     for addr in dialled(plan):
         upkeep.dialled(addr, False, 0.2)
-    upkeep.told([(E, "e"), (B, "b"), (F, "f")])  # B: a cache entry already, not a new name
+    upkeep.told([(E, "e"), (B, "b"), (F, "f"), (G, "g")])  # B: a cache entry already, not a new name
     later = u.REDIAL_CAP * (1 + u.JITTER)
     plan = upkeep.plan(view(later, {A}))
-    assert plan.dial[:2] == [(E, "e"), (F, "f")]  # named first, by the peer id named
-    upkeep.dialled(E, False, later)
-    upkeep.dialled(F, False, later)
-    for addr in dialled(plan)[2:]:
+    named = [(addr, peer) for addr, peer in plan.dial if addr in (E, F, G)]
+    assert (
+        named == [(E, "e"), (F, "f")] and len(plan.dial) == u.TOP_UP_AT_ONCE
+    )  # half: the cache keeps its turn
+    for addr in dialled(plan):
         upkeep.dialled(addr, False, later)
-    afterwards = upkeep.plan(view(3 * later, {A}))
-    assert {E, F}.isdisjoint(dialled(afterwards))  # each dialled once, then dropped
+    upkeep.told([(E, "e"), (F, "f"), (G, "g")])  # E and F named again: dialled already, not again
+    afterwards = upkeep.plan(view(2 * later, {A}))
+    assert G in dialled(afterwards) and {E, F}.isdisjoint(dialled(afterwards))
     assert E not in upkeep.plan(view(4 * later, {A})).forget  # not ours to forget: never cached
-    assert upkeep.plan(view(u.ASK_INTERVAL * 2, {A, B, C})).ask is None  # enough connections
-    assert upkeep.plan(view(u.ASK_INTERVAL * 3, set())).ask is None  # nobody to ask
+    assert upkeep.plan(view(u.ASK_INTERVAL * 4, {A, B, C, D, E})).ask is None  # enough connections
+    assert upkeep.plan(view(u.ASK_INTERVAL * 5, set())).ask is None  # nobody to ask
 
     flood = Upkeep(3, random.Random(11))
     flood.told([((f"198.19.{i // 250}.{i % 250}", 1), "x") for i in range(1000)])
-    named = set()
+    names = set()
     for step in range(50):  # bounded: every name kept is dialled by then
-        plan = flood.plan(view(step * 10.0, {A}, candidates=[]))
-        named |= set(dialled(plan))
+        plan = flood.plan(view(step * 10.0, {A}, candidates=[]))  # no cache to give: all names
+        names |= set(dialled(plan))
         for addr in dialled(plan):
             flood.dialled(addr, False, step * 10.0)
-    assert len(named) == u.TOLD_KEPT  # a peer naming a thousand gets 32 dials out of us
+    assert len(names) == u.TOLD_KEPT  # a peer naming a thousand gets 32 dials out of us
+
+
+def test_a_peer_naming_nodes_without_end_never_crowds_out_the_cache() -> None:
+    upkeep = Upkeep(5, random.Random(13))
+    now, from_cache, names = 0.0, set(), 0
+    for step in range(60):  # bounded: 60 rounds, each answer naming 32 new addresses
+        upkeep.told([((f"192.0.2.{step}", port), "m") for port in range(32)])
+        plan = upkeep.plan(view(now, {A}))
+        names += sum(addr[0].startswith("192.0.2.") for addr in dialled(plan))
+        from_cache |= {addr for addr in dialled(plan) if not addr[0].startswith("192.0.2.")}
+        for addr in dialled(plan):
+            upkeep.dialled(addr, False, now)
+        now = plan.wake_at
+    assert {B, C, D} <= from_cache  # every cache entry kept its turns (failing, until forgotten)
+    assert names <= 60 * u.TOP_UP_AT_ONCE // 2 + u.TOP_UP_AT_ONCE
+
+
+def test_an_isolated_member_does_not_hurry_its_checks() -> None:
+    upkeep = Upkeep(1, random.Random(14))
+    plan = upkeep.plan(view(0.0, {A}, isolated=True))
+    assert plan.check == D
+    upkeep.dialled(D, False, 3.0)
+    assert upkeep.plan(view(3.0, {A}, isolated=True)).wake_at >= u.CHECK_INTERVAL * (1 - u.JITTER)
+    contacts_only = upkeep.plan(view(20.0, {A}, candidates=[(B, None)]))
+    assert contacts_only.check is None  # a hard-coded contact is not a cache entry to check
 
 
 def test_failing_entries_are_forgotten_unless_isolated() -> None:
