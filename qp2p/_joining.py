@@ -239,11 +239,8 @@ class Joining:
                 self._become_client()
         self._echoed(self._echoes, False)
         try:
-            peers = await connection.control_request(
-                wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, config.control_timeout
-            )
             # Not the ones we cached already (a restart): they know us, and we have their entries.
-            nodes = [(addr, fp) for addr, fp in peers.peers if not self._known(addr, fp)]
+            nodes = [(addr, fp) for addr, fp in await self._peers(connection) if not self._known(addr, fp)]
         except errors.Error as exc:  # joined all the same: the upkeep dials the cache, if any
             peer_log(log, connection.peer_id, connection.remote_addr).info("no peers from it: %s", exc)
             nodes = []
@@ -266,13 +263,8 @@ class Joining:
         by one verifier alone, busy or lying."""
         connected = [addr for addr in candidates if attempts[addr] == "connected"]
         untried = [addr for addr in candidates if attempts[addr] in RETRIED and addr not in connected]
-        tries = 0
-        for addr in [*connected, *untried]:  # bounded: the candidates, and SECOND_CHECK_TRIES dials
-            if tries == SECOND_CHECK_TRIES:
-                break
-            if addr == first.remote_addr:
-                continue
-            tries += 1
+        others = [addr for addr in [*connected, *untried] if addr != first.remote_addr]
+        for addr in others[:SECOND_CHECK_TRIES]:
             try:
                 connection = await self._network.connect_to(addr, direct=True)
                 if connection.peer_id != first.peer_id:
@@ -296,7 +288,6 @@ class Joining:
         network, membership = self._network, self._membership
         gate = asyncio.Semaphore(PEERS_DIALLED_AT_ONCE)
         own = {network.local_addr, network.public_addr}
-        timeout = 3 * network.config.control_timeout
         contact = membership.contact
         echoing: list[Address] = []  # the node asked for the second echo, once one is
 
@@ -319,8 +310,7 @@ class Joining:
                         self._echoes.append(await self._echo(connection))
                         self._echoed(self._echoes, True)
                     if membership.role is Role.NODE:
-                        request = wire.VerificationRequest(network.public_addr)
-                        await connection.control_request(request, wire.VerificationResponse, timeout)
+                        await self._check(connection, network.public_addr)
                 except errors.Error as exc:
                     if addr in echoing:
                         echoing.clear()  # another node may echo instead
@@ -343,6 +333,14 @@ class Joining:
                 self._echoes.append(echo)
         finally:
             self._echoed(self._echoes, True)
+
+    async def _peers(self, connection: Connection) -> tuple[tuple[Address, str], ...]:
+        """The nodes the node at the other end of ``connection`` hands out (claims)."""
+        timeout = self._network.config.control_timeout
+        answer = await connection.control_request(
+            wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, timeout
+        )
+        return answer.peers
 
     async def _echo(self, connection: Connection) -> Address:
         """Our address as the node at the other end of ``connection`` sees it."""
@@ -427,11 +425,8 @@ class Joining:
             return
         self._dialled(addr, True)
         if self._membership.role is Role.NODE:
-            request = wire.VerificationRequest(network.public_addr)
             try:
-                await connection.control_request(
-                    request, wire.VerificationResponse, 3 * network.config.control_timeout
-                )
+                await self._check(connection, network.public_addr)
             except errors.Error as exc:
                 peer_log(log, peer_id, addr).debug("no check after the upkeep dial: %s", exc)
 
@@ -443,14 +438,12 @@ class Joining:
         if asked is None:
             return
         try:
-            answer = await asked.control_request(
-                wire.PeersRequest(PEERS_WANTED), wire.PeersResponse, network.config.control_timeout
-            )
+            peers = await self._peers(asked)
         except errors.Error as exc:
             peer_log(log, asked.peer_id, addr).debug("no nodes from it: %s", exc)
             return
         own = {network.local_addr, network.public_addr}
-        self._upkeep.told([(node, peer_id) for node, peer_id in answer.peers if node not in own])
+        self._upkeep.told([(node, peer_id) for node, peer_id in peers if node not in own])
         if self._wake is not None:
             self._look()
 
